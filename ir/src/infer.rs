@@ -1,0 +1,421 @@
+//! Shape and dtype inference: one function, one arm per op, used by the builder, the
+//! text parser and the verifier alike.
+
+use crate::{DType, Dim, Dims, Op, Shape, TensorType, TopKOutput};
+
+/// Result type of `op` applied to operands of types `args`, or why it is ill-typed.
+/// Source ops (no operands) take `declared` as their type after checking it.
+pub fn infer(
+    op: &Op,
+    args: &[&TensorType],
+    declared: Option<&TensorType>,
+    dims: &Dims,
+) -> Result<TensorType, String> {
+    if let Some(n) = op.arity() {
+        if args.len() != n {
+            return Err(format!(
+                "`{}` takes {n} operand{}, got {}",
+                op.name(),
+                if n == 1 { "" } else { "s" },
+                args.len()
+            ));
+        }
+    }
+    let sizes = |t: &TensorType| dims.resolve(&t.shape);
+    let describe = |t: &TensorType| format!("{} {}", dims.describe(&t.shape), t.dtype);
+    match op {
+        Op::Input { .. } | Op::Param { .. } => {
+            let ty = declared.ok_or("a source op needs a declared type")?;
+            dims.resolve(&ty.shape)?;
+            Ok(ty.clone())
+        }
+        Op::Const { .. } => {
+            let ty = declared.ok_or("`const` needs a declared type")?;
+            if ty.rank() != 0 {
+                return Err(format!(
+                    "`const` is a scalar (type `[]`), declared {}",
+                    ty.shape
+                ));
+            }
+            Ok(ty.clone())
+        }
+        Op::Iota { axis } => {
+            let ty = declared.ok_or("`iota` needs a declared type")?;
+            dims.resolve(&ty.shape)?;
+            check_axis(*axis, ty.rank())?;
+            if !ty.dtype.is_int() {
+                return Err(format!("`iota` yields integers, declared {}", ty.dtype));
+            }
+            Ok(ty.clone())
+        }
+        Op::Mask { expr } => {
+            let ty = declared.ok_or("`mask` needs a declared type")?;
+            dims.resolve(&ty.shape)?;
+            if ty.dtype != DType::Bool {
+                return Err(format!("`mask` yields bool, declared {}", ty.dtype));
+            }
+            if !(1..=4).contains(&ty.rank()) {
+                return Err(format!(
+                    "a mask has 1 to 4 dims (b, h, q, k), declared {}",
+                    ty.shape
+                ));
+            }
+            for d in expr.dim_names() {
+                if dims.get(&d).is_none() {
+                    return Err(format!(
+                        "mask `{expr}` refers to `{d}`, which is neither b, h, q, k nor a bound dimension"
+                    ));
+                }
+            }
+            Ok(ty.clone())
+        }
+        Op::Unary(u) => {
+            let a = args[0];
+            if !a.dtype.is_float() && !(u.allows_int() && a.dtype.is_int()) {
+                return Err(format!("`{}` needs a float tensor, got {}", u.name(), describe(a)));
+            }
+            Ok(a.clone())
+        }
+        Op::Binary(_) | Op::Compare(_) => {
+            let (a, b) = (args[0], args[1]);
+            if a.dtype != b.dtype {
+                return Err(format!(
+                    "operands have different dtypes: {} and {}",
+                    describe(a),
+                    describe(b)
+                ));
+            }
+            if a.dtype == DType::Bool {
+                return Err(format!("`{}` is not defined on bool", op.name()));
+            }
+            let shape = broadcast_shapes(&[&a.shape, &b.shape], dims)?;
+            let dtype = if matches!(op, Op::Compare(_)) {
+                DType::Bool
+            } else {
+                a.dtype
+            };
+            Ok(TensorType::new(shape, dtype))
+        }
+        Op::Select => {
+            let (c, a, b) = (args[0], args[1], args[2]);
+            if c.dtype != DType::Bool {
+                return Err(format!("`select` condition must be bool, got {}", describe(c)));
+            }
+            if a.dtype != b.dtype {
+                return Err(format!(
+                    "`select` branches have different dtypes: {} and {}",
+                    describe(a),
+                    describe(b)
+                ));
+            }
+            let shape = broadcast_shapes(&[&c.shape, &a.shape, &b.shape], dims)?;
+            Ok(TensorType::new(shape, a.dtype))
+        }
+        Op::Cast { to } => Ok(TensorType::new(args[0].shape.clone(), *to)),
+        Op::Reduce {
+            axes, keep_dims, ..
+        } => {
+            let a = args[0];
+            float_only(op, a, &describe)?;
+            let mut seen = vec![false; a.rank()];
+            for &ax in axes {
+                check_axis(ax, a.rank())?;
+                if std::mem::replace(&mut seen[ax], true) {
+                    return Err(format!("axis {ax} is reduced twice"));
+                }
+            }
+            if axes.is_empty() {
+                return Err("a reduction needs at least one axis".into());
+            }
+            let shape = a
+                .shape
+                .0
+                .iter()
+                .enumerate()
+                .filter_map(|(i, d)| match (seen[i], keep_dims) {
+                    (false, _) => Some(d.clone()),
+                    (true, true) => Some(Dim::Const(1)),
+                    (true, false) => None,
+                })
+                .collect();
+            Ok(TensorType::new(Shape(shape), a.dtype))
+        }
+        Op::Softmax { axis } => {
+            float_only(op, args[0], &describe)?;
+            check_axis(*axis, args[0].rank())?;
+            Ok(args[0].clone())
+        }
+        Op::LayerNorm { .. } | Op::RmsNorm { .. } => {
+            let x = args[0];
+            float_only(op, x, &describe)?;
+            if x.rank() == 0 {
+                return Err(format!("`{}` needs at least one axis", op.name()));
+            }
+            let d = sizes(x)?[x.rank() - 1];
+            for p in &args[1..] {
+                if p.dtype != x.dtype || sizes(p)? != [d] {
+                    return Err(format!(
+                        "`{}` scale/shift must be [{d}] {}, got {}",
+                        op.name(),
+                        x.dtype,
+                        describe(p)
+                    ));
+                }
+            }
+            Ok(x.clone())
+        }
+        Op::MatMul => {
+            let (a, b) = (args[0], args[1]);
+            if a.dtype != b.dtype || a.dtype == DType::Bool {
+                return Err(format!(
+                    "`matmul` operands must share a numeric dtype: {} and {}",
+                    describe(a),
+                    describe(b)
+                ));
+            }
+            if a.rank() < 2 || b.rank() < 2 {
+                return Err(format!(
+                    "`matmul` needs operands of rank >= 2, got {} and {}",
+                    describe(a),
+                    describe(b)
+                ));
+            }
+            let (sa, sb) = (sizes(a)?, sizes(b)?);
+            let (ra, rb) = (a.rank(), b.rank());
+            if sa[ra - 1] != sb[rb - 2] {
+                return Err(format!(
+                    "`matmul` contracts {} with {}: inner dims {} and {} differ",
+                    describe(a),
+                    describe(b),
+                    sa[ra - 1],
+                    sb[rb - 2]
+                ));
+            }
+            let batch_a = Shape(a.shape.0[..ra - 2].to_vec());
+            let batch_b = Shape(b.shape.0[..rb - 2].to_vec());
+            let mut shape = broadcast_shapes(&[&batch_a, &batch_b], dims)
+                .map_err(|e| format!("`matmul` batch dims: {e}"))?;
+            shape.0.push(a.shape.0[ra - 2].clone());
+            shape.0.push(b.shape.0[rb - 1].clone());
+            Ok(TensorType::new(shape, a.dtype))
+        }
+        Op::Reshape { shape } => {
+            let a = args[0];
+            let from: u64 = sizes(a)?.iter().product();
+            let to: u64 = dims.resolve(shape)?.iter().product();
+            if from != to {
+                return Err(format!(
+                    "cannot reshape {} ({from} elements) to {} ({to} elements)",
+                    describe(a),
+                    dims.describe(shape)
+                ));
+            }
+            Ok(TensorType::new(shape.clone(), a.dtype))
+        }
+        Op::Transpose { perm } => {
+            let a = args[0];
+            let mut seen = vec![false; a.rank()];
+            if perm.len() != a.rank()
+                || perm
+                    .iter()
+                    .any(|&p| p >= a.rank() || std::mem::replace(&mut seen[p], true))
+            {
+                return Err(format!(
+                    "{perm:?} is not a permutation of the {} axes of {}",
+                    a.rank(),
+                    describe(a)
+                ));
+            }
+            let shape = perm.iter().map(|&p| a.shape.0[p].clone()).collect();
+            Ok(TensorType::new(Shape(shape), a.dtype))
+        }
+        Op::Broadcast { shape } => {
+            let a = args[0];
+            let to = dims.resolve(shape)?;
+            let from = sizes(a)?;
+            let ok = from.len() <= to.len()
+                && from
+                    .iter()
+                    .rev()
+                    .zip(to.iter().rev())
+                    .all(|(&f, &t)| f == t || f == 1);
+            if !ok {
+                return Err(format!(
+                    "cannot broadcast {} to {}",
+                    describe(a),
+                    dims.describe(shape)
+                ));
+            }
+            Ok(TensorType::new(shape.clone(), a.dtype))
+        }
+        Op::Concat { axis } => {
+            let Some(first) = args.first() else {
+                return Err("`concat` needs at least one operand".into());
+            };
+            check_axis(*axis, first.rank())?;
+            let s0 = sizes(first)?;
+            let mut total = 0u64;
+            for a in args {
+                let s = sizes(a)?;
+                let same_elsewhere = s.len() == s0.len()
+                    && s.iter()
+                        .zip(&s0)
+                        .enumerate()
+                        .all(|(i, (x, y))| i == *axis || x == y);
+                if !same_elsewhere || a.dtype != first.dtype {
+                    return Err(format!(
+                        "`concat` along axis {axis}: {} does not match {}",
+                        describe(a),
+                        describe(first)
+                    ));
+                }
+                total += s[*axis];
+            }
+            let mut shape = first.shape.clone();
+            shape.0[*axis] = Dim::Const(total);
+            Ok(TensorType::new(shape, first.dtype))
+        }
+        Op::Slice { axis, start, end } => {
+            let a = args[0];
+            check_axis(*axis, a.rank())?;
+            let n = sizes(a)?[*axis];
+            let (s, e) = (dims.resolve_dim(start)?, dims.resolve_dim(end)?);
+            if s >= e || e > n {
+                return Err(format!(
+                    "slice {start}..{end} (= {s}..{e}) is out of range for axis {axis} of {}",
+                    describe(a)
+                ));
+            }
+            let mut shape = a.shape.clone();
+            shape.0[*axis] = if s == 0 { end.clone() } else { Dim::Const(e - s) };
+            Ok(TensorType::new(shape, a.dtype))
+        }
+        Op::Gather { axis } => {
+            let (data, idx) = (args[0], args[1]);
+            check_axis(*axis, data.rank())?;
+            int_indices(idx, &describe)?;
+            let mut shape = data.shape.0[..*axis].to_vec();
+            shape.extend(idx.shape.0.iter().cloned());
+            shape.extend(data.shape.0[axis + 1..].iter().cloned());
+            Ok(TensorType::new(Shape(shape), data.dtype))
+        }
+        Op::ScatterAdd { axis } => {
+            let (data, idx, upd) = (args[0], args[1], args[2]);
+            check_axis(*axis, data.rank())?;
+            int_indices(idx, &describe)?;
+            if idx.rank() != 1 {
+                return Err(format!(
+                    "`scatter_add` indices must be 1-D, got {}",
+                    describe(idx)
+                ));
+            }
+            let mut want = sizes(data)?;
+            want[*axis] = sizes(idx)?[0];
+            if sizes(upd)? != want || upd.dtype != data.dtype {
+                return Err(format!(
+                    "`scatter_add` updates must be {} {}, got {}",
+                    Shape::new(want),
+                    data.dtype,
+                    describe(upd)
+                ));
+            }
+            Ok(data.clone())
+        }
+        Op::Embedding => {
+            let (table, ids) = (args[0], args[1]);
+            if table.rank() != 2 {
+                return Err(format!(
+                    "`embedding` table must be [vocab, d], got {}",
+                    describe(table)
+                ));
+            }
+            int_indices(ids, &describe)?;
+            let mut shape = ids.shape.clone();
+            shape.0.push(table.shape.0[1].clone());
+            Ok(TensorType::new(shape, table.dtype))
+        }
+        Op::Rope { .. } => {
+            let x = args[0];
+            float_only(op, x, &describe)?;
+            if x.rank() < 2 || sizes(x)?[x.rank() - 1] % 2 != 0 {
+                return Err(format!(
+                    "`rope` needs [.., seq, d] with d even, got {}",
+                    describe(x)
+                ));
+            }
+            Ok(x.clone())
+        }
+        Op::TopK { k, output } => {
+            let x = args[0];
+            if x.rank() == 0 || x.dtype == DType::Bool {
+                return Err(format!("`topk` needs a numeric tensor, got {}", describe(x)));
+            }
+            let n = sizes(x)?[x.rank() - 1];
+            if *k == 0 || *k > n {
+                return Err(format!(
+                    "top-{k} of {} is out of range (last dim is {n})",
+                    describe(x)
+                ));
+            }
+            let mut shape = x.shape.clone();
+            *shape.0.last_mut().unwrap() = Dim::Const(*k);
+            let dtype = match output {
+                TopKOutput::Values => x.dtype,
+                TopKOutput::Indices => DType::I64,
+            };
+            Ok(TensorType::new(shape, dtype))
+        }
+        Op::CumSum { axis } => {
+            let x = args[0];
+            check_axis(*axis, x.rank())?;
+            if x.dtype == DType::Bool {
+                return Err("`cumsum` is not defined on bool".into());
+            }
+            Ok(x.clone())
+        }
+    }
+}
+
+fn check_axis(axis: usize, rank: usize) -> Result<(), String> {
+    if axis >= rank {
+        return Err(format!("axis {axis} is out of range for rank {rank}"));
+    }
+    Ok(())
+}
+
+fn float_only(op: &Op, t: &TensorType, describe: &dyn Fn(&TensorType) -> String) -> Result<(), String> {
+    if !t.dtype.is_float() {
+        return Err(format!("`{}` needs a float tensor, got {}", op.name(), describe(t)));
+    }
+    Ok(())
+}
+
+fn int_indices(t: &TensorType, describe: &dyn Fn(&TensorType) -> String) -> Result<(), String> {
+    if !t.dtype.is_int() {
+        return Err(format!("indices must be i32 or i64, got {}", describe(t)));
+    }
+    Ok(())
+}
+
+/// numpy broadcasting of several shapes; a result dim keeps the first non-1 operand's
+/// spelling so names survive (`[b, s, 1] + [1, 1, d] -> [b, s, d]`).
+pub fn broadcast_shapes(shapes: &[&Shape], dims: &Dims) -> Result<Shape, String> {
+    let rank = shapes.iter().map(|s| s.rank()).max().unwrap_or(0);
+    let mut out: Vec<(Dim, u64)> = vec![(Dim::Const(1), 1); rank];
+    for s in shapes {
+        let sizes = dims.resolve(s)?;
+        let offset = rank - s.rank();
+        for (i, (d, n)) in s.0.iter().zip(sizes).enumerate() {
+            let slot = &mut out[offset + i];
+            if n == slot.1 || n == 1 {
+                continue;
+            }
+            if slot.1 != 1 {
+                let all: Vec<String> = shapes.iter().map(|s| dims.describe(s)).collect();
+                return Err(format!("shapes {} do not broadcast", all.join(" and ")));
+            }
+            *slot = (d.clone(), n);
+        }
+    }
+    Ok(Shape(out.into_iter().map(|(d, _)| d).collect()))
+}

@@ -1,0 +1,24 @@
+//! `attnc-ir`: the tensor IR every other crate works on.
+//!
+//! Invariant: a [`Graph`] that leaves this crate has passed [`verify`] — every node's
+//! type is the one its op infers from its operands, operands precede their users, and
+//! every symbolic dimension is bound. The interpreter ([`interp`]) evaluates any such
+//! graph and is the oracle for every rewrite and backend.
+
+mod dtype;
+mod error;
+mod graph;
+mod infer;
+mod mask;
+mod op;
+mod shape;
+mod verify;
+
+pub use dtype::DType;
+pub use error::{IrError, Result};
+pub use graph::{Graph, GraphBuilder, Node, NodeId};
+pub use infer::{broadcast_shapes, infer};
+pub use mask::{Coord, MaskBinOp, MaskError, MaskExpr, MaskKind, MAX_MASK_DEPTH};
+pub use op::{BinaryOp, CmpOp, Op, ReduceKind, TopKOutput, UnaryOp};
+pub use shape::{num_elements, Dim, Dims, Shape, TensorType, MAX_ELEMENTS};
+pub use verify::{same_type, verify};

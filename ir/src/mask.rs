@@ -1,0 +1,554 @@
+//! Mask expressions: a small language over the attention coordinates `(b, h, q, k)`.
+//!
+//! `k <= q && q - k < window` is causal sliding-window attention. Integer arithmetic
+//! (`+ - * / %`, unary `-`), comparisons (`< <= > >= == !=`), `&&`, `||`, `!` and
+//! parentheses; any other name is a dimension bound in the graph's `dims` table.
+//! The expression stays symbolic in the IR so later passes can analyse it.
+
+use crate::Dims;
+use std::fmt;
+
+/// One of the four attention coordinates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Coord {
+    B,
+    H,
+    Q,
+    K,
+}
+
+impl Coord {
+    pub fn name(self) -> &'static str {
+        match self {
+            Coord::B => "b",
+            Coord::H => "h",
+            Coord::Q => "q",
+            Coord::K => "k",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MaskBinOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Rem,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+    Ne,
+    And,
+    Or,
+}
+
+impl MaskBinOp {
+    fn symbol(self) -> &'static str {
+        use MaskBinOp::*;
+        match self {
+            Add => "+",
+            Sub => "-",
+            Mul => "*",
+            Div => "/",
+            Rem => "%",
+            Lt => "<",
+            Le => "<=",
+            Gt => ">",
+            Ge => ">=",
+            Eq => "==",
+            Ne => "!=",
+            And => "&&",
+            Or => "||",
+        }
+    }
+
+    /// Binding strength; higher binds tighter.
+    fn precedence(self) -> u8 {
+        use MaskBinOp::*;
+        match self {
+            Or => 1,
+            And => 2,
+            Eq | Ne => 3,
+            Lt | Le | Gt | Ge => 4,
+            Add | Sub => 5,
+            Mul | Div | Rem => 6,
+        }
+    }
+
+    fn is_arith(self) -> bool {
+        use MaskBinOp::*;
+        matches!(self, Add | Sub | Mul | Div | Rem)
+    }
+}
+
+/// The kind of value an expression produces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaskKind {
+    Int,
+    Bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum MaskExpr {
+    Int(i64),
+    Coord(Coord),
+    /// A dimension name, bound in the graph's `dims`.
+    Dim(String),
+    Neg(Box<MaskExpr>),
+    Not(Box<MaskExpr>),
+    Bin(MaskBinOp, Box<MaskExpr>, Box<MaskExpr>),
+}
+
+/// Deepest nesting the parser accepts: deep enough for any hand-written mask, shallow
+/// enough that recursive evaluation can never exhaust the stack.
+pub const MAX_MASK_DEPTH: usize = 64;
+
+/// A parse error at a 1-based column of the expression text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MaskError {
+    pub col: usize,
+    pub message: String,
+}
+
+impl fmt::Display for MaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "column {}: {}", self.col, self.message)
+    }
+}
+
+impl MaskExpr {
+    /// Parse and type-check a mask expression; the result must be boolean.
+    pub fn parse(text: &str) -> Result<MaskExpr, MaskError> {
+        let tokens = lex(text)?;
+        let mut p = Parser {
+            tokens,
+            pos: 0,
+            end: text.chars().count() + 1,
+            depth: 0,
+        };
+        let e = p.expr(0)?;
+        if let Some(t) = p.tokens.get(p.pos) {
+            return Err(MaskError {
+                col: t.col,
+                message: format!("unexpected `{}` after the end of the expression", t.tok),
+            });
+        }
+        match e.kind() {
+            Ok(MaskKind::Bool) => Ok(e),
+            Ok(MaskKind::Int) => Err(MaskError {
+                col: 1,
+                message: "a mask must be a condition (e.g. `k <= q`), not an integer".into(),
+            }),
+            Err(m) => Err(MaskError { col: 1, message: m }),
+        }
+    }
+
+    /// Type of the expression, or why it is ill-typed.
+    pub fn kind(&self) -> Result<MaskKind, String> {
+        use MaskKind::*;
+        match self {
+            MaskExpr::Int(_) | MaskExpr::Coord(_) | MaskExpr::Dim(_) => Ok(Int),
+            MaskExpr::Neg(e) => match e.kind()? {
+                Int => Ok(Int),
+                Bool => Err(format!("`-` needs an integer, got the condition `{e}`")),
+            },
+            MaskExpr::Not(e) => match e.kind()? {
+                Bool => Ok(Bool),
+                Int => Err(format!("`!` needs a condition, got the integer `{e}`")),
+            },
+            MaskExpr::Bin(op, l, r) => {
+                let (lk, rk) = (l.kind()?, r.kind()?);
+                let want = if matches!(op, MaskBinOp::And | MaskBinOp::Or) {
+                    Bool
+                } else {
+                    Int
+                };
+                for (side, k) in [(l, lk), (r, rk)] {
+                    if k != want {
+                        return Err(format!(
+                            "`{}` needs {} operands, got `{side}`",
+                            op.symbol(),
+                            if want == Int { "integer" } else { "condition" }
+                        ));
+                    }
+                }
+                Ok(if op.is_arith() { Int } else { Bool })
+            }
+        }
+    }
+
+    /// Dimension names the expression refers to.
+    pub fn dim_names(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        self.visit(&mut |e| {
+            if let MaskExpr::Dim(d) = e {
+                if !out.contains(d) {
+                    out.push(d.clone());
+                }
+            }
+        });
+        out
+    }
+
+    fn visit(&self, f: &mut impl FnMut(&MaskExpr)) {
+        f(self);
+        match self {
+            MaskExpr::Neg(e) | MaskExpr::Not(e) => e.visit(f),
+            MaskExpr::Bin(_, l, r) => {
+                l.visit(f);
+                r.visit(f);
+            }
+            _ => {}
+        }
+    }
+
+    /// Evaluate at one coordinate; conditions give 0 or 1. Division and remainder by
+    /// zero give 0 (the mask language has no errors at run time), and arithmetic wraps.
+    pub fn eval(&self, at: [i64; 4], dims: &Dims) -> i64 {
+        use MaskBinOp::*;
+        match self {
+            MaskExpr::Int(n) => *n,
+            MaskExpr::Coord(c) => at[*c as usize],
+            MaskExpr::Dim(d) => dims.get(d).map_or(0, |v| v as i64),
+            MaskExpr::Neg(e) => e.eval(at, dims).wrapping_neg(),
+            MaskExpr::Not(e) => (e.eval(at, dims) == 0) as i64,
+            MaskExpr::Bin(op, l, r) => {
+                let a = l.eval(at, dims);
+                // `&&` and `||` short-circuit like the C they look like.
+                match op {
+                    And if a == 0 => return 0,
+                    Or if a != 0 => return 1,
+                    _ => {}
+                }
+                let b = r.eval(at, dims);
+                match op {
+                    Add => a.wrapping_add(b),
+                    Sub => a.wrapping_sub(b),
+                    Mul => a.wrapping_mul(b),
+                    Div => a.checked_div(b).unwrap_or(0),
+                    Rem => a.checked_rem(b).unwrap_or(0),
+                    Lt => (a < b) as i64,
+                    Le => (a <= b) as i64,
+                    Gt => (a > b) as i64,
+                    Ge => (a >= b) as i64,
+                    Eq => (a == b) as i64,
+                    Ne => (a != b) as i64,
+                    And | Or => (b != 0) as i64,
+                }
+            }
+        }
+    }
+
+    pub fn holds(&self, b: i64, h: i64, q: i64, k: i64, dims: &Dims) -> bool {
+        self.eval([b, h, q, k], dims) != 0
+    }
+
+    fn fmt_prec(&self, f: &mut fmt::Formatter<'_>, parent: u8) -> fmt::Result {
+        match self {
+            MaskExpr::Int(n) => write!(f, "{n}"),
+            MaskExpr::Coord(c) => f.write_str(c.name()),
+            MaskExpr::Dim(d) => f.write_str(d),
+            MaskExpr::Neg(e) => {
+                f.write_str("-")?;
+                e.fmt_prec(f, 7)
+            }
+            MaskExpr::Not(e) => {
+                f.write_str("!")?;
+                e.fmt_prec(f, 7)
+            }
+            MaskExpr::Bin(op, l, r) => {
+                let p = op.precedence();
+                if p < parent {
+                    f.write_str("(")?;
+                }
+                l.fmt_prec(f, p)?;
+                write!(f, " {} ", op.symbol())?;
+                // Left-associative: a right operand of equal precedence needs parentheses.
+                r.fmt_prec(f, p + 1)?;
+                if p < parent {
+                    f.write_str(")")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl fmt::Display for MaskExpr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_prec(f, 0)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Tok {
+    Int(i64),
+    Name(String),
+    Op(&'static str),
+    LParen,
+    RParen,
+}
+
+impl fmt::Display for Tok {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Tok::Int(n) => write!(f, "{n}"),
+            Tok::Name(s) => f.write_str(s),
+            Tok::Op(s) => f.write_str(s),
+            Tok::LParen => f.write_str("("),
+            Tok::RParen => f.write_str(")"),
+        }
+    }
+}
+
+struct Token {
+    tok: Tok,
+    col: usize,
+}
+
+const OPERATORS: [&str; 18] = [
+    "&&", "||", "<=", ">=", "==", "!=", "<", ">", "+", "-", "*", "/", "%", "!", "(", ")", "&",
+    "|",
+];
+
+fn lex(text: &str) -> Result<Vec<Token>, MaskError> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let col = i + 1;
+        if c.is_whitespace() {
+            i += 1;
+        } else if c.is_ascii_digit() {
+            let start = i;
+            while i < chars.len() && chars[i].is_ascii_digit() {
+                i += 1;
+            }
+            let s: String = chars[start..i].iter().collect();
+            let n = s.parse::<i64>().map_err(|_| MaskError {
+                col,
+                message: format!("integer `{s}` is too large"),
+            })?;
+            out.push(Token {
+                tok: Tok::Int(n),
+                col,
+            });
+        } else if c.is_ascii_alphabetic() || c == '_' {
+            let start = i;
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_') {
+                i += 1;
+            }
+            out.push(Token {
+                tok: Tok::Name(chars[start..i].iter().collect()),
+                col,
+            });
+        } else {
+            let rest: String = chars[i..chars.len().min(i + 2)].iter().collect();
+            let op = OPERATORS
+                .iter()
+                .find(|op| rest.starts_with(**op))
+                .ok_or_else(|| MaskError {
+                    col,
+                    message: format!("unexpected character `{c}`"),
+                })?;
+            if *op == "&" || *op == "|" {
+                return Err(MaskError {
+                    col,
+                    message: format!("`{op}` is not an operator; did you mean `{op}{op}`?"),
+                });
+            }
+            i += op.len();
+            out.push(Token {
+                tok: match *op {
+                    "(" => Tok::LParen,
+                    ")" => Tok::RParen,
+                    op => Tok::Op(op),
+                },
+                col,
+            });
+        }
+    }
+    Ok(out)
+}
+
+struct Parser {
+    tokens: Vec<Token>,
+    pos: usize,
+    end: usize,
+    depth: usize,
+}
+
+fn binop(s: &str) -> Option<MaskBinOp> {
+    use MaskBinOp::*;
+    Some(match s {
+        "+" => Add,
+        "-" => Sub,
+        "*" => Mul,
+        "/" => Div,
+        "%" => Rem,
+        "<" => Lt,
+        "<=" => Le,
+        ">" => Gt,
+        ">=" => Ge,
+        "==" => Eq,
+        "!=" => Ne,
+        "&&" => And,
+        "||" => Or,
+        _ => return None,
+    })
+}
+
+impl Parser {
+    fn peek(&self) -> Option<&Token> {
+        self.tokens.get(self.pos)
+    }
+
+    fn col(&self) -> usize {
+        self.peek().map_or(self.end, |t| t.col)
+    }
+
+    fn err<T>(&self, message: impl Into<String>) -> Result<T, MaskError> {
+        Err(MaskError {
+            col: self.col(),
+            message: message.into(),
+        })
+    }
+
+    /// Precedence climbing: parse operators binding at least as tight as `min`.
+    fn expr(&mut self, min: u8) -> Result<MaskExpr, MaskError> {
+        self.depth += 1;
+        if self.depth > MAX_MASK_DEPTH {
+            return self.err(format!("expression nests deeper than {MAX_MASK_DEPTH}"));
+        }
+        let mut lhs = self.unary()?;
+        while let Some(Token { tok: Tok::Op(s), .. }) = self.peek() {
+            let Some(op) = binop(s) else { break };
+            if op.precedence() < min {
+                break;
+            }
+            self.pos += 1;
+            let rhs = self.expr(op.precedence() + 1)?;
+            lhs = MaskExpr::Bin(op, Box::new(lhs), Box::new(rhs));
+        }
+        self.depth -= 1;
+        Ok(lhs)
+    }
+
+    fn unary(&mut self) -> Result<MaskExpr, MaskError> {
+        let Some(t) = self.peek() else {
+            return self.err("expected a value, found the end of the expression");
+        };
+        let tok = t.tok.clone();
+        self.pos += 1;
+        match tok {
+            Tok::Int(n) => Ok(MaskExpr::Int(n)),
+            Tok::Name(name) => Ok(match name.as_str() {
+                "b" => MaskExpr::Coord(Coord::B),
+                "h" => MaskExpr::Coord(Coord::H),
+                "q" => MaskExpr::Coord(Coord::Q),
+                "k" => MaskExpr::Coord(Coord::K),
+                _ => MaskExpr::Dim(name),
+            }),
+            Tok::Op("-") => Ok(MaskExpr::Neg(Box::new(self.nested_unary()?))),
+            Tok::Op("!") => Ok(MaskExpr::Not(Box::new(self.nested_unary()?))),
+            Tok::LParen => {
+                let e = self.expr(0)?;
+                match self.peek() {
+                    Some(Token {
+                        tok: Tok::RParen, ..
+                    }) => {
+                        self.pos += 1;
+                        Ok(e)
+                    }
+                    _ => self.err("expected `)`"),
+                }
+            }
+            other => {
+                self.pos -= 1;
+                self.err(format!("expected a value, found `{other}`"))
+            }
+        }
+    }
+
+    fn nested_unary(&mut self) -> Result<MaskExpr, MaskError> {
+        self.depth += 1;
+        if self.depth > MAX_MASK_DEPTH {
+            return self.err(format!("expression nests deeper than {MAX_MASK_DEPTH}"));
+        }
+        let e = self.unary();
+        self.depth -= 1;
+        e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dims() -> Dims {
+        let mut d = Dims::new();
+        d.bind("window", 3);
+        d
+    }
+
+    #[test]
+    fn causal_sliding_window() {
+        let e = MaskExpr::parse("k <= q && q - k < window").unwrap();
+        let d = dims();
+        assert!(e.holds(0, 0, 5, 5, &d));
+        assert!(e.holds(0, 0, 5, 3, &d));
+        assert!(!e.holds(0, 0, 5, 2, &d));
+        assert!(!e.holds(0, 0, 2, 3, &d));
+        assert_eq!(e.dim_names(), vec!["window".to_string()]);
+    }
+
+    #[test]
+    fn precedence_and_printing_round_trip() {
+        for text in [
+            "k <= q",
+            "(q - k) % 4 == 0 || k < 2",
+            "!(k > q) && h * 2 + 1 != b",
+            "q - (k - 1) >= 0",
+            "-k + q >= 0",
+        ] {
+            let e = MaskExpr::parse(text).unwrap();
+            let printed = e.to_string();
+            assert_eq!(MaskExpr::parse(&printed).unwrap(), e, "{text} -> {printed}");
+        }
+        assert_eq!(
+            MaskExpr::parse("a - b - c > 0").unwrap().to_string(),
+            "a - b - c > 0"
+        );
+        assert_eq!(
+            MaskExpr::parse("a - (b - c) > 0").unwrap().to_string(),
+            "a - (b - c) > 0"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_column() {
+        let e = MaskExpr::parse("k <= q & q < 4").unwrap_err();
+        assert_eq!(e.col, 8);
+        assert!(e.message.contains("&&"));
+        let e = MaskExpr::parse("k <= ").unwrap_err();
+        assert_eq!(e.col, 6);
+        let e = MaskExpr::parse("k + q").unwrap_err();
+        assert!(e.message.contains("condition"));
+        let e = MaskExpr::parse("(k <= q").unwrap_err();
+        assert!(e.message.contains("`)`"));
+        let e = MaskExpr::parse("k <= q $").unwrap_err();
+        assert_eq!(e.col, 8);
+        let deep = format!("{}k <= q{}", "(".repeat(200), ")".repeat(200));
+        assert!(MaskExpr::parse(&deep).unwrap_err().message.contains("deeper"));
+    }
+
+    #[test]
+    fn division_by_zero_is_zero() {
+        let e = MaskExpr::parse("q / (k - k) == 0 && q % 0 == 0").unwrap();
+        assert!(e.holds(0, 0, 3, 1, &Dims::new()));
+    }
+}

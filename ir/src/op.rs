@@ -1,0 +1,312 @@
+//! The operations of the IR, in their plain (unfused) form.
+//!
+//! Every op has a stable text name (`matmul`, `softmax`, ...) used by the text format,
+//! by snapshots and, later, by the e-graph language; attributes are the op's
+//! compile-time parameters, operands are graph edges.
+
+use crate::{DType, Dim, MaskExpr, Shape};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnaryOp {
+    Neg,
+    Abs,
+    Exp,
+    Log,
+    Sqrt,
+    Rsqrt,
+    Tanh,
+    Sigmoid,
+    Silu,
+    /// Exact GELU, `x·Φ(x)` with the error function (BERT).
+    Gelu,
+    /// GELU's tanh approximation (GPT-2's `gelu_new`).
+    GeluTanh,
+    /// ELU with α = 1.
+    Elu,
+    Relu,
+}
+
+impl UnaryOp {
+    pub const ALL: [UnaryOp; 13] = [
+        UnaryOp::Neg,
+        UnaryOp::Abs,
+        UnaryOp::Exp,
+        UnaryOp::Log,
+        UnaryOp::Sqrt,
+        UnaryOp::Rsqrt,
+        UnaryOp::Tanh,
+        UnaryOp::Sigmoid,
+        UnaryOp::Silu,
+        UnaryOp::Gelu,
+        UnaryOp::GeluTanh,
+        UnaryOp::Elu,
+        UnaryOp::Relu,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Neg => "neg",
+            UnaryOp::Abs => "abs",
+            UnaryOp::Exp => "exp",
+            UnaryOp::Log => "log",
+            UnaryOp::Sqrt => "sqrt",
+            UnaryOp::Rsqrt => "rsqrt",
+            UnaryOp::Tanh => "tanh",
+            UnaryOp::Sigmoid => "sigmoid",
+            UnaryOp::Silu => "silu",
+            UnaryOp::Gelu => "gelu",
+            UnaryOp::GeluTanh => "gelu_tanh",
+            UnaryOp::Elu => "elu",
+            UnaryOp::Relu => "relu",
+        }
+    }
+
+    /// Ops that also make sense on integers.
+    pub fn allows_int(self) -> bool {
+        matches!(self, UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Relu)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Max,
+    Min,
+    Pow,
+}
+
+impl BinaryOp {
+    pub const ALL: [BinaryOp; 7] = [
+        BinaryOp::Add,
+        BinaryOp::Sub,
+        BinaryOp::Mul,
+        BinaryOp::Div,
+        BinaryOp::Max,
+        BinaryOp::Min,
+        BinaryOp::Pow,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "add",
+            BinaryOp::Sub => "sub",
+            BinaryOp::Mul => "mul",
+            BinaryOp::Div => "div",
+            BinaryOp::Max => "max",
+            BinaryOp::Min => "min",
+            BinaryOp::Pow => "pow",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CmpOp {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+    Ne,
+}
+
+impl CmpOp {
+    pub const ALL: [CmpOp; 6] = [
+        CmpOp::Lt,
+        CmpOp::Le,
+        CmpOp::Gt,
+        CmpOp::Ge,
+        CmpOp::Eq,
+        CmpOp::Ne,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CmpOp::Lt => "lt",
+            CmpOp::Le => "le",
+            CmpOp::Gt => "gt",
+            CmpOp::Ge => "ge",
+            CmpOp::Eq => "eq",
+            CmpOp::Ne => "ne",
+        }
+    }
+
+    pub fn holds(self, a: f64, b: f64) -> bool {
+        match self {
+            CmpOp::Lt => a < b,
+            CmpOp::Le => a <= b,
+            CmpOp::Gt => a > b,
+            CmpOp::Ge => a >= b,
+            CmpOp::Eq => a == b,
+            CmpOp::Ne => a != b,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReduceKind {
+    Sum,
+    Max,
+    Mean,
+}
+
+impl ReduceKind {
+    pub const ALL: [ReduceKind; 3] = [ReduceKind::Sum, ReduceKind::Max, ReduceKind::Mean];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ReduceKind::Sum => "reduce_sum",
+            ReduceKind::Max => "reduce_max",
+            ReduceKind::Mean => "reduce_mean",
+        }
+    }
+}
+
+/// Which result of a top-k selection a `topk_*` op yields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TopKOutput {
+    Values,
+    Indices,
+}
+
+/// An operation. Shapes of results are computed by [`crate::infer`]; the source ops
+/// (`input`, `param`, `const`, `iota`, `mask`) take their type from the node.
+///
+/// Axes are non-negative. Operand order is documented per op.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Op {
+    /// A model input (token ids, activations) fed at run time.
+    Input { name: String },
+    /// A weight, bound once per model.
+    Param { name: String },
+    /// A scalar constant (type `[]`); broadcasting makes it any shape.
+    Const { value: f64 },
+    /// `out[i…] = i_axis`: the index along `axis`, an integer tensor.
+    Iota { axis: usize },
+    Unary(UnaryOp),
+    /// `(a, b)`, numpy broadcasting, same dtype.
+    Binary(BinaryOp),
+    /// `(a, b)` → bool, numpy broadcasting.
+    Compare(CmpOp),
+    /// `(cond, a, b)`: `cond ? a : b`, broadcasting all three.
+    Select,
+    Cast { to: DType },
+    Reduce {
+        kind: ReduceKind,
+        axes: Vec<usize>,
+        keep_dims: bool,
+    },
+    Softmax { axis: usize },
+    /// `(x, gamma, beta)`, normalising over the last axis.
+    LayerNorm { eps: f64 },
+    /// `(x, gamma)`, normalising over the last axis.
+    RmsNorm { eps: f64 },
+    /// `(a [.., m, k], b [.., k, n])` → `[.., m, n]`, batch dims broadcast.
+    MatMul,
+    Reshape { shape: Shape },
+    Transpose { perm: Vec<usize> },
+    /// numpy-style broadcast of the operand to `shape`.
+    Broadcast { shape: Shape },
+    /// Any number of operands, joined along `axis`.
+    Concat { axis: usize },
+    /// Elements `start..end` along `axis`.
+    Slice { axis: usize, start: Dim, end: Dim },
+    /// `(data, indices)`: `out = data[.., indices[…], ..]` along `axis`; the result
+    /// shape is `data[..axis] ++ indices ++ data[axis+1..]`.
+    Gather { axis: usize },
+    /// `(data, indices [n], updates)`: `out = data; out[.., indices[j], ..] += updates[.., j, ..]`.
+    ScatterAdd { axis: usize },
+    /// `(table [v, d], ids [..])` → `[.., d]`.
+    Embedding,
+    /// Rotary position embedding over the last axis (rotate-half pairing `i`, `i + d/2`),
+    /// position = index along the second-to-last axis.
+    Rope { theta: f64 },
+    /// The `k` largest along the last axis, in descending order; ties go to the lower
+    /// index.
+    TopK { k: u64, output: TopKOutput },
+    /// Inclusive prefix sum along `axis`.
+    CumSum { axis: usize },
+    /// Materialise a mask expression over the trailing `(b, h, q, k)` coordinates.
+    Mask { expr: MaskExpr },
+}
+
+impl Op {
+    /// The op's name in the text format.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Input { .. } => "input",
+            Op::Param { .. } => "param",
+            Op::Const { .. } => "const",
+            Op::Iota { .. } => "iota",
+            Op::Unary(u) => u.name(),
+            Op::Binary(b) => b.name(),
+            Op::Compare(c) => c.name(),
+            Op::Select => "select",
+            Op::Cast { .. } => "cast",
+            Op::Reduce { kind, .. } => kind.name(),
+            Op::Softmax { .. } => "softmax",
+            Op::LayerNorm { .. } => "layer_norm",
+            Op::RmsNorm { .. } => "rms_norm",
+            Op::MatMul => "matmul",
+            Op::Reshape { .. } => "reshape",
+            Op::Transpose { .. } => "transpose",
+            Op::Broadcast { .. } => "broadcast",
+            Op::Concat { .. } => "concat",
+            Op::Slice { .. } => "slice",
+            Op::Gather { .. } => "gather",
+            Op::ScatterAdd { .. } => "scatter_add",
+            Op::Embedding => "embedding",
+            Op::Rope { .. } => "rope",
+            Op::TopK {
+                output: TopKOutput::Values,
+                ..
+            } => "topk_values",
+            Op::TopK {
+                output: TopKOutput::Indices,
+                ..
+            } => "topk_indices",
+            Op::CumSum { .. } => "cumsum",
+            Op::Mask { .. } => "mask",
+        }
+    }
+
+    /// Source ops have no operands and carry their result type themselves.
+    pub fn is_source(&self) -> bool {
+        matches!(
+            self,
+            Op::Input { .. } | Op::Param { .. } | Op::Const { .. } | Op::Iota { .. } | Op::Mask { .. }
+        )
+    }
+
+    /// Number of operands, or `None` when variadic (`concat`).
+    pub fn arity(&self) -> Option<usize> {
+        Some(match self {
+            Op::Input { .. }
+            | Op::Param { .. }
+            | Op::Const { .. }
+            | Op::Iota { .. }
+            | Op::Mask { .. } => 0,
+            Op::Unary(_)
+            | Op::Cast { .. }
+            | Op::Reduce { .. }
+            | Op::Softmax { .. }
+            | Op::Reshape { .. }
+            | Op::Transpose { .. }
+            | Op::Broadcast { .. }
+            | Op::Slice { .. }
+            | Op::Rope { .. }
+            | Op::TopK { .. }
+            | Op::CumSum { .. } => 1,
+            Op::Binary(_)
+            | Op::Compare(_)
+            | Op::RmsNorm { .. }
+            | Op::MatMul
+            | Op::Gather { .. }
+            | Op::Embedding => 2,
+            Op::Select | Op::LayerNorm { .. } | Op::ScatterAdd { .. } => 3,
+            Op::Concat { .. } => return None,
+        })
+    }
+}
