@@ -121,6 +121,17 @@ impl Graph {
         id
     }
 
+    /// Remove the most recently added node (and its operand edges).
+    pub(crate) fn pop_last(&mut self) {
+        if let Some(last) = self.g.node_indices().last() {
+            self.g.remove_node(last);
+        }
+    }
+
+    pub(crate) fn set_type(&mut self, id: NodeId, ty: TensorType) {
+        self.g[id].ty = ty;
+    }
+
     pub(crate) fn push_output(&mut self, name: String, id: NodeId) {
         self.outputs.push((name, id));
     }
@@ -190,6 +201,37 @@ impl GraphBuilder {
             layer: self.layer.clone(),
         };
         Ok(self.graph.push(node, operands))
+    }
+
+    /// Add a node whose type was written down (by the text parser): the op's inferred
+    /// type must agree with it in sizes and dtype; the written spelling is kept.
+    pub fn add_declared(&mut self, op: Op, operands: &[NodeId], declared: TensorType) -> Result<NodeId> {
+        if op.is_source() {
+            return self.add(op, operands, Some(declared));
+        }
+        let id_if_ok = self.graph.len();
+        let inferred = {
+            let id = self.add(op, operands, None)?;
+            self.graph.node(id).ty.clone()
+        };
+        if !crate::same_type(&self.graph, &inferred, &declared) {
+            let op = self.graph.node(NodeId::new(id_if_ok)).op.name().to_string();
+            let message = format!(
+                "declared type {} {} but the op computes {} {}",
+                self.graph.dims.describe(&declared.shape),
+                declared.dtype,
+                self.graph.dims.describe(&inferred.shape),
+                inferred.dtype
+            );
+            self.graph.pop_last();
+            return Err(IrError::Type {
+                layer: self.layer.clone(),
+                op,
+                message,
+            });
+        }
+        self.graph.set_type(NodeId::new(id_if_ok), declared);
+        Ok(NodeId::new(id_if_ok))
     }
 
     fn type_error(&self, op: &Op, message: String) -> IrError {

@@ -5,20 +5,32 @@
 //! every symbolic dimension is bound. The interpreter ([`interp`]) evaluates any such
 //! graph and is the oracle for every rewrite and backend.
 
+mod dot;
 mod dtype;
 mod error;
 mod graph;
 mod infer;
+pub mod interp;
 mod mask;
 mod op;
+mod random;
 mod shape;
+pub mod spec;
+mod stats;
+mod tensor;
+mod text;
 mod verify;
 
+pub use dot::to_dot;
 pub use dtype::DType;
 pub use error::{IrError, Result};
 pub use graph::{Graph, GraphBuilder, Node, NodeId};
 pub use infer::{broadcast_shapes, infer};
 pub use mask::{Coord, MaskBinOp, MaskError, MaskExpr, MaskKind, MAX_MASK_DEPTH};
 pub use op::{BinaryOp, CmpOp, Op, ReduceKind, TopKOutput, UnaryOp};
+pub use random::{random_bindings, Rng};
 pub use shape::{num_elements, Dim, Dims, Shape, TensorType, MAX_ELEMENTS};
+pub use stats::{layer_stats, node_bytes, node_flops, LayerStats};
+pub use tensor::{strides, Tensor};
+pub use text::{parse, print};
 pub use verify::{same_type, verify};

@@ -1,0 +1,1 @@
+//! FLOP and byte counts (being written).
