@@ -1,1 +1,195 @@
+//! `attnc`: the compiler driver. Loads a model (spec or IR text), and compiles,
+//! inspects or runs it; the `attnc` binary is a thin command line over this facade.
+//!
+//! Invariant: every failure reaches the caller as an [`Error`] whose message names
+//! the file and, where there is one, the layer — the driver never panics on input.
 
+use attnc_ir::spec::{self, SpecSource};
+use attnc_ir::{interp, Graph, Tensor};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+pub use attnc_backends as backends;
+pub use attnc_ir as ir;
+
+/// A driver error: one line (or a few) for the user, already naming file and layer.
+#[derive(Debug)]
+pub struct Error(pub String);
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn err(message: impl Into<String>) -> Error {
+    Error(message.into())
+}
+
+/// Load a model: `.air` is IR text, `.toml`/`.json` a spec lowered to IR.
+pub fn load(path: &Path, source: &SpecSource) -> Result<Graph> {
+    let shown = path.display();
+    if path.extension().and_then(|e| e.to_str()) == Some("air") {
+        if !source.sets.is_empty() || source.tiny {
+            return Err(err(format!(
+                "{shown}: --set and --tiny apply to model specs (.toml, .json), not to IR text"
+            )));
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err(format!("{shown}: cannot read: {e}")))?;
+        return attnc_ir::parse(&text).map_err(|e| err(format!("{shown}:{e}")));
+    }
+    let spec = spec::load_spec(path, source).map_err(err)?;
+    spec::lower(&spec).map_err(|e| err(format!("{shown}: {e}")))
+}
+
+/// What `compile --emit` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Emit {
+    Ir,
+    Mlir,
+    Llvm,
+    Dot,
+}
+
+pub fn compile(graph: &Graph, emit: Emit) -> Result<String> {
+    Ok(match emit {
+        Emit::Ir => attnc_ir::print(graph),
+        Emit::Dot => attnc_ir::to_dot(graph),
+        Emit::Mlir => backends::emit_mlir(graph).map_err(|e| err(e.to_string()))?,
+        Emit::Llvm => backends::emit_llvm_ir(graph).map_err(|e| err(e.to_string()))?,
+    })
+}
+
+/// Per-layer statistics for `inspect`.
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerReport {
+    pub name: String,
+    pub ops: Vec<String>,
+    pub flops: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct InspectReport {
+    pub model: String,
+    pub nodes: usize,
+    pub params: usize,
+    pub param_elements: u64,
+    pub layers: Vec<LayerReport>,
+    pub flops: u64,
+    pub bytes: u64,
+}
+
+pub fn inspect(graph: &Graph) -> InspectReport {
+    let layers: Vec<LayerReport> = attnc_ir::layer_stats(graph)
+        .into_iter()
+        .map(|l| LayerReport {
+            name: l.name,
+            ops: l.ops,
+            flops: l.flops,
+            bytes: l.bytes,
+        })
+        .collect();
+    let params = graph.params();
+    InspectReport {
+        model: graph.name.clone(),
+        nodes: graph.len(),
+        params: params.len(),
+        param_elements: params
+            .iter()
+            .map(|(_, id)| graph.sizes(*id).iter().map(|&n| n as u64).product::<u64>())
+            .sum(),
+        flops: layers.iter().map(|l| l.flops).sum(),
+        bytes: layers.iter().map(|l| l.bytes).sum(),
+        layers,
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct OutputReport {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub dtype: String,
+    /// Checked runs only: largest |compiled − interpreter| of this output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_abs_err: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    pub model: String,
+    pub seed: u64,
+    pub outputs: Vec<OutputReport>,
+    /// Milliseconds of one run of the compiled code.
+    pub ms: f64,
+    /// Milliseconds spent compiling (MLIR pipeline and JIT).
+    pub compile_ms: f64,
+    /// Checked runs only: worst error over all outputs against the f64 interpreter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_abs_err: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interp_ms: Option<f64>,
+}
+
+/// Options of `run`.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub seed: u64,
+    pub check: bool,
+}
+
+/// Compile for the CPU, run on seeded random inputs and weights and, with `check`,
+/// compare every output with the reference interpreter (in f64).
+pub fn run(graph: &Graph, options: &RunOptions) -> Result<RunReport> {
+    let bindings: HashMap<String, Tensor> = attnc_ir::random_bindings(graph, options.seed);
+    let t = Instant::now();
+    let model = backends::CompiledModel::new(graph).map_err(|e| err(e.to_string()))?;
+    let compile_ms = ms_since(t);
+    let t = Instant::now();
+    let outputs = model.run(&bindings).map_err(|e| err(e.to_string()))?;
+    let ms = ms_since(t);
+    let mut report = RunReport {
+        model: graph.name.clone(),
+        seed: options.seed,
+        outputs: graph
+            .outputs()
+            .iter()
+            .zip(&outputs)
+            .map(|((name, id), t)| OutputReport {
+                name: name.clone(),
+                shape: t.shape.clone(),
+                dtype: graph.node(*id).ty.dtype.to_string(),
+                max_abs_err: None,
+            })
+            .collect(),
+        ms,
+        compile_ms,
+        max_abs_err: None,
+        interp_ms: None,
+    };
+    if options.check {
+        let t = Instant::now();
+        let expected = interp::eval(graph, &bindings, interp::Precision::F64)
+            .map_err(|e| err(format!("interpreter: {e}")))?;
+        report.interp_ms = Some(ms_since(t));
+        let mut worst: f64 = 0.0;
+        for (out, (got, want)) in report.outputs.iter_mut().zip(outputs.iter().zip(&expected)) {
+            let e = got.max_abs_diff(want);
+            out.max_abs_err = Some(e);
+            worst = worst.max(e);
+        }
+        report.max_abs_err = Some(worst);
+    }
+    Ok(report)
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}

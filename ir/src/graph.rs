@@ -170,6 +170,12 @@ impl GraphBuilder {
         &self.graph.dims
     }
 
+    /// Replace the dims table. Only used to bind new names while building: a
+    /// rebinding would change the meaning of existing nodes, so callers add names only.
+    pub fn set_dims(&mut self, dims: Dims) {
+        self.graph.dims = dims;
+    }
+
     pub fn graph(&self) -> &Graph {
         &self.graph
     }

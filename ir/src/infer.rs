@@ -4,8 +4,20 @@
 use crate::{DType, Dim, Dims, Op, Shape, TensorType, TopKOutput};
 
 /// Result type of `op` applied to operands of types `args`, or why it is ill-typed.
-/// Source ops (no operands) take `declared` as their type after checking it.
+/// Source ops (no operands) take `declared` as their type after checking it. The
+/// result's size is checked too, so no later stage meets an unrepresentable tensor.
 pub fn infer(
+    op: &Op,
+    args: &[&TensorType],
+    declared: Option<&TensorType>,
+    dims: &Dims,
+) -> Result<TensorType, String> {
+    let ty = infer_unchecked(op, args, declared, dims)?;
+    dims.resolve(&ty.shape)?;
+    Ok(ty)
+}
+
+fn infer_unchecked(
     op: &Op,
     args: &[&TensorType],
     declared: Option<&TensorType>,

@@ -1,1 +1,522 @@
-//! Model specs (being written).
+//! Model specs: the user-facing description of an encoder or decoder stack.
+//!
+//! A spec is TOML (or JSON) deserialised with serde into the boundary types below —
+//! every field optional where a sensible default exists, unknown keys rejected —
+//! then resolved into one concrete [`LayerConfig`] per layer (base sections, then the
+//! layer's kind from `pattern`, then `[[override]]` entries) and lowered to IR by
+//! [`lower`]. The field names follow Hugging Face configs where one exists so that a
+//! `config.json` maps onto a spec field by field.
+
+mod load;
+mod lower;
+mod tiny;
+
+pub use load::{load_spec, parse_spec, Format, SpecSource};
+pub use lower::lower;
+
+use crate::{IrError, MaskExpr};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// Causal language model: token ids in, logits out.
+    #[default]
+    Decoder,
+    /// Bidirectional encoder: token ids in, hidden states out.
+    Encoder,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NormKind {
+    #[default]
+    LayerNorm,
+    RmsNorm,
+}
+
+/// Where the norm sits relative to the residual connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NormPlacement {
+    /// `x + f(norm(x))`, with a final norm before the head (GPT-2, Llama).
+    #[default]
+    Pre,
+    /// `norm(x + f(x))` (BERT, the original Transformer).
+    Post,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Position {
+    /// A learned table of `max_positions` vectors added to the token embeddings.
+    Learned,
+    /// Rotary embeddings applied to queries and keys.
+    Rope,
+    /// Linear biases on the attention scores (Press et al.).
+    Alibi,
+    #[default]
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FfnKind {
+    /// `W2·gelu(W1·x)` with exact (erf) GELU.
+    Gelu,
+    /// Same with GELU's tanh approximation (GPT-2).
+    GeluTanh,
+    Relu,
+    /// `W_down·(silu(W_gate·x) ⊙ W_up·x)` (Llama).
+    Swiglu,
+    /// Mixture of experts (parsed now, lowered by the MoE work).
+    Moe,
+}
+
+/// The whole spec as written. `deny_unknown_fields` makes a typo an error.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    pub name: String,
+    #[serde(default)]
+    pub arch: Arch,
+    pub vocab: u64,
+    pub d_model: u64,
+    pub layers: u64,
+    /// Named sizes: `batch` and `seq` are required; others (e.g. `window`) may be
+    /// used in mask expressions.
+    #[serde(default)]
+    pub dims: BTreeMap<String, u64>,
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+    #[serde(default)]
+    pub norm: NormKind,
+    #[serde(default = "default_eps")]
+    pub norm_eps: f64,
+    #[serde(default)]
+    pub norm_placement: NormPlacement,
+    #[serde(default)]
+    pub position: Position,
+    /// Size of the learned position table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_positions: Option<u64>,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    /// The output head reuses the token embedding table.
+    #[serde(default)]
+    pub tie_embeddings: bool,
+    #[serde(default)]
+    pub attention: AttentionFields,
+    #[serde(default)]
+    pub ffn: FfnFields,
+    /// Layer kinds cycled over the stack (`["local", "local", "global"]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pattern: Vec<String>,
+    /// What each kind in `pattern` changes relative to the base sections.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub kinds: BTreeMap<String, LayerFields>,
+    /// Changes to specific layers, applied last.
+    #[serde(default, rename = "override", skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<Override>,
+}
+
+fn default_dtype() -> String {
+    "f32".into()
+}
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_rope_theta() -> f64 {
+    10000.0
+}
+
+/// Attention fields; every one optional so the same type serves base sections,
+/// layer kinds and overrides.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttentionFields {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heads: Option<u64>,
+    /// Key/value heads (GQA when fewer than `heads`, MQA when 1). Default: `heads`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv_heads: Option<u64>,
+    /// Default: `d_model / heads`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<u64>,
+    /// Mask expression over (b, h, q, k); `"none"` for full attention. Default:
+    /// `k <= q` for decoders, none for encoders.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mask: Option<String>,
+    /// `none` or `softcap:C` (`C·tanh(s/C)`, Gemma 2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score_modifier: Option<String>,
+    /// Score scale. Default: `1/sqrt(head_dim)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qkv_bias: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub out_bias: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FfnFields {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<FfnKind>,
+    /// Hidden width of the MLP (of each expert for MoE).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hidden: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bias: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub experts: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared_experts: Option<u64>,
+    /// `softmax_topk` (Mixtral), `switch` (top-1 with capacity), `expert_choice`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub router: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity_factor: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention: Option<AttentionFields>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ffn: Option<FfnFields>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Override {
+    /// Layer indices this override applies to.
+    pub layers: Vec<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention: Option<AttentionFields>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ffn: Option<FfnFields>,
+}
+
+/// Field names per section, for `--set` short keys and "did you mean" hints.
+pub const SPEC_FIELDS: &[&str] = &[
+    "name",
+    "arch",
+    "vocab",
+    "d_model",
+    "layers",
+    "dims",
+    "dtype",
+    "norm",
+    "norm_eps",
+    "norm_placement",
+    "position",
+    "max_positions",
+    "rope_theta",
+    "tie_embeddings",
+    "attention",
+    "ffn",
+    "pattern",
+    "kinds",
+    "override",
+];
+pub const ATTENTION_FIELDS: &[&str] = &[
+    "heads",
+    "kv_heads",
+    "head_dim",
+    "mask",
+    "score_modifier",
+    "scale",
+    "qkv_bias",
+    "out_bias",
+];
+pub const FFN_FIELDS: &[&str] = &[
+    "kind",
+    "hidden",
+    "bias",
+    "experts",
+    "top_k",
+    "shared_experts",
+    "router",
+    "capacity_factor",
+];
+
+impl AttentionFields {
+    /// Fields set in `over` replace those in `self`.
+    fn merged(&self, over: &AttentionFields) -> AttentionFields {
+        AttentionFields {
+            heads: over.heads.or(self.heads),
+            kv_heads: over.kv_heads.or(self.kv_heads),
+            head_dim: over.head_dim.or(self.head_dim),
+            mask: over.mask.clone().or_else(|| self.mask.clone()),
+            score_modifier: over
+                .score_modifier
+                .clone()
+                .or_else(|| self.score_modifier.clone()),
+            scale: over.scale.or(self.scale),
+            qkv_bias: over.qkv_bias.or(self.qkv_bias),
+            out_bias: over.out_bias.or(self.out_bias),
+        }
+    }
+}
+
+impl FfnFields {
+    fn merged(&self, over: &FfnFields) -> FfnFields {
+        FfnFields {
+            kind: over.kind.or(self.kind),
+            hidden: over.hidden.or(self.hidden),
+            bias: over.bias.or(self.bias),
+            experts: over.experts.or(self.experts),
+            top_k: over.top_k.or(self.top_k),
+            shared_experts: over.shared_experts.or(self.shared_experts),
+            router: over.router.clone().or_else(|| self.router.clone()),
+            capacity_factor: over.capacity_factor.or(self.capacity_factor),
+        }
+    }
+}
+
+/// How attention scores are modified before masking.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ScoreModifier {
+    None,
+    /// `c·tanh(s/c)`.
+    Softcap(f64),
+}
+
+/// The resolved attention block of one layer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attention {
+    pub heads: u64,
+    pub kv_heads: u64,
+    pub head_dim: u64,
+    pub mask: Option<MaskExpr>,
+    pub score_modifier: ScoreModifier,
+    pub scale: f64,
+    pub qkv_bias: bool,
+    pub out_bias: bool,
+}
+
+/// The resolved feed-forward block of one layer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ffn {
+    pub kind: FfnKind,
+    pub hidden: u64,
+    pub bias: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerConfig {
+    pub index: u64,
+    /// The kind from `pattern`, if any.
+    pub kind: Option<String>,
+    pub attention: Attention,
+    pub ffn: Ffn,
+}
+
+/// Largest layer count and size accepted: past these a spec is a typo, not a model,
+/// and the error is kinder than an allocation failure later.
+pub const MAX_LAYERS: u64 = 4096;
+pub const MAX_DIM: u64 = 1 << 32;
+
+impl Spec {
+    fn spec_error(layer: Option<String>, message: impl Into<String>) -> IrError {
+        IrError::Spec {
+            layer,
+            message: message.into(),
+        }
+    }
+
+    pub fn dim(&self, name: &str) -> Result<u64, IrError> {
+        self.dims.get(name).copied().ok_or_else(|| {
+            Spec::spec_error(None, format!("`dims.{name}` is required (e.g. `{name} = 1`)"))
+        })
+    }
+
+    /// Checks that do not depend on a layer.
+    pub fn validate(&self) -> Result<(), IrError> {
+        let sizes = [("vocab", self.vocab), ("d_model", self.d_model), ("layers", self.layers)];
+        for (name, v) in sizes.into_iter().chain(self.dims.iter().map(|(k, v)| (k.as_str(), *v))) {
+            if v == 0 {
+                return Err(Spec::spec_error(None, format!("`{name}` must be at least 1")));
+            }
+            if v > MAX_DIM {
+                return Err(Spec::spec_error(
+                    None,
+                    format!("`{name}` = {v} is larger than the supported maximum {MAX_DIM}"),
+                ));
+            }
+        }
+        if self.layers > MAX_LAYERS {
+            return Err(Spec::spec_error(
+                None,
+                format!("`layers` = {} is more than {MAX_LAYERS}", self.layers),
+            ));
+        }
+        self.dim("batch")?;
+        self.dim("seq")?;
+        if crate::DType::from_name(&self.dtype).is_none_or(|d| !d.is_float()) {
+            return Err(Spec::spec_error(
+                None,
+                format!("`dtype` = {:?} is not one of f32, f16, bf16", self.dtype),
+            ));
+        }
+        if self.position == Position::Learned {
+            let max = self.max_positions.ok_or_else(|| {
+                Spec::spec_error(None, "`position = \"learned\"` needs `max_positions`")
+            })?;
+            let seq = self.dim("seq")?;
+            if seq > max {
+                return Err(Spec::spec_error(
+                    None,
+                    format!("`dims.seq` = {seq} is longer than `max_positions` = {max}"),
+                ));
+            }
+        }
+        if !(self.norm_eps > 0.0 && self.norm_eps.is_finite()) {
+            return Err(Spec::spec_error(None, "`norm_eps` must be a positive number"));
+        }
+        for kind in &self.pattern {
+            if !self.kinds.contains_key(kind) {
+                let known: Vec<&str> = self.kinds.keys().map(String::as_str).collect();
+                return Err(Spec::spec_error(
+                    None,
+                    format!(
+                        "`pattern` names the layer kind `{kind}`, which has no `[kinds.{kind}]` section{}",
+                        crate::spec::load::suggestion(kind, &known)
+                    ),
+                ));
+            }
+        }
+        for o in &self.overrides {
+            if let Some(&bad) = o.layers.iter().find(|&&l| l >= self.layers) {
+                return Err(Spec::spec_error(
+                    None,
+                    format!("an `[[override]]` names layer {bad}, but the model has {} layers", self.layers),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The concrete configuration of every layer.
+    pub fn layer_configs(&self) -> Result<Vec<LayerConfig>, IrError> {
+        self.validate()?;
+        (0..self.layers).map(|i| self.layer_config(i)).collect()
+    }
+
+    pub fn layer_config(&self, index: u64) -> Result<LayerConfig, IrError> {
+        let kind = (!self.pattern.is_empty())
+            .then(|| self.pattern[(index % self.pattern.len() as u64) as usize].clone());
+        let mut attention = self.attention.clone();
+        let mut ffn = self.ffn.clone();
+        if let Some(k) = kind.as_ref().and_then(|k| self.kinds.get(k)) {
+            if let Some(a) = &k.attention {
+                attention = attention.merged(a);
+            }
+            if let Some(f) = &k.ffn {
+                ffn = ffn.merged(f);
+            }
+        }
+        for o in self.overrides.iter().filter(|o| o.layers.contains(&index)) {
+            if let Some(a) = &o.attention {
+                attention = attention.merged(a);
+            }
+            if let Some(f) = &o.ffn {
+                ffn = ffn.merged(f);
+            }
+        }
+        let layer = format!("layers.{index}");
+        let err = |m: String| Spec::spec_error(Some(layer.clone()), m);
+        let positive = |name: &str, v: Option<u64>| -> Result<Option<u64>, IrError> {
+            match v {
+                Some(0) => Err(err(format!("`{name}` must be at least 1"))),
+                Some(v) if v > MAX_DIM => Err(err(format!("`{name}` = {v} is too large"))),
+                v => Ok(v),
+            }
+        };
+        let heads = positive("attention.heads", attention.heads)?
+            .ok_or_else(|| err("`attention.heads` is required".into()))?;
+        let kv_heads = positive("attention.kv_heads", attention.kv_heads)?.unwrap_or(heads);
+        if heads % kv_heads != 0 {
+            return Err(err(format!(
+                "`attention.heads` ({heads}) must be a multiple of `attention.kv_heads` ({kv_heads})"
+            )));
+        }
+        let head_dim = match positive("attention.head_dim", attention.head_dim)? {
+            Some(d) => d,
+            None if self.d_model % heads == 0 => self.d_model / heads,
+            None => {
+                return Err(err(format!(
+                    "`d_model` ({}) is not divisible by `attention.heads` ({heads}): set `attention.head_dim`",
+                    self.d_model
+                )))
+            }
+        };
+        if self.position == Position::Rope && head_dim % 2 != 0 {
+            return Err(err(format!("RoPE needs an even `attention.head_dim`, got {head_dim}")));
+        }
+        let mask_text = attention.mask.clone().unwrap_or_else(|| match self.arch {
+            Arch::Decoder => "k <= q".into(),
+            Arch::Encoder => "none".into(),
+        });
+        let mask = if mask_text.trim() == "none" {
+            None
+        } else {
+            let e = MaskExpr::parse(&mask_text)
+                .map_err(|e| err(format!("`attention.mask` {mask_text:?}: {e}")))?;
+            for d in e.dim_names() {
+                if !self.dims.contains_key(&d) {
+                    return Err(err(format!(
+                        "`attention.mask` {mask_text:?} refers to `{d}`: add it to `[dims]` (e.g. `{d} = 4096`)"
+                    )));
+                }
+            }
+            Some(e)
+        };
+        let score_modifier = parse_score_modifier(attention.score_modifier.as_deref())
+            .map_err(|m| err(format!("`attention.score_modifier`: {m}")))?;
+        let scale = attention.scale.unwrap_or(1.0 / (head_dim as f64).sqrt());
+        let ffn_kind = ffn.kind.ok_or_else(|| err("`ffn.kind` is required".into()))?;
+        let hidden = positive("ffn.hidden", ffn.hidden)?
+            .ok_or_else(|| err("`ffn.hidden` is required".into()))?;
+        Ok(LayerConfig {
+            index,
+            kind,
+            attention: Attention {
+                heads,
+                kv_heads,
+                head_dim,
+                mask,
+                score_modifier,
+                scale,
+                qkv_bias: attention.qkv_bias.unwrap_or(false),
+                out_bias: attention.out_bias.unwrap_or(false),
+            },
+            ffn: Ffn {
+                kind: ffn_kind,
+                hidden,
+                bias: ffn.bias.unwrap_or(false),
+            },
+        })
+    }
+}
+
+fn parse_score_modifier(text: Option<&str>) -> Result<ScoreModifier, String> {
+    match text.map(str::trim) {
+        None | Some("none") => Ok(ScoreModifier::None),
+        Some(t) => match t.strip_prefix("softcap:") {
+            Some(c) => match c.trim().parse::<f64>() {
+                Ok(c) if c > 0.0 && c.is_finite() => Ok(ScoreModifier::Softcap(c)),
+                _ => Err(format!("softcap needs a positive number, got {c:?}")),
+            },
+            None => Err(format!(
+                "unknown modifier {t:?}; expected `none` or `softcap:C`"
+            )),
+        },
+    }
+}

@@ -1,0 +1,346 @@
+//! Spec → IR, in textbook form.
+//!
+//! Attention is written the way a paper writes it — Q/K/V projections, heads split
+//! by reshape/transpose, K/V repeated for GQA, `softmax(mask(Q·Kᵀ·scale))·V` — and
+//! the FFN as plain matmuls and activations. Finding the fused, sparse or linear form
+//! is the optimizer's job, so the frontend never takes a shortcut.
+
+use super::{Arch, Attention, Ffn, FfnKind, LayerConfig, NormKind, NormPlacement, Position, ScoreModifier, Spec};
+use crate::{BinaryOp, DType, Dim, Dims, Graph, GraphBuilder, IrError, NodeId, Op, Shape, UnaryOp};
+
+/// Lower a spec to a verified graph with one output: `logits` for a decoder,
+/// `hidden` for an encoder.
+pub fn lower(spec: &Spec) -> Result<Graph, IrError> {
+    let layers = spec.layer_configs()?;
+    let dtype = DType::from_name(&spec.dtype).unwrap_or(DType::F32);
+    let mut dims = Dims::new();
+    for (name, &v) in &spec.dims {
+        dims.bind(name.clone(), v);
+    }
+    for (name, v) in [("vocab", spec.vocab), ("d_model", spec.d_model)] {
+        if !spec.dims.contains_key(name) {
+            dims.bind(name, v);
+        }
+    }
+    let mut l = Lowerer {
+        b: GraphBuilder::new(spec.name.clone(), dims),
+        spec,
+        dtype,
+        token_table: None,
+    };
+    let mut x = l.embed()?;
+    for cfg in &layers {
+        x = l.layer(cfg, x)?;
+    }
+    l.head(x)?;
+    l.b.finish()
+}
+
+struct Lowerer<'s> {
+    b: GraphBuilder,
+    spec: &'s Spec,
+    dtype: DType,
+    token_table: Option<NodeId>,
+}
+
+impl Lowerer<'_> {
+    /// A dimension named `name` of size `value`: the name is bound on first use and
+    /// reused while it means the same size; a clash (a layer override with another
+    /// width) falls back to the number.
+    fn dim(&mut self, name: &str, value: u64) -> Dim {
+        match self.b.dims().get(name) {
+            Some(v) if v == value => Dim::sym(name),
+            Some(_) => Dim::Const(value),
+            None => {
+                self.bind(name, value);
+                Dim::sym(name)
+            }
+        }
+    }
+
+    fn bind(&mut self, name: &str, value: u64) {
+        // The builder owns the dims; binding a fresh name never invalidates a node.
+        let mut dims = self.b.dims().clone();
+        dims.bind(name, value);
+        self.b.set_dims(dims);
+    }
+
+    fn shape(&self, dims: &[&Dim]) -> Shape {
+        Shape(dims.iter().map(|d| (*d).clone()).collect())
+    }
+
+    fn param(&mut self, name: String, dims: &[&Dim]) -> Result<NodeId, IrError> {
+        let shape = self.shape(dims);
+        self.b.param(name, shape, self.dtype)
+    }
+
+    fn op(&mut self, op: Op, args: &[NodeId]) -> Result<NodeId, IrError> {
+        self.b.op(op, args)
+    }
+
+    fn bin(&mut self, op: BinaryOp, a: NodeId, b: NodeId) -> Result<NodeId, IrError> {
+        self.b.op(Op::Binary(op), &[a, b])
+    }
+
+    fn unary(&mut self, op: UnaryOp, a: NodeId) -> Result<NodeId, IrError> {
+        self.b.op(Op::Unary(op), &[a])
+    }
+
+    fn scalar(&mut self, v: f64) -> Result<NodeId, IrError> {
+        self.b.constant(v, self.dtype)
+    }
+
+    /// `x·W (+ b)` for `W: [in, out]`.
+    fn linear(&mut self, x: NodeId, prefix: &str, w: &str, bias: Option<&str>, din: &Dim, dout: &Dim) -> Result<NodeId, IrError> {
+        let w = self.param(format!("{prefix}.{w}"), &[din, dout])?;
+        let mut y = self.op(Op::MatMul, &[x, w])?;
+        if let Some(bname) = bias {
+            let bias = self.param(format!("{prefix}.{bname}"), &[dout])?;
+            y = self.bin(BinaryOp::Add, y, bias)?;
+        }
+        Ok(y)
+    }
+
+    fn norm(&mut self, x: NodeId, prefix: &str) -> Result<NodeId, IrError> {
+        let d = Dim::sym("d_model");
+        let eps = self.spec.norm_eps;
+        let gamma = self.param(format!("{prefix}.weight"), &[&d])?;
+        match self.spec.norm {
+            NormKind::LayerNorm => {
+                let beta = self.param(format!("{prefix}.bias"), &[&d])?;
+                self.op(Op::LayerNorm { eps }, &[x, gamma, beta])
+            }
+            NormKind::RmsNorm => self.op(Op::RmsNorm { eps }, &[x, gamma]),
+        }
+    }
+
+    fn embed(&mut self) -> Result<NodeId, IrError> {
+        self.b.set_layer(Some("embed".into()));
+        let (batch, seq) = (Dim::sym("batch"), Dim::sym("seq"));
+        let (vocab, d) = (Dim::sym("vocab"), Dim::sym("d_model"));
+        let tokens = self.b.input("tokens", self.shape(&[&batch, &seq]), DType::I64)?;
+        let table = self.param("embed.tokens".into(), &[&vocab, &d])?;
+        self.token_table = Some(table);
+        let mut x = self.op(Op::Embedding, &[table, tokens])?;
+        if self.spec.position == Position::Learned {
+            let max = self.spec.max_positions.unwrap_or(0);
+            let max_pos = self.dim("max_positions", max);
+            let pos = self.param("embed.positions".into(), &[&max_pos, &d])?;
+            let pos = self.op(
+                Op::Slice {
+                    axis: 0,
+                    start: Dim::Const(0),
+                    end: seq,
+                },
+                &[pos],
+            )?;
+            x = self.bin(BinaryOp::Add, x, pos)?;
+        }
+        Ok(x)
+    }
+
+    fn layer(&mut self, cfg: &LayerConfig, x: NodeId) -> Result<NodeId, IrError> {
+        let prefix = format!("layers.{}", cfg.index);
+        self.b.set_layer(Some(format!("{prefix}.attn")));
+        let x = self.residual(x, &format!("{prefix}.attn_norm"), |l, h| {
+            l.attention(&cfg.attention, h, &format!("{prefix}.attn"))
+        })?;
+        self.b.set_layer(Some(format!("{prefix}.ffn")));
+        self.residual(x, &format!("{prefix}.ffn_norm"), |l, h| {
+            l.ffn(&cfg.ffn, h, &format!("{prefix}.ffn"), cfg.index)
+        })
+    }
+
+    /// `x + f(norm(x))` (pre-norm) or `norm(x + f(x))` (post-norm).
+    fn residual(
+        &mut self,
+        x: NodeId,
+        norm: &str,
+        f: impl FnOnce(&mut Self, NodeId) -> Result<NodeId, IrError>,
+    ) -> Result<NodeId, IrError> {
+        match self.spec.norm_placement {
+            NormPlacement::Pre => {
+                let h = self.norm(x, norm)?;
+                let y = f(self, h)?;
+                self.bin(BinaryOp::Add, x, y)
+            }
+            NormPlacement::Post => {
+                let y = f(self, x)?;
+                let s = self.bin(BinaryOp::Add, x, y)?;
+                self.norm(s, norm)
+            }
+        }
+    }
+
+    fn attention(&mut self, a: &Attention, x: NodeId, prefix: &str) -> Result<NodeId, IrError> {
+        let (batch, seq, d) = (Dim::sym("batch"), Dim::sym("seq"), Dim::sym("d_model"));
+        let heads = self.dim("heads", a.heads);
+        let kv_heads = self.dim("kv_heads", a.kv_heads);
+        let head_dim = self.dim("head_dim", a.head_dim);
+        let q_width = a.heads * a.head_dim;
+        let kv_width = a.kv_heads * a.head_dim;
+        let q_dim = if q_width == self.spec.d_model { d.clone() } else { self.dim("q_dim", q_width) };
+        let kv_dim = if kv_width == self.spec.d_model { d.clone() } else { self.dim("kv_dim", kv_width) };
+        let qkv_bias = |name: &'static str| a.qkv_bias.then_some(name);
+
+        let q = self.linear(x, prefix, "wq", qkv_bias("bq"), &d, &q_dim)?;
+        let k = self.linear(x, prefix, "wk", qkv_bias("bk"), &d, &kv_dim)?;
+        let v = self.linear(x, prefix, "wv", qkv_bias("bv"), &d, &kv_dim)?;
+        // [batch, seq, heads·head_dim] -> [batch, heads, seq, head_dim]
+        let mut q = self.split_heads(q, &heads, &head_dim)?;
+        let mut k = self.split_heads(k, &kv_heads, &head_dim)?;
+        let mut v = self.split_heads(v, &kv_heads, &head_dim)?;
+        if self.spec.position == Position::Rope {
+            let theta = self.spec.rope_theta;
+            q = self.op(Op::Rope { theta }, &[q])?;
+            k = self.op(Op::Rope { theta }, &[k])?;
+        }
+        if a.heads != a.kv_heads {
+            k = self.repeat_kv(k, a, &kv_heads, &head_dim)?;
+            v = self.repeat_kv(v, a, &kv_heads, &head_dim)?;
+        }
+        let kt = self.op(Op::Transpose { perm: vec![0, 1, 3, 2] }, &[k])?;
+        let mut s = self.op(Op::MatMul, &[q, kt])?;
+        let scale = self.scalar(a.scale)?;
+        s = self.bin(BinaryOp::Mul, s, scale)?;
+        if let ScoreModifier::Softcap(c) = a.score_modifier {
+            let c = self.scalar(c)?;
+            let t = self.bin(BinaryOp::Div, s, c)?;
+            let t = self.unary(UnaryOp::Tanh, t)?;
+            s = self.bin(BinaryOp::Mul, t, c)?;
+        }
+        if self.spec.position == Position::Alibi {
+            let bias = self.alibi(a.heads, &heads, &seq)?;
+            s = self.bin(BinaryOp::Add, s, bias)?;
+        }
+        if let Some(expr) = &a.mask {
+            let uses = |c: crate::Coord| {
+                let mut found = false;
+                visit_coords(expr, &mut |x| found |= x == c);
+                found
+            };
+            let mut shape = vec![seq.clone(), seq.clone()];
+            if uses(crate::Coord::H) || uses(crate::Coord::B) {
+                shape.insert(0, heads.clone());
+            }
+            if uses(crate::Coord::B) {
+                shape.insert(0, batch.clone());
+            }
+            let m = self.b.add(
+                Op::Mask { expr: expr.clone() },
+                &[],
+                Some(crate::TensorType::new(Shape(shape), DType::Bool)),
+            )?;
+            let neg_inf = self.scalar(f64::NEG_INFINITY)?;
+            s = self.op(Op::Select, &[m, s, neg_inf])?;
+        }
+        let p = self.op(Op::Softmax { axis: 3 }, &[s])?;
+        let o = self.op(Op::MatMul, &[p, v])?;
+        let o = self.op(Op::Transpose { perm: vec![0, 2, 1, 3] }, &[o])?;
+        let o = self.op(Op::Reshape { shape: self.shape(&[&batch, &seq, &q_dim]) }, &[o])?;
+        let out_bias = a.out_bias.then_some("bo");
+        self.linear(o, prefix, "wo", out_bias, &q_dim, &d)
+    }
+
+    fn split_heads(&mut self, x: NodeId, heads: &Dim, head_dim: &Dim) -> Result<NodeId, IrError> {
+        let (batch, seq) = (Dim::sym("batch"), Dim::sym("seq"));
+        let x = self.op(Op::Reshape { shape: self.shape(&[&batch, &seq, heads, head_dim]) }, &[x])?;
+        self.op(Op::Transpose { perm: vec![0, 2, 1, 3] }, &[x])
+    }
+
+    /// GQA's `repeat_kv`: `[b, kv, s, d] -> [b, kv, 1, s, d] -> [b, kv, g, s, d] -> [b, kv·g, s, d]`.
+    fn repeat_kv(&mut self, x: NodeId, a: &Attention, kv_heads: &Dim, head_dim: &Dim) -> Result<NodeId, IrError> {
+        let (batch, seq) = (Dim::sym("batch"), Dim::sym("seq"));
+        let one = Dim::Const(1);
+        let group = self.dim("kv_group", a.heads / a.kv_heads);
+        let heads = self.dim("heads", a.heads);
+        let x = self.op(Op::Reshape { shape: self.shape(&[&batch, kv_heads, &one, &seq, head_dim]) }, &[x])?;
+        let x = self.op(Op::Broadcast { shape: self.shape(&[&batch, kv_heads, &group, &seq, head_dim]) }, &[x])?;
+        self.op(Op::Reshape { shape: self.shape(&[&batch, &heads, &seq, head_dim]) }, &[x])
+    }
+
+    /// ALiBi bias `slope_h · (k − q)` with `slope_h = 2^(−8(h+1)/H)` (Press et al.;
+    /// the geometric sequence of the paper, used for every head count).
+    fn alibi(&mut self, n_heads: u64, heads: &Dim, seq: &Dim) -> Result<NodeId, IrError> {
+        let one = Dim::Const(1);
+        let ty = |shape: Shape| Some(crate::TensorType::new(shape, DType::I64));
+        let h = self.b.add(Op::Iota { axis: 0 }, &[], ty(self.shape(&[heads, &one, &one])))?;
+        let h = self.op(Op::Cast { to: self.dtype }, &[h])?;
+        let c1 = self.scalar(1.0)?;
+        let h = self.bin(BinaryOp::Add, h, c1)?;
+        let step = self.scalar(-8.0 / n_heads as f64)?;
+        let e = self.bin(BinaryOp::Mul, h, step)?;
+        let two = self.scalar(2.0)?;
+        let slopes = self.bin(BinaryOp::Pow, two, e)?;
+        let qi = self.b.add(Op::Iota { axis: 0 }, &[], ty(self.shape(&[seq, seq])))?;
+        let ki = self.b.add(Op::Iota { axis: 1 }, &[], ty(self.shape(&[seq, seq])))?;
+        let dist = self.bin(BinaryOp::Sub, ki, qi)?;
+        let dist = self.op(Op::Cast { to: self.dtype }, &[dist])?;
+        self.bin(BinaryOp::Mul, slopes, dist)
+    }
+
+    fn ffn(&mut self, f: &Ffn, x: NodeId, prefix: &str, index: u64) -> Result<NodeId, IrError> {
+        let d = Dim::sym("d_model");
+        let hidden = self.dim("ffn_hidden", f.hidden);
+        let bias = |name: &'static str| f.bias.then_some(name);
+        let act = match f.kind {
+            FfnKind::Gelu => UnaryOp::Gelu,
+            FfnKind::GeluTanh => UnaryOp::GeluTanh,
+            FfnKind::Relu => UnaryOp::Relu,
+            FfnKind::Swiglu => {
+                let g = self.linear(x, prefix, "w_gate", bias("b_gate"), &d, &hidden)?;
+                let u = self.linear(x, prefix, "w_up", bias("b_up"), &d, &hidden)?;
+                let g = self.unary(UnaryOp::Silu, g)?;
+                let h = self.bin(BinaryOp::Mul, g, u)?;
+                return self.linear(h, prefix, "w_down", bias("b_down"), &hidden, &d);
+            }
+            FfnKind::Moe => {
+                return Err(IrError::Spec {
+                    layer: Some(format!("layers.{index}")),
+                    message: "`ffn.kind = \"moe\"` is parsed but not lowered yet: mixture-of-experts lowering is part of the MoE work".into(),
+                })
+            }
+        };
+        let h = self.linear(x, prefix, "w_up", bias("b_up"), &d, &hidden)?;
+        let h = self.unary(act, h)?;
+        self.linear(h, prefix, "w_down", bias("b_down"), &hidden, &d)
+    }
+
+    fn head(&mut self, x: NodeId) -> Result<(), IrError> {
+        self.b.set_layer(Some("head".into()));
+        let x = if self.spec.norm_placement == NormPlacement::Pre {
+            self.norm(x, "final_norm")?
+        } else {
+            x
+        };
+        if self.spec.arch == Arch::Encoder {
+            return self.b.output("hidden", x);
+        }
+        let (vocab, d) = (Dim::sym("vocab"), Dim::sym("d_model"));
+        let w = if self.spec.tie_embeddings {
+            // The token table [vocab, d] is reused, transposed.
+            let table = self.token_table.ok_or_else(|| IrError::Spec {
+                layer: Some("head".into()),
+                message: "tied embeddings need the token table".into(),
+            })?;
+            self.op(Op::Transpose { perm: vec![1, 0] }, &[table])?
+        } else {
+            self.param("lm_head".into(), &[&d, &vocab])?
+        };
+        let logits = self.op(Op::MatMul, &[x, w])?;
+        self.b.output("logits", logits)
+    }
+}
+
+fn visit_coords(e: &crate::MaskExpr, f: &mut impl FnMut(crate::Coord)) {
+    use crate::MaskExpr::*;
+    match e {
+        Coord(c) => f(*c),
+        Neg(x) | Not(x) => visit_coords(x, f),
+        Bin(_, l, r) => {
+            visit_coords(l, f);
+            visit_coords(r, f);
+        }
+        Int(_) | Dim(_) => {}
+    }
+}

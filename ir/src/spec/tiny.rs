@@ -1,0 +1,155 @@
+//! `--tiny`: shrink a real-size spec to a structurally identical small model.
+//!
+//! Kept: the layer pattern and kinds, arch, norm and position kinds, head/KV-group
+//! ratios, the FFN width ratio, mask expressions (with the dimensions they use scaled
+//! by the same factor as the sequence), biases and modifiers. Shrunk: every size.
+//! Values the user pinned with `--set` are left as set.
+
+use super::{AttentionFields, FfnFields, Spec};
+
+/// Sizes of the tiny model.
+const TINY_SEQ: u64 = 32;
+const TINY_BATCH: u64 = 2;
+const TINY_HEAD_DIM: u64 = 8;
+const TINY_MAX_KV_HEADS: u64 = 2;
+const TINY_VOCAB: u64 = 97;
+const TINY_LAYERS: u64 = 2;
+
+impl Spec {
+    pub(super) fn tiny(&self, pinned: &[String]) -> Spec {
+        let free = |path: &str| !pinned.iter().any(|p| p == path);
+        let mut t = self.clone();
+
+        let old_seq = self.dims.get("seq").copied().unwrap_or(1);
+        if free("dims.seq") {
+            t.dims.insert("seq".into(), old_seq.min(TINY_SEQ));
+        }
+        if free("dims.batch") {
+            let b = self.dims.get("batch").copied().unwrap_or(1);
+            t.dims.insert("batch".into(), b.min(TINY_BATCH));
+        }
+        let new_seq = t.dims["seq"];
+        // Windows, strides, sink counts: every dim a mask refers to scales with seq.
+        for name in self.mask_dims() {
+            if let (Some(&v), true) = (self.dims.get(&name), free(&format!("dims.{name}"))) {
+                let scaled = (v as f64 * new_seq as f64 / old_seq as f64).round() as u64;
+                t.dims.insert(name, scaled.max(1));
+            }
+        }
+
+        // Width: keep the head/KV-group ratio, shrink head_dim, and scale d_model with
+        // the attention width so d_model/(heads·head_dim) is unchanged.
+        let (heads, kv, hd) = self.base_heads();
+        let group = heads / kv.max(1);
+        let tiny_kv = kv.min(TINY_MAX_KV_HEADS);
+        let tiny_hd = hd.min(TINY_HEAD_DIM);
+        let width_ratio = (tiny_kv * group * tiny_hd) as f64 / (heads * hd).max(1) as f64;
+        if free("d_model") {
+            t.d_model = ((self.d_model as f64 * width_ratio).round() as u64).max(1);
+        }
+        let d_ratio = t.d_model as f64 / self.d_model as f64;
+        shrink_attention(&mut t.attention, pinned, "attention");
+        if free("attention.head_dim") && t.attention.head_dim.is_none() {
+            t.attention.head_dim = Some(tiny_hd);
+        }
+        shrink_ffn(&mut t.ffn, d_ratio, pinned, "ffn");
+        for (name, kind) in t.kinds.iter_mut() {
+            if let Some(a) = kind.attention.as_mut() {
+                shrink_attention(a, pinned, &format!("kinds.{name}.attention"));
+            }
+            if let Some(f) = kind.ffn.as_mut() {
+                shrink_ffn(f, d_ratio, pinned, &format!("kinds.{name}.ffn"));
+            }
+        }
+        for (i, o) in t.overrides.iter_mut().enumerate() {
+            if let Some(a) = o.attention.as_mut() {
+                shrink_attention(a, pinned, &format!("override.{i}.attention"));
+            }
+            if let Some(f) = o.ffn.as_mut() {
+                shrink_ffn(f, d_ratio, pinned, &format!("override.{i}.ffn"));
+            }
+        }
+        if free("vocab") {
+            t.vocab = self.vocab.min(TINY_VOCAB);
+        }
+        if free("max_positions") {
+            t.max_positions = self.max_positions.map(|m| m.min(2 * new_seq).max(new_seq));
+        }
+        if free("layers") {
+            // One full period of the pattern (at least two layers), so every kind runs.
+            t.layers = self
+                .layers
+                .min((self.pattern.len() as u64).max(TINY_LAYERS));
+            // Overrides are kept when their layer still exists.
+            let n = t.layers;
+            for o in t.overrides.iter_mut() {
+                o.layers.retain(|&l| l < n);
+            }
+            t.overrides.retain(|o| !o.layers.is_empty());
+        }
+        t
+    }
+
+    fn mask_dims(&self) -> Vec<String> {
+        let mut masks: Vec<&str> = self.attention.mask.iter().map(String::as_str).collect();
+        for k in self.kinds.values() {
+            masks.extend(k.attention.iter().filter_map(|a| a.mask.as_deref()));
+        }
+        for o in &self.overrides {
+            masks.extend(o.attention.iter().filter_map(|a| a.mask.as_deref()));
+        }
+        let mut names = Vec::new();
+        for m in masks {
+            if let Ok(e) = crate::MaskExpr::parse(m) {
+                for d in e.dim_names() {
+                    if d != "seq" && !names.contains(&d) {
+                        names.push(d);
+                    }
+                }
+            }
+        }
+        names
+    }
+
+    fn base_heads(&self) -> (u64, u64, u64) {
+        let heads = self.attention.heads.unwrap_or(1).max(1);
+        let kv = self.attention.kv_heads.unwrap_or(heads).max(1);
+        let hd = self
+            .attention
+            .head_dim
+            .unwrap_or((self.d_model / heads).max(1));
+        (heads, kv, hd)
+    }
+}
+
+fn shrink_attention(a: &mut AttentionFields, pinned: &[String], at: &str) {
+    let free = |field: &str| !pinned.iter().any(|p| *p == format!("{at}.{field}"));
+    if let Some(heads) = a.heads {
+        let kv = a.kv_heads.unwrap_or(heads).max(1);
+        let group = (heads / kv).max(1);
+        let tiny_kv = kv.min(TINY_MAX_KV_HEADS);
+        if free("heads") {
+            a.heads = Some(tiny_kv * group);
+        }
+        if a.kv_heads.is_some() && free("kv_heads") {
+            a.kv_heads = Some(tiny_kv);
+        }
+    } else if let Some(kv) = a.kv_heads.filter(|_| free("kv_heads")) {
+        a.kv_heads = Some(kv.min(TINY_MAX_KV_HEADS));
+    }
+    if let Some(d) = a.head_dim.filter(|_| free("head_dim")) {
+        a.head_dim = Some(d.min(TINY_HEAD_DIM));
+    }
+}
+
+fn shrink_ffn(f: &mut FfnFields, d_ratio: f64, pinned: &[String], at: &str) {
+    let free = |field: &str| !pinned.iter().any(|p| *p == format!("{at}.{field}"));
+    if free("hidden") {
+        f.hidden = f
+            .hidden
+            .map(|h| ((h as f64 * d_ratio).round() as u64).max(4));
+    }
+    if free("experts") {
+        f.experts = f.experts.map(|e| e.min(4).max(f.top_k.unwrap_or(1)));
+    }
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install what attnc needs to build, idempotently: LLVM/MLIR 22 from Debian (static
+# libraries for melior/mlir-sys and inkwell), clang-22 (libclang for bindgen), and
+# the compression libraries LLVM links against. Safe to run again: it only installs
+# what is missing.
+set -euo pipefail
+
+packages=(llvm-22-dev libmlir-22-dev libpolly-22-dev clang-22 zlib1g-dev libzstd-dev libffi-dev)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if [ ! -x /usr/lib/llvm-22/bin/llvm-config ]; then
+  echo "setup: /usr/lib/llvm-22/bin/llvm-config is missing after the install" >&2
+  exit 1
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo is not installed; install Rust with rustup first" >&2
+  exit 1
+fi
