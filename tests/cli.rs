@@ -1,0 +1,196 @@
+//! The `attnc` command line end to end: every command on the shipped examples, and
+//! bad input of every kind giving one clear error and exit code 1 — never a panic.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn attnc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_attnc"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("the attnc binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs `args`, expects exit code 1 and one `error:` line containing every `needle`.
+fn fails_with(args: &[&str], needles: &[&str]) {
+    let o = attnc(args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+    assert!(err.starts_with("error: "), "{args:?}: {err}");
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: expected `{n}` in: {err}");
+    }
+}
+
+fn temp_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("attnc-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn run_json(args: &[&str]) -> serde_json::Value {
+    let o = attnc(args);
+    assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    serde_json::from_str(&stdout(&o)).expect("run --json prints one JSON object")
+}
+
+#[test]
+fn run_check_gpt2_tiny() {
+    let r = run_json(&["run", "examples/gpt2.toml", "--tiny", "--check", "--json"]);
+    let err = r["max_abs_err"].as_f64().unwrap();
+    assert!(err < 1e-4, "max_abs_err {err}");
+    assert!(r["ms"].as_f64().unwrap() >= 0.0);
+    assert_eq!(r["outputs"][0]["shape"], serde_json::json!([1, 32, 97]));
+}
+
+#[test]
+fn run_check_llama3_tiny() {
+    let r = run_json(&["run", "examples/llama3-8b.toml", "--tiny", "--check", "--json"]);
+    let err = r["max_abs_err"].as_f64().unwrap();
+    assert!(err < 1e-4, "max_abs_err {err}");
+}
+
+#[test]
+fn run_check_with_set_seq_and_layers() {
+    for model in ["examples/gpt2.toml", "examples/llama3-8b.toml"] {
+        let r = run_json(&[
+            "run", model, "--tiny", "--set", "seq=64", "--set", "layers=2", "--check", "--json",
+        ]);
+        assert!(r["max_abs_err"].as_f64().unwrap() < 1e-4, "{model}: {r}");
+        assert_eq!(r["outputs"][0]["shape"][1], 64);
+    }
+}
+
+#[test]
+fn compile_full_size_llama_to_ir() {
+    let o = attnc(&["compile", "examples/llama3-8b.toml", "--emit", "ir"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.starts_with("graph llama3-8b\n"));
+    assert_eq!(text.matches(" = softmax ").count(), 32);
+    // What we print parses back to the same graph.
+    let g = attnc_ir::parse(&text).unwrap();
+    assert_eq!(attnc_ir::print(&g), text);
+}
+
+#[test]
+fn compile_emits_mlir_llvm_and_dot() {
+    let o = attnc(&["compile", "examples/gpt2.toml", "--tiny", "--emit", "mlir"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("linalg.generic"));
+    let o = attnc(&["compile", "examples/gpt2.toml", "--tiny", "--emit", "llvm"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("define "));
+    let out = temp_file("g.dot", "");
+    let o = attnc(&["compile", "examples/gpt2.toml", "--tiny", "--emit", "dot", "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let dot = std::fs::read_to_string(&out).unwrap();
+    assert!(dot.starts_with("digraph") && dot.contains("softmax"));
+}
+
+#[test]
+fn inspect_reports_layers_flops_and_bytes() {
+    let o = attnc(&["inspect", "examples/gpt2.toml", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let layers = r["layers"].as_array().unwrap();
+    // embed, 12 × (attn, ffn), head
+    assert_eq!(layers.len(), 26);
+    let attn = &layers[1];
+    assert_eq!(attn["name"], "layers.0.attn");
+    assert!(attn["ops"].as_array().unwrap().iter().any(|o| o == "softmax"));
+    // Q·Kᵀ and P·V alone: 2 · 2·s²·d = 4 · 1024² · 768 FLOPs.
+    assert!(attn["flops"].as_u64().unwrap() > 4 * 1024 * 1024 * 768);
+    assert!(attn["bytes"].as_u64().unwrap() > 0);
+    let o = attnc(&["inspect", "examples/llama3-8b.toml"]);
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("layers.31.ffn"));
+}
+
+#[test]
+fn ir_files_compile_and_run() {
+    let o = attnc(&["compile", "examples/gpt2.toml", "--tiny", "--emit", "ir"]);
+    let path = temp_file("tiny.air", &stdout(&o));
+    let r = run_json(&["run", path.to_str().unwrap(), "--check", "--json"]);
+    assert!(r["max_abs_err"].as_f64().unwrap() < 1e-4);
+}
+
+#[test]
+fn malformed_spec_names_file_line_and_column() {
+    let p = temp_file("bad.toml", "name = \"x\"\nvocab = = 3\n");
+    fails_with(&["compile", p.to_str().unwrap()], &["bad.toml:2:"]);
+}
+
+#[test]
+fn unknown_spec_key_suggests_the_nearest() {
+    let text = std::fs::read_to_string("examples/gpt2.toml")
+        .unwrap()
+        .replace("heads = 12", "hedas = 12");
+    let p = temp_file("typo.toml", &text);
+    fails_with(&["inspect", p.to_str().unwrap()], &["typo.toml:", "did you mean `heads`?"]);
+    fails_with(
+        &["inspect", "examples/gpt2.toml", "--set", "hedas=2"],
+        &["did you mean `heads`?"],
+    );
+}
+
+#[test]
+fn shape_mismatch_names_layer_and_both_shapes() {
+    let p = temp_file(
+        "mismatch.air",
+        "graph m\ndims s = 4, d = 3\nlayer block.0\n%0 = input \"x\" : [s, d] f32\n%1 = param \"w\" : [s, d] f32\n%2 = matmul %0, %1 : [s, d] f32\noutput y = %2\n",
+    );
+    fails_with(
+        &["compile", p.to_str().unwrap()],
+        &["mismatch.air:6:", "block.0", "[s, d] (= [4, 3])"],
+    );
+}
+
+#[test]
+fn bad_ir_reports_position() {
+    let p = temp_file("unknown.air", "graph m\n%0 = input \"x\" : [2] f32\n%1 = sofmax %0 {axis = 0} : [2] f32\n");
+    fails_with(&["compile", p.to_str().unwrap()], &["unknown.air:3:", "softmax"]);
+}
+
+#[test]
+fn bad_mask_names_the_layer() {
+    let text = std::fs::read_to_string("examples/gpt2.toml")
+        .unwrap()
+        .replace("mask = \"k <= q\"", "mask = \"k <= q &&\"");
+    let p = temp_file("mask.toml", &text);
+    fails_with(&["compile", p.to_str().unwrap()], &["layers.0", "mask"]);
+}
+
+#[test]
+fn missing_file_and_huge_sizes_are_errors() {
+    fails_with(&["compile", "examples/nope.toml"], &["examples/nope.toml", "cannot read"]);
+    fails_with(
+        &["compile", "examples/gpt2.toml", "--set", "vocab=4294967296", "--set", "seq=1024"],
+        &["vocab"],
+    );
+    fails_with(
+        &["compile", "examples/llama3-8b.toml", "--set", "seq=4000000000"],
+        &["2^48"],
+    );
+}
+
+#[test]
+fn check_failure_and_gpu_target_exit_non_zero() {
+    fails_with(
+        &["run", "examples/gpt2.toml", "--tiny", "--check", "--tol", "0"],
+        &["exceeds the tolerance"],
+    );
+    fails_with(&["run", "examples/gpt2.toml", "--tiny", "--target", "gpu"], &["gpu"]);
+}
