@@ -177,7 +177,7 @@ fn bad_mask_names_the_layer() {
 fn missing_file_and_huge_sizes_are_errors() {
     fails_with(&["compile", "examples/nope.toml"], &["examples/nope.toml", "cannot read"]);
     fails_with(
-        &["compile", "examples/gpt2.toml", "--set", "vocab=4294967296", "--set", "seq=1024"],
+        &["compile", "examples/gpt2.toml", "--set", "vocab=4294967297", "--set", "seq=1024"],
         &["vocab"],
     );
     fails_with(

@@ -419,7 +419,14 @@ pub fn broadcast_shapes(shapes: &[&Shape], dims: &Dims) -> Result<Shape, String>
         let offset = rank - s.rank();
         for (i, (d, n)) in s.0.iter().zip(sizes).enumerate() {
             let slot = &mut out[offset + i];
-            if n == slot.1 || n == 1 {
+            if n == slot.1 {
+                // Same size: prefer a name over a number (`batch` over `1`).
+                if matches!(slot.0, Dim::Const(_)) && matches!(d, Dim::Sym(_)) {
+                    slot.0 = d.clone();
+                }
+                continue;
+            }
+            if n == 1 {
                 continue;
             }
             if slot.1 != 1 {

@@ -1,28 +1,864 @@
-//! The reference interpreter: evaluates any graph with plain, readable loops.
+//! The reference interpreter: evaluates any verified graph with plain, readable loops.
 //!
 //! It is the oracle for every rewrite and backend, so it favours obviousness over
-//! speed. (Work in progress: evaluation is being written.)
+//! speed: one function per op family, each a loop over row-major indices, computing in
+//! `f64` and then rounding the result to the node's dtype (see [`Precision`]).
+//!
+//! Where `op.rs` leaves a choice open, the interpreter decides as follows, and every
+//! backend must agree:
+//! - NaN propagates through `max`, `min`, `reduce_max` and `relu` (as in numpy).
+//! - `softmax` is the textbook `exp(x - max) / sum(exp(x - max))`: a row whose maximum
+//!   is `-inf` (every entry masked) gives NaN, not zeros.
+//! - `topk` ranks NaN above `+inf`; equal values go to the lower index.
+//! - Integer arithmetic runs on exact integers in `f64` and wraps to the dtype
+//!   (two's complement for i32); division truncates toward zero and dividing by zero
+//!   is an error. Casting float to integer truncates toward zero, to bool is `!= 0`.
+//! - An index outside its axis (embedding, gather, scatter_add) is an error: there is no
+//!   clamping and no negative indexing.
+//! - Sums (reductions, matmul, norms) add in index order.
 
-use crate::{DType, Tensor};
+use crate::{
+    strides, BinaryOp, DType, Dims, Graph, IrError, MaskExpr, NodeId, Op, ReduceKind, Result,
+    Tensor, TopKOutput, UnaryOp,
+};
+use std::borrow::Cow;
+use std::cmp::Ordering;
+use std::collections::HashMap;
+
+/// How f32 results are kept. f16 and bf16 results are always rounded to their dtype and
+/// integer and bool results are always exact, whatever the precision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// Round every f32 result to f32 after each op, as compiled f32 code does.
+    F32,
+    /// Keep f32 tensors in f64: the oracle.
+    F64,
+}
 
 /// Round every element to what `t.dtype` can hold (f32, f16, bf16; integers truncate
 /// toward zero; bools become 0 or 1).
 pub fn round_to_dtype(t: &mut Tensor) {
-    match t.dtype {
-        DType::F32 => t.data.iter_mut().for_each(|v| *v = *v as f32 as f64),
-        DType::F16 => t
-            .data
-            .iter_mut()
-            .for_each(|v| *v = half::f16::from_f64(*v).to_f64()),
-        DType::BF16 => t
-            .data
-            .iter_mut()
-            .for_each(|v| *v = half::bf16::from_f64(*v).to_f64()),
-        DType::I32 => t
-            .data
-            .iter_mut()
-            .for_each(|v| *v = (v.trunc() as i64 as i32) as f64),
-        DType::I64 => t.data.iter_mut().for_each(|v| *v = v.trunc() as i64 as f64),
-        DType::Bool => t.data.iter_mut().for_each(|v| *v = (*v != 0.0) as u8 as f64),
+    let dtype = t.dtype;
+    t.data.iter_mut().for_each(|v| *v = round_value(*v, dtype));
+}
+
+/// One value rounded to `dtype` (see [`round_to_dtype`]).
+fn round_value(v: f64, dtype: DType) -> f64 {
+    match dtype {
+        DType::F32 => v as f32 as f64,
+        DType::F16 => half::f16::from_f64(v).to_f64(),
+        DType::BF16 => half::bf16::from_f64(v).to_f64(),
+        DType::I32 => (v.trunc() as i64 as i32) as f64,
+        DType::I64 => v.trunc() as i64 as f64,
+        DType::Bool => (v != 0.0) as u8 as f64,
     }
+}
+
+/// Round a result as `precision` asks: everything but f32 kept in f64 goes to its dtype.
+fn round(t: &mut Tensor, precision: Precision) {
+    if !(t.dtype == DType::F32 && precision == Precision::F64) {
+        round_to_dtype(t);
+    }
+}
+
+/// Whether rounding `t` under `precision` would leave it unchanged.
+fn is_rounded(t: &Tensor, precision: Precision) -> bool {
+    if t.dtype == DType::F32 && precision == Precision::F64 {
+        return true;
+    }
+    t.data.iter().all(|&v| {
+        let r = round_value(v, t.dtype);
+        r == v || (r.is_nan() && v.is_nan())
+    })
+}
+
+/// Evaluate `graph` and return one tensor per [`Graph::outputs`], in order.
+///
+/// Bindings are keyed by input and param name. Only the nodes the outputs depend on are
+/// evaluated (an input nothing uses need not be bound), and each intermediate is freed
+/// right after its last use, since models are large. Bound weights are borrowed, not
+/// copied, unless `precision` has to round them.
+pub fn eval(
+    graph: &Graph,
+    bindings: &HashMap<String, Tensor>,
+    precision: Precision,
+) -> Result<Vec<Tensor>> {
+    let n = graph.len();
+    let outputs = graph.outputs();
+    let mut is_output = vec![false; n];
+    for (name, id) in outputs {
+        if id.index() >= n {
+            return Err(IrError::Eval {
+                layer: None,
+                node: id.index(),
+                op: "output".into(),
+                message: format!(
+                    "output `{name}` refers to %{}, which does not exist",
+                    id.index()
+                ),
+            });
+        }
+        is_output[id.index()] = true;
+    }
+
+    // Operands precede their users, so one backward sweep finds every needed node.
+    let mut live = is_output.clone();
+    for i in (0..n).rev() {
+        if live[i] {
+            for o in graph.operands(NodeId::new(i)) {
+                live[o.index()] = true;
+            }
+        }
+    }
+    // The last node that reads each value; after it runs the value can go.
+    let mut last_use = vec![None; n];
+    for i in (0..n).filter(|&i| live[i]) {
+        for o in graph.operands(NodeId::new(i)) {
+            last_use[o.index()] = Some(i);
+        }
+    }
+
+    let mut values: Vec<Option<Cow<Tensor>>> = (0..n).map(|_| None).collect();
+    for i in (0..n).filter(|&i| live[i]) {
+        let id = NodeId::new(i);
+        let operands = graph.operands(id);
+        let value = {
+            let args = operand_values(graph, id, &operands, &values)?;
+            eval_node(graph, id, &args, bindings, precision)?
+        };
+        values[i] = Some(value);
+        for o in operands {
+            if last_use[o.index()] == Some(i) && !is_output[o.index()] {
+                values[o.index()] = None;
+            }
+        }
+    }
+
+    let mut result = Vec::with_capacity(outputs.len());
+    for (k, (_, id)) in outputs.iter().enumerate() {
+        // The same node may be named twice; only its last mention may take the value.
+        let needed_again = outputs[k + 1..].iter().any(|(_, later)| later == id);
+        let slot = &mut values[id.index()];
+        let value = if needed_again {
+            slot.clone()
+        } else {
+            slot.take()
+        };
+        let value = value.ok_or_else(|| missing_value(graph, *id, *id))?;
+        result.push(value.into_owned());
+    }
+    Ok(result)
+}
+
+/// The value of every node, indexed by node index (for layer-by-layer comparison).
+/// Unlike [`eval`] this evaluates every node, so every input and param must be bound.
+pub fn eval_nodes(
+    graph: &Graph,
+    bindings: &HashMap<String, Tensor>,
+    precision: Precision,
+) -> Result<Vec<Tensor>> {
+    let mut values: Vec<Option<Cow<Tensor>>> = Vec::with_capacity(graph.len());
+    for id in graph.node_ids() {
+        let operands = graph.operands(id);
+        let value = {
+            let args = operand_values(graph, id, &operands, &values)?;
+            eval_node(graph, id, &args, bindings, precision)?
+        };
+        values.push(Some(value));
+    }
+    // Every slot was filled above.
+    Ok(values.into_iter().flatten().map(Cow::into_owned).collect())
+}
+
+/// The computed values of `operands`; a missing one is an interpreter bug, reported as
+/// an error rather than a panic.
+fn operand_values<'v>(
+    graph: &Graph,
+    id: NodeId,
+    operands: &[NodeId],
+    values: &'v [Option<Cow<Tensor>>],
+) -> Result<Vec<&'v Tensor>> {
+    operands
+        .iter()
+        .map(|&o| match values.get(o.index()) {
+            Some(Some(v)) => Ok(v.as_ref()),
+            _ => Err(missing_value(graph, id, o)),
+        })
+        .collect()
+}
+
+fn missing_value(graph: &Graph, id: NodeId, operand: NodeId) -> IrError {
+    let node = (id.index() < graph.len()).then(|| graph.node(id));
+    IrError::Eval {
+        layer: node.and_then(|n| n.layer.clone()),
+        node: id.index(),
+        op: node.map_or("output", |n| n.op.name()).to_string(),
+        message: format!(
+            "internal error: the value of %{} is not available",
+            operand.index()
+        ),
+    }
+}
+
+/// Evaluate one node from its operand values, checking bindings and rounding the result.
+fn eval_node<'a>(
+    graph: &Graph,
+    id: NodeId,
+    args: &[&Tensor],
+    bindings: &'a HashMap<String, Tensor>,
+    precision: Precision,
+) -> Result<Cow<'a, Tensor>> {
+    let node = graph.node(id);
+    let fail = |message: String| IrError::Eval {
+        layer: node.layer.clone(),
+        node: id.index(),
+        op: node.op.name().to_string(),
+        message,
+    };
+    let shape = graph.sizes(id);
+    let dtype = node.ty.dtype;
+    if let Op::Input { name } | Op::Param { name } = &node.op {
+        let kind = if matches!(node.op, Op::Input { .. }) {
+            "input"
+        } else {
+            "param"
+        };
+        let t = bound_value(bindings, kind, name, &shape, dtype).map_err(fail)?;
+        // Weights are large: borrow the binding unless rounding would change it.
+        if is_rounded(t, precision) {
+            return Ok(Cow::Borrowed(t));
+        }
+        let mut t = t.clone();
+        round(&mut t, precision);
+        return Ok(Cow::Owned(t));
+    }
+    let data = compute(graph, &node.op, &shape, args).map_err(&fail)?;
+    let expected: usize = shape.iter().product();
+    if data.len() != expected {
+        return Err(fail(format!(
+            "internal error: computed {} elements for a {} result",
+            data.len(),
+            describe(&shape, dtype)
+        )));
+    }
+    let mut t = Tensor { dtype, shape, data };
+    round(&mut t, precision);
+    Ok(Cow::Owned(t))
+}
+
+/// The binding of an input or param, checked against the node's type.
+fn bound_value<'a>(
+    bindings: &'a HashMap<String, Tensor>,
+    kind: &str,
+    name: &str,
+    shape: &[usize],
+    dtype: DType,
+) -> Result<&'a Tensor, String> {
+    let t = bindings
+        .get(name)
+        .ok_or_else(|| format!("no value bound for {kind} `{name}`"))?;
+    if t.shape != shape || t.dtype != dtype {
+        return Err(format!(
+            "{kind} `{name}` expects a {} tensor, got {}",
+            describe(shape, dtype),
+            describe(&t.shape, t.dtype)
+        ));
+    }
+    let n: usize = shape.iter().product();
+    if t.data.len() != n {
+        return Err(format!(
+            "{kind} `{name}` is bound to a {} tensor holding {} elements instead of {n}",
+            describe(shape, dtype),
+            t.data.len()
+        ));
+    }
+    Ok(t)
+}
+
+/// `[2, 3] f32`, the form messages use.
+fn describe(shape: &[usize], dtype: DType) -> String {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    format!("[{}] {dtype}", dims.join(", "))
+}
+
+/// The elements (row-major, before rounding) of the result of `op`, whose shape is
+/// `shape`, applied to `args`. Operand shapes are those the verified graph promises.
+fn compute(graph: &Graph, op: &Op, shape: &[usize], args: &[&Tensor]) -> Result<Vec<f64>, String> {
+    Ok(match op {
+        Op::Input { .. } | Op::Param { .. } => {
+            return Err("internal error: sources are bound, not computed".into())
+        }
+        Op::Const { value } => vec![*value],
+        Op::Iota { axis } => iota(shape, *axis),
+        Op::Mask { expr } => mask(shape, expr, &graph.dims)?,
+        Op::Unary(u) => args[0].data.iter().map(|&x| unary(*u, x)).collect(),
+        Op::Binary(b) => binary(*b, args[0], args[1], shape)?,
+        Op::Compare(c) => {
+            let (x, y) = (expand(args[0], shape), expand(args[1], shape));
+            x.iter()
+                .zip(y.iter())
+                .map(|(&x, &y)| c.holds(x, y) as u8 as f64)
+                .collect()
+        }
+        Op::Select => select(args[0], args[1], args[2], shape),
+        Op::Cast { to } => cast(args[0], *to),
+        Op::Reduce {
+            kind,
+            axes,
+            keep_dims: _,
+        } => reduce(args[0], *kind, axes),
+        Op::Softmax { axis } => softmax(args[0], *axis),
+        Op::LayerNorm { eps } => layer_norm(args[0], args[1], args[2], *eps),
+        Op::RmsNorm { eps } => rms_norm(args[0], args[1], *eps),
+        Op::MatMul => matmul(args[0], args[1], shape),
+        // Row-major order is unchanged by a reshape: only the shape differs.
+        Op::Reshape { .. } => args[0].data.clone(),
+        Op::Transpose { perm } => transpose(args[0], perm, shape),
+        Op::Broadcast { .. } => expand(args[0], shape).into_owned(),
+        Op::Concat { axis } => concat(args, *axis),
+        Op::Slice { axis, start, end } => {
+            let start = graph.dims.resolve_dim(start)? as usize;
+            let end = graph.dims.resolve_dim(end)? as usize;
+            slice(args[0], *axis, start, end)?
+        }
+        Op::Gather { axis } => gather(args[0], args[1], *axis)?,
+        Op::ScatterAdd { axis } => scatter_add(args[0], args[1], args[2], *axis)?,
+        Op::Embedding => embedding(args[0], args[1])?,
+        Op::Rope { theta } => rope(args[0], *theta),
+        Op::TopK { k, output } => topk(args[0], *k as usize, *output),
+        Op::CumSum { axis } => cumsum(args[0], *axis),
+    })
+}
+
+// ---------------------------------------------------------------------------------
+// Index helpers.
+
+/// Calls `f` with `sum(index[d] * strides[d])` for every multi-index of `shape`, in
+/// row-major order. With a tensor's own strides that is just 0, 1, 2, ...; other strides
+/// walk a transposed or broadcast view of it.
+fn for_each_offset(shape: &[usize], strides: &[usize], mut f: impl FnMut(usize)) {
+    let count: usize = shape.iter().product();
+    let mut index = vec![0; shape.len()];
+    let mut offset = 0;
+    for _ in 0..count {
+        f(offset);
+        // Advance like an odometer: bump the last axis, carrying into earlier ones.
+        for d in (0..shape.len()).rev() {
+            index[d] += 1;
+            offset += strides[d];
+            if index[d] < shape[d] {
+                break;
+            }
+            offset -= strides[d] * shape[d];
+            index[d] = 0;
+        }
+    }
+}
+
+/// Strides that read a row-major tensor of shape `from` as if it had the (numpy
+/// broadcast) shape `to`: missing leading axes and axes of size 1 get stride 0.
+fn broadcast_strides(from: &[usize], to: &[usize]) -> Vec<usize> {
+    let own = strides(from);
+    let offset = to.len() - from.len();
+    (0..to.len())
+        .map(|d| {
+            if d < offset || from[d - offset] == 1 {
+                0
+            } else {
+                own[d - offset]
+            }
+        })
+        .collect()
+}
+
+/// The elements of `t` broadcast to `shape`, row-major (borrowed when no broadcasting
+/// is needed).
+fn expand<'t>(t: &'t Tensor, shape: &[usize]) -> Cow<'t, [f64]> {
+    if t.shape == shape {
+        return Cow::Borrowed(&t.data);
+    }
+    let mut out = Vec::with_capacity(shape.iter().product());
+    for_each_offset(shape, &broadcast_strides(&t.shape, shape), |src| {
+        out.push(t.data[src])
+    });
+    Cow::Owned(out)
+}
+
+/// `(outer, n, inner)`: a row-major `shape` viewed as `[outer, n, inner]` around `axis`,
+/// so element `(o, i, r)` sits at `(o * n + i) * inner + r`.
+fn split_at_axis(shape: &[usize], axis: usize) -> (usize, usize, usize) {
+    let outer = shape[..axis].iter().product();
+    let inner = shape[axis + 1..].iter().product();
+    (outer, shape[axis], inner)
+}
+
+/// An index value as a position below `bound`, or `None` when it is out of range.
+fn check_index(v: f64, bound: usize) -> Option<usize> {
+    (v >= 0.0 && v < bound as f64).then_some(v as usize)
+}
+
+/// NaN-propagating maximum and minimum.
+fn nan_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
+}
+
+fn nan_min(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.min(b)
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Sources.
+
+/// `out[i...] = i_axis`.
+fn iota(shape: &[usize], axis: usize) -> Vec<f64> {
+    let (outer, n, inner) = split_at_axis(shape, axis);
+    (0..outer * n * inner)
+        .map(|flat| ((flat / inner) % n) as f64)
+        .collect()
+}
+
+/// The mask expression at every element. Coordinates are the trailing indices: `k` is
+/// the last axis, `q` the one before, then `h`, then `b`; missing ones are 0.
+fn mask(shape: &[usize], expr: &MaskExpr, dims: &Dims) -> Result<Vec<f64>, String> {
+    let rank = shape.len();
+    if rank > 4 {
+        return Err(format!(
+            "a mask has at most 4 dims (b, h, q, k), got {rank}"
+        ));
+    }
+    let st = strides(shape);
+    let count: usize = shape.iter().product();
+    Ok((0..count)
+        .map(|flat| {
+            let mut at = [0i64; 4]; // b, h, q, k
+            for d in 0..rank {
+                at[4 - rank + d] = ((flat / st[d]) % shape[d]) as i64;
+            }
+            expr.holds(at[0], at[1], at[2], at[3], dims) as u8 as f64
+        })
+        .collect())
+}
+
+// ---------------------------------------------------------------------------------
+// Elementwise ops.
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn unary(op: UnaryOp, x: f64) -> f64 {
+    use std::f64::consts::{FRAC_1_SQRT_2, PI};
+    match op {
+        UnaryOp::Neg => -x,
+        UnaryOp::Abs => x.abs(),
+        UnaryOp::Exp => x.exp(),
+        UnaryOp::Log => x.ln(),
+        UnaryOp::Sqrt => x.sqrt(),
+        UnaryOp::Rsqrt => 1.0 / x.sqrt(),
+        UnaryOp::Tanh => x.tanh(),
+        UnaryOp::Sigmoid => sigmoid(x),
+        UnaryOp::Silu => x * sigmoid(x),
+        // x·Φ(x), Φ the standard normal CDF.
+        UnaryOp::Gelu => 0.5 * x * (1.0 + libm::erf(x * FRAC_1_SQRT_2)),
+        UnaryOp::GeluTanh => {
+            0.5 * x * (1.0 + ((2.0 / PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
+        }
+        // e^x - 1 for x <= 0 (exp_m1 computes it without cancellation near 0).
+        UnaryOp::Elu => {
+            if x > 0.0 {
+                x
+            } else {
+                x.exp_m1()
+            }
+        }
+        // Written so NaN stays NaN.
+        UnaryOp::Relu => {
+            if x < 0.0 {
+                0.0
+            } else {
+                x
+            }
+        }
+    }
+}
+
+/// `a op b` with broadcasting; on integers division truncates toward zero.
+fn binary(op: BinaryOp, a: &Tensor, b: &Tensor, shape: &[usize]) -> Result<Vec<f64>, String> {
+    let int = a.dtype.is_int();
+    let (x, y) = (expand(a, shape), expand(b, shape));
+    x.iter()
+        .zip(y.iter())
+        .map(|(&x, &y)| {
+            Ok(match op {
+                BinaryOp::Add => x + y,
+                BinaryOp::Sub => x - y,
+                BinaryOp::Mul => x * y,
+                BinaryOp::Div if int => {
+                    if y == 0.0 {
+                        return Err(format!("integer division by zero ({x} / 0)"));
+                    }
+                    // Rust's integer division truncates toward zero, like C.
+                    (x as i64).wrapping_div(y as i64) as f64
+                }
+                BinaryOp::Div => x / y,
+                BinaryOp::Max => nan_max(x, y),
+                BinaryOp::Min => nan_min(x, y),
+                BinaryOp::Pow => x.powf(y),
+            })
+        })
+        .collect()
+}
+
+/// `cond ? a : b`, all three broadcast to `shape`.
+fn select(cond: &Tensor, a: &Tensor, b: &Tensor, shape: &[usize]) -> Vec<f64> {
+    let (c, x, y) = (expand(cond, shape), expand(a, shape), expand(b, shape));
+    (0..c.len())
+        .map(|i| if c[i] != 0.0 { x[i] } else { y[i] })
+        .collect()
+}
+
+/// Float to integer truncates toward zero, anything to bool is `!= 0`; the result is
+/// then rounded to `to` like every other result (f16 overflow gives inf, i32 wraps).
+fn cast(a: &Tensor, to: DType) -> Vec<f64> {
+    a.data
+        .iter()
+        .map(|&v| match to {
+            DType::I32 | DType::I64 => v.trunc(),
+            DType::Bool => (v != 0.0) as u8 as f64,
+            DType::F32 | DType::F16 | DType::BF16 => v,
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------
+// Reductions and normalisations.
+
+/// Sum, max or mean over `axes`. The flat index of the result is the same with or
+/// without `keep_dims` (dropping size-1 axes does not move anything in row-major
+/// order), so one loop serves both.
+fn reduce(a: &Tensor, kind: ReduceKind, axes: &[usize]) -> Vec<f64> {
+    let mut kept = a.shape.clone();
+    for &ax in axes {
+        kept[ax] = 1;
+    }
+    // Strides into the result; a reduced axis does not move the result offset.
+    let mut out_strides = strides(&kept);
+    for &ax in axes {
+        out_strides[ax] = 0;
+    }
+    let init = match kind {
+        ReduceKind::Sum | ReduceKind::Mean => 0.0,
+        ReduceKind::Max => f64::NEG_INFINITY,
+    };
+    let mut out = vec![init; kept.iter().product()];
+    let mut flat = 0; // walking the input in row-major order
+    for_each_offset(&a.shape, &out_strides, |o| {
+        let x = a.data[flat];
+        out[o] = match kind {
+            ReduceKind::Sum | ReduceKind::Mean => out[o] + x,
+            ReduceKind::Max => nan_max(out[o], x),
+        };
+        flat += 1;
+    });
+    if kind == ReduceKind::Mean {
+        let count: usize = axes.iter().map(|&ax| a.shape[ax]).product();
+        out.iter_mut().for_each(|v| *v /= count as f64);
+    }
+    out
+}
+
+/// `exp(x - max) / sum(exp(x - max))` along `axis`. Subtracting the max keeps exp from
+/// overflowing; a row whose max is -inf gives NaN, as the formula does.
+fn softmax(a: &Tensor, axis: usize) -> Vec<f64> {
+    let (outer, n, inner) = split_at_axis(&a.shape, axis);
+    let mut out = vec![0.0; a.len()];
+    for o in 0..outer {
+        for r in 0..inner {
+            let at = |i: usize| (o * n + i) * inner + r;
+            let max = (0..n)
+                .map(|i| a.data[at(i)])
+                .fold(f64::NEG_INFINITY, nan_max);
+            let mut sum = 0.0;
+            for i in 0..n {
+                let e = (a.data[at(i)] - max).exp();
+                out[at(i)] = e;
+                sum += e;
+            }
+            for i in 0..n {
+                out[at(i)] /= sum;
+            }
+        }
+    }
+    out
+}
+
+/// `(x - mean) / sqrt(var + eps) * gamma + beta` over the last axis, with the biased
+/// variance (divided by d, as PyTorch's LayerNorm does).
+fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Vec<f64> {
+    let d = x.shape[x.rank() - 1];
+    let mut out = vec![0.0; x.len()];
+    for row in 0..x.len().checked_div(d).unwrap_or(0) {
+        let xs = &x.data[row * d..(row + 1) * d];
+        let mean = xs.iter().sum::<f64>() / d as f64;
+        let var = xs.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / d as f64;
+        let denom = (var + eps).sqrt();
+        for i in 0..d {
+            out[row * d + i] = (xs[i] - mean) / denom * gamma.data[i] + beta.data[i];
+        }
+    }
+    out
+}
+
+/// `x / sqrt(mean(x²) + eps) * gamma` over the last axis.
+fn rms_norm(x: &Tensor, gamma: &Tensor, eps: f64) -> Vec<f64> {
+    let d = x.shape[x.rank() - 1];
+    let mut out = vec![0.0; x.len()];
+    for row in 0..x.len().checked_div(d).unwrap_or(0) {
+        let xs = &x.data[row * d..(row + 1) * d];
+        let mean_square = xs.iter().map(|v| v * v).sum::<f64>() / d as f64;
+        let denom = (mean_square + eps).sqrt();
+        for i in 0..d {
+            out[row * d + i] = xs[i] / denom * gamma.data[i];
+        }
+    }
+    out
+}
+
+/// Inclusive prefix sum along `axis`.
+fn cumsum(a: &Tensor, axis: usize) -> Vec<f64> {
+    let (outer, n, inner) = split_at_axis(&a.shape, axis);
+    let mut out = vec![0.0; a.len()];
+    for o in 0..outer {
+        for r in 0..inner {
+            let mut sum = 0.0;
+            for i in 0..n {
+                let at = (o * n + i) * inner + r;
+                sum += a.data[at];
+                out[at] = sum;
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------
+// Matrix multiplication.
+
+/// Columns of the result computed together: one tile of `b` (`k × TILE`) stays in cache
+/// while every row of `a` passes over it. Tiling changes no sum's order.
+const MATMUL_TILE: usize = 128;
+
+/// `[.., m, k] × [.., k, n] → [.., m, n]`, batch dims broadcast to those of `shape`.
+/// `out[i, j] = sum_p a[i, p] * b[p, j]`, summed in order of `p`.
+fn matmul(a: &Tensor, b: &Tensor, shape: &[usize]) -> Vec<f64> {
+    let rank = shape.len();
+    let (m, n) = (shape[rank - 2], shape[rank - 1]);
+    let k = a.shape[a.rank() - 1];
+    let batch = &shape[..rank - 2];
+    // Which matrix of `a` and of `b` each result matrix reads (broadcasting batch dims).
+    let matrices = |t: &Tensor| {
+        let mut which = Vec::new();
+        let own = &t.shape[..t.rank() - 2];
+        for_each_offset(batch, &broadcast_strides(own, batch), |i| which.push(i));
+        which
+    };
+    let (a_mats, b_mats) = (matrices(a), matrices(b));
+    let mut out = vec![0.0; shape.iter().product()];
+    for (batch_index, (&am, &bm)) in a_mats.iter().zip(&b_mats).enumerate() {
+        let a_mat = &a.data[am * m * k..(am + 1) * m * k];
+        let b_mat = &b.data[bm * k * n..(bm + 1) * k * n];
+        let out_mat = &mut out[batch_index * m * n..(batch_index + 1) * m * n];
+        for j0 in (0..n).step_by(MATMUL_TILE) {
+            let j1 = (j0 + MATMUL_TILE).min(n);
+            // i-k-j order: the innermost loop runs along contiguous rows of b and out.
+            for i in 0..m {
+                let out_row = &mut out_mat[i * n + j0..i * n + j1];
+                for p in 0..k {
+                    let x = a_mat[i * k + p];
+                    let b_row = &b_mat[p * n + j0..p * n + j1];
+                    for (o, &y) in out_row.iter_mut().zip(b_row) {
+                        *o += x * y;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------
+// Data movement.
+
+/// Result axis `i` is input axis `perm[i]`: walk the result in row-major order, reading
+/// the input with its strides permuted.
+fn transpose(a: &Tensor, perm: &[usize], shape: &[usize]) -> Vec<f64> {
+    let own = a.strides();
+    let permuted: Vec<usize> = perm.iter().map(|&p| own[p]).collect();
+    let mut out = Vec::with_capacity(a.len());
+    for_each_offset(shape, &permuted, |src| out.push(a.data[src]));
+    out
+}
+
+/// Operands joined along `axis`: for each outer index, each operand's block in turn.
+fn concat(args: &[&Tensor], axis: usize) -> Vec<f64> {
+    let (outer, _, inner) = split_at_axis(&args[0].shape, axis);
+    let mut out = Vec::new();
+    for o in 0..outer {
+        for t in args {
+            let block = t.shape[axis] * inner;
+            out.extend_from_slice(&t.data[o * block..(o + 1) * block]);
+        }
+    }
+    out
+}
+
+/// Elements `start..end` along `axis`.
+fn slice(a: &Tensor, axis: usize, start: usize, end: usize) -> Result<Vec<f64>, String> {
+    let (outer, n, inner) = split_at_axis(&a.shape, axis);
+    if start > end || end > n {
+        return Err(format!(
+            "slice {start}..{end} is out of range for axis {axis} of size {n}"
+        ));
+    }
+    let mut out = Vec::with_capacity(outer * (end - start) * inner);
+    for o in 0..outer {
+        out.extend_from_slice(&a.data[(o * n + start) * inner..(o * n + end) * inner]);
+    }
+    Ok(out)
+}
+
+/// `out[o, j, r] = data[o, indices[j], r]` around `axis`, `j` running over all of
+/// `indices` (so the result is `data[..axis] ++ indices ++ data[axis+1..]`).
+fn gather(data: &Tensor, indices: &Tensor, axis: usize) -> Result<Vec<f64>, String> {
+    let (outer, n, inner) = split_at_axis(&data.shape, axis);
+    let rows = checked_indices(indices, n, |v, j| {
+        format!(
+            "index {v} at position {j} of the indices is out of range for axis {axis} of size {n}"
+        )
+    })?;
+    let mut out = Vec::with_capacity(outer * rows.len() * inner);
+    for o in 0..outer {
+        for &i in &rows {
+            out.extend_from_slice(&data.data[(o * n + i) * inner..(o * n + i + 1) * inner]);
+        }
+    }
+    Ok(out)
+}
+
+/// `out = data; out[o, indices[j], r] += updates[o, j, r]`; repeated indices add up.
+fn scatter_add(
+    data: &Tensor,
+    indices: &Tensor,
+    updates: &Tensor,
+    axis: usize,
+) -> Result<Vec<f64>, String> {
+    let (outer, n, inner) = split_at_axis(&data.shape, axis);
+    let rows = checked_indices(indices, n, |v, j| {
+        format!(
+            "index {v} at position {j} of the indices is out of range for axis {axis} of size {n}"
+        )
+    })?;
+    let m = rows.len();
+    let mut out = data.data.clone();
+    for o in 0..outer {
+        for (j, &i) in rows.iter().enumerate() {
+            for r in 0..inner {
+                out[(o * n + i) * inner + r] += updates.data[(o * m + j) * inner + r];
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `out[t, :] = table[ids[t], :]` for every id `t`.
+fn embedding(table: &Tensor, ids: &Tensor) -> Result<Vec<f64>, String> {
+    let (vocab, d) = (table.shape[0], table.shape[1]);
+    let rows = checked_indices(ids, vocab, |v, j| {
+        format!("token id {v} at position {j} is out of range for a table of {vocab} rows")
+    })?;
+    let mut out = Vec::with_capacity(rows.len() * d);
+    for &row in &rows {
+        out.extend_from_slice(&table.data[row * d..(row + 1) * d]);
+    }
+    Ok(out)
+}
+
+/// Every index of `indices` as a position below `bound`; the first that is not becomes
+/// the error `message(value, position)`.
+fn checked_indices(
+    indices: &Tensor,
+    bound: usize,
+    message: impl Fn(f64, usize) -> String,
+) -> Result<Vec<usize>, String> {
+    indices
+        .data
+        .iter()
+        .enumerate()
+        .map(|(j, &v)| check_index(v, bound).ok_or_else(|| message(v, j)))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------
+// Positions and selection.
+
+/// Rotary embedding over the last axis with rotate-half pairing: for position `p` (the
+/// index along the second-to-last axis) and `i < d/2`, with `θ_i = theta^(-2i/d)`,
+/// `out[i] = x[i]·cos(pθ_i) - x[i+d/2]·sin(pθ_i)` and
+/// `out[i+d/2] = x[i+d/2]·cos(pθ_i) + x[i]·sin(pθ_i)`.
+fn rope(x: &Tensor, theta: f64) -> Vec<f64> {
+    let rank = x.rank();
+    let (seq, d) = (x.shape[rank - 2], x.shape[rank - 1]);
+    let half = d / 2;
+    let freqs: Vec<f64> = (0..half)
+        .map(|i| theta.powf(-2.0 * i as f64 / d as f64))
+        .collect();
+    let mut out = vec![0.0; x.len()];
+    for row in 0..x.len().checked_div(d).unwrap_or(0) {
+        let p = (row % seq) as f64;
+        let xs = &x.data[row * d..(row + 1) * d];
+        for i in 0..half {
+            let (sin, cos) = (p * freqs[i]).sin_cos();
+            let (lo, hi) = (xs[i], xs[i + half]);
+            out[row * d + i] = lo * cos - hi * sin;
+            out[row * d + i + half] = hi * cos + lo * sin;
+        }
+    }
+    out
+}
+
+/// Order for top-k: larger first, NaN above everything; equal values compare equal so
+/// the stable sort keeps the lower index first.
+fn descending(a: f64, b: f64) -> Ordering {
+    match (a.is_nan(), b.is_nan()) {
+        (true, true) => Ordering::Equal,
+        (true, false) => Ordering::Less,
+        (false, true) => Ordering::Greater,
+        (false, false) => b.partial_cmp(&a).unwrap_or(Ordering::Equal),
+    }
+}
+
+/// The `k` largest of each row (last axis), descending, ties to the lower index.
+fn topk(x: &Tensor, k: usize, output: TopKOutput) -> Vec<f64> {
+    let n = x.shape[x.rank() - 1];
+    let mut out = Vec::new();
+    for row in 0..x.len().checked_div(n).unwrap_or(0) {
+        let values = &x.data[row * n..(row + 1) * n];
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&i, &j| descending(values[i], values[j])); // stable
+        for &i in &order[..k] {
+            out.push(match output {
+                TopKOutput::Values => values[i],
+                TopKOutput::Indices => i as f64,
+            });
+        }
+    }
+    out
 }

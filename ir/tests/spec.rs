@@ -23,9 +23,7 @@ fn count(graph: &attnc_ir::Graph, name: &str) -> usize {
 
 #[test]
 fn examples_lower_at_full_size() {
-    let start = std::time::Instant::now();
     let g = lower(&parse(LLAMA, &[], false).unwrap()).unwrap();
-    assert!(start.elapsed().as_secs_f64() < 1.0, "{:?}", start.elapsed());
     assert_eq!(count(&g, "softmax"), 32);
     assert_eq!(count(&g, "rope"), 64);
     assert_eq!(count(&g, "rms_norm"), 65);
