@@ -6,7 +6,7 @@ use thiserror::Error;
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum IrError {
     /// An op applied to operands of the wrong shape or dtype while building a graph.
-    #[error("{}`{op}`: {message}", layer_prefix(.layer))]
+    #[error("{}{}", layer_prefix(.layer), op_prefixed(.op, .message))]
     Type {
         layer: Option<String>,
         op: String,
@@ -41,6 +41,15 @@ pub enum IrError {
         op: String,
         message: String,
     },
+}
+
+/// `` `op`: message `` unless the message already names the op.
+fn op_prefixed(op: &str, message: &str) -> String {
+    if message.contains(&format!("`{op}`")) {
+        message.to_string()
+    } else {
+        format!("`{op}`: {message}")
+    }
 }
 
 fn layer_prefix(layer: &Option<String>) -> String {

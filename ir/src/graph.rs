@@ -123,7 +123,7 @@ impl Graph {
 
     /// Remove the most recently added node (and its operand edges).
     pub(crate) fn pop_last(&mut self) {
-        if let Some(last) = self.g.node_indices().last() {
+        if let Some(last) = self.g.node_indices().next_back() {
             self.g.remove_node(last);
         }
     }

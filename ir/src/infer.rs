@@ -83,7 +83,7 @@ fn infer_unchecked(
         }
         Op::Unary(u) => {
             let a = args[0];
-            if !a.dtype.is_float() && !(u.allows_int() && a.dtype.is_int()) {
+            if !(a.dtype.is_float() || u.allows_int() && a.dtype.is_int()) {
                 return Err(format!("`{}` needs a float tensor, got {}", u.name(), describe(a)));
             }
             Ok(a.clone())

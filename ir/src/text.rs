@@ -364,14 +364,21 @@ fn describe(tok: Option<&Tok>) -> String {
         return "the end of the line".to_string();
     };
     match tok {
-        Tok::Ident(s) | Tok::Number(s) => format!("`{s}`"),
-        Tok::Ref(s) => format!("`%{s}`"),
-        Tok::Str { value, .. } => {
-            let short: String = value.chars().take(24).collect();
-            let dots = if short.len() < value.len() { "..." } else { "" };
-            format!("the string `{}`", quote(&format!("{short}{dots}")))
-        }
+        Tok::Ident(s) | Tok::Number(s) => format!("`{}`", clip(s)),
+        Tok::Ref(s) => format!("`%{}`", clip(s)),
+        Tok::Str { value, .. } => format!("the string `{}`", quote(&clip(value))),
         Tok::Punct(c) => format!("`{c}`"),
+    }
+}
+
+/// User text quoted in a message, cut short so a 10 000-digit number does not
+/// drown the message.
+fn clip(s: &str) -> String {
+    const MAX: usize = 32;
+    if s.chars().count() <= MAX {
+        s.to_string()
+    } else {
+        s.chars().take(MAX).chain("...".chars()).collect()
     }
 }
 
@@ -549,22 +556,16 @@ impl Scalar {
     }
 
     fn u64(&self, what: &str) -> Result<u64> {
-        if !self.is_number || self.text.starts_with('-') {
+        if !(self.is_number && self.text.bytes().all(|b| b.is_ascii_digit())) {
             return Err(self.error(format!(
                 "expected a non-negative integer for {what}, found `{}`",
-                self.text
-            )));
-        }
-        if !self.text.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(self.error(format!(
-                "expected a non-negative integer for {what}, found `{}`",
-                self.text
+                clip(&self.text)
             )));
         }
         self.text.parse().map_err(|_| {
             self.error(format!(
                 "`{}` is too large for {what} (at most {})",
-                self.text,
+                clip(&self.text),
                 u64::MAX
             ))
         })
@@ -593,11 +594,11 @@ impl Scalar {
             Some(v) if v.is_finite() || !self.is_number => Ok(v),
             Some(_) => Err(self.error(format!(
                 "`{}` is out of range for {what}; write `inf` or `-inf` for an infinity",
-                self.text
+                clip(&self.text)
             ))),
             None => Err(self.error(format!(
                 "expected a number like `0.125`, `1e-5`, `-inf` or `nan` for {what}, found `{}`",
-                self.text
+                clip(&self.text)
             ))),
         }
     }
@@ -607,7 +608,8 @@ impl Scalar {
             "true" => Ok(true),
             "false" => Ok(false),
             t => Err(self.error(format!(
-                "expected `true` or `false` for {what}, found `{t}`"
+                "expected `true` or `false` for {what}, found `{}`",
+                clip(t)
             ))),
         }
     }
@@ -624,7 +626,7 @@ impl Scalar {
         if !is_ident(&self.text) {
             return Err(self.error(format!(
                 "expected a size or a dimension name like `seq` for {what}, found `{}`",
-                self.text
+                clip(&self.text)
             )));
         }
         if dims.get(&self.text).is_none() {
@@ -640,7 +642,8 @@ impl Scalar {
 fn unknown_dtype(name: &str, what: &str) -> String {
     let all: Vec<String> = DType::ALL.iter().map(|d| format!("`{d}`")).collect();
     format!(
-        "unknown dtype `{name}` for {what}; expected one of {}",
+        "unknown dtype `{}` for {what}; expected one of {}",
+        clip(name),
         all.join(", ")
     )
 }
@@ -759,7 +762,7 @@ impl Attrs<'_> {
             Value::Scalar(s) => Err(s.error(format!(
                 "expected a list like `[0, 1]` for {}, found `{}`",
                 self.what(name),
-                s.text
+                clip(&s.text)
             ))),
         }
     }
@@ -991,7 +994,10 @@ impl Parser {
                 let first = self.graph.as_ref().map_or(1, |(_, l)| *l);
                 Err(cur.error(
                     cur.col(),
-                    format!("expected one `graph` line, but the graph was already named on line {first}"),
+                    format!(
+                        "expected one `graph` line, but the graph was already named on \
+                         line {first}"
+                    ),
                 ))
             }
             "dims" => self.dims_line(cur),
@@ -1018,7 +1024,8 @@ impl Parser {
         if self.builder.is_some() {
             return Err(cur.error(
                 cur.col(),
-                "expected `dims` before the first `layer`, op or `output` line, since every type depends on it",
+                "expected `dims` before the first `layer`, op or `output` line, since every \
+                 type depends on it",
             ));
         }
         cur.bump();
@@ -1076,7 +1083,10 @@ impl Parser {
         if let Some(first) = self.outputs.get(&name) {
             return Err(cur.error(
                 col,
-                format!("output `{name}` is already defined on line {first}; output names must be unique"),
+                format!(
+                    "output `{name}` is already defined on line {first}; output names must \
+                     be unique"
+                ),
             ));
         }
         self.outputs.insert(name.clone(), cur.line);
@@ -1134,7 +1144,10 @@ impl Parser {
             if let Some(first) = self.sources.get(name) {
                 return Err(cur.error(
                     op_col,
-                    format!("`{name}` is already defined on line {first}; input and param names must be unique"),
+                    format!(
+                        "`{name}` is already defined on line {first}; input and param names \
+                         must be unique"
+                    ),
                 ));
             }
             self.sources.insert(name.clone(), line);
@@ -1165,10 +1178,11 @@ impl Parser {
             .min_by_key(|n| strsim::levenshtein(n, name));
         match nearest {
             Some(n) if strsim::levenshtein(n, name) <= (name.len() / 3).max(2) => {
-                format!("unknown op `{name}`; did you mean `{n}`?")
+                format!("unknown op `{}`; did you mean `{n}`?", clip(name))
             }
             _ => format!(
-                "unknown op `{name}`; expected an op name like `matmul`, `add` or `softmax`"
+                "unknown op `{}`; expected an op name like `matmul`, `add` or `softmax`",
+                clip(name)
             ),
         }
     }

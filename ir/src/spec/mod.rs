@@ -449,7 +449,7 @@ impl Spec {
         }
         let head_dim = match positive("attention.head_dim", attention.head_dim)? {
             Some(d) => d,
-            None if self.d_model % heads == 0 => self.d_model / heads,
+            None if self.d_model.is_multiple_of(heads) => self.d_model / heads,
             None => {
                 return Err(err(format!(
                     "`d_model` ({}) is not divisible by `attention.heads` ({heads}): set `attention.head_dim`",
