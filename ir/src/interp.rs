@@ -853,7 +853,7 @@ fn topk(x: &Tensor, k: usize, output: TopKOutput) -> Vec<f64> {
         let values = &x.data[row * n..(row + 1) * n];
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by(|&i, &j| descending(values[i], values[j])); // stable
-        for &i in &order[..k] {
+        for &i in order.iter().take(k) {
             out.push(match output {
                 TopKOutput::Values => values[i],
                 TopKOutput::Indices => i as f64,
