@@ -41,8 +41,8 @@ pub fn load(path: &Path, source: &SpecSource) -> Result<Graph> {
                 "{shown}: --set and --tiny apply to model specs (.toml, .json), not to IR text"
             )));
         }
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| err(format!("{shown}: cannot read: {e}")))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| err(format!("{shown}: cannot read: {e}")))?;
         return attnc_ir::parse(&text).map_err(|e| err(format!("{shown}:{e}")));
     }
     let spec = spec::load_spec(path, source).map_err(err)?;

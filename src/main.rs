@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "attnc", version, about = "An optimizing compiler for efficient attention architectures")]
+#[command(
+    name = "attnc",
+    version,
+    about = "An optimizing compiler for efficient attention architectures"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -118,7 +122,12 @@ fn cpu_only(target: Target) -> attnc::Result<()> {
 
 fn real_main(cli: Cli) -> attnc::Result<()> {
     match cli.command {
-        Command::Compile { model, emit, target, o } => {
+        Command::Compile {
+            model,
+            emit,
+            target,
+            o,
+        } => {
             cpu_only(target)?;
             let graph = load(&model)?;
             let emit = match emit {
@@ -157,7 +166,14 @@ fn real_main(cli: Cli) -> attnc::Result<()> {
             }
             write_out(None, &s)
         }
-        Command::Run { model, check, tol, seed, target, json } => {
+        Command::Run {
+            model,
+            check,
+            tol,
+            seed,
+            target,
+            json,
+        } => {
             cpu_only(target)?;
             let graph = load(&model)?;
             let report = attnc::run(&graph, &RunOptions { seed, check })?;
@@ -182,7 +198,8 @@ fn real_main(cli: Cli) -> attnc::Result<()> {
                 write_out(None, &s)?;
             }
             match report.max_abs_err {
-                Some(e) if !(e <= tol) => Err(attnc::Error(format!(
+                // NaN fails the check too.
+                Some(e) if e.is_nan() || e > tol => Err(attnc::Error(format!(
                     "check failed: max_abs_err {e:.3e} exceeds the tolerance {tol:.1e}"
                 ))),
                 _ => Ok(()),
@@ -202,7 +219,13 @@ fn summarize_ops(ops: &[String]) -> String {
     }
     counts
         .iter()
-        .map(|(n, c)| if *c == 1 { n.to_string() } else { format!("{n}×{c}") })
+        .map(|(n, c)| {
+            if *c == 1 {
+                n.to_string()
+            } else {
+                format!("{n}×{c}")
+            }
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -229,9 +252,9 @@ fn write_out(path: Option<&PathBuf>, text: &str) -> attnc::Result<()> {
             let mut out = std::io::stdout().lock();
             // A closed pipe (`attnc ... | head`) is not an error worth reporting.
             match out.write_all(text.as_bytes()) {
-                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-                    Err(attnc::Error(format!("cannot write to standard output: {e}")))
-                }
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(attnc::Error(format!(
+                    "cannot write to standard output: {e}"
+                ))),
                 _ => Ok(()),
             }
         }

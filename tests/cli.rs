@@ -26,7 +26,10 @@ fn fails_with(args: &[&str], needles: &[&str]) {
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
     assert!(err.starts_with("error: "), "{args:?}: {err}");
-    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "{err}"
+    );
     for n in needles {
         assert!(err.contains(n), "{args:?}: expected `{n}` in: {err}");
     }
@@ -57,7 +60,13 @@ fn run_check_gpt2_tiny() {
 
 #[test]
 fn run_check_llama3_tiny() {
-    let r = run_json(&["run", "examples/llama3-8b.toml", "--tiny", "--check", "--json"]);
+    let r = run_json(&[
+        "run",
+        "examples/llama3-8b.toml",
+        "--tiny",
+        "--check",
+        "--json",
+    ]);
     let err = r["max_abs_err"].as_f64().unwrap();
     assert!(err < 1e-4, "max_abs_err {err}");
 }
@@ -94,7 +103,15 @@ fn compile_emits_mlir_llvm_and_dot() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("define "));
     let out = temp_file("g.dot", "");
-    let o = attnc(&["compile", "examples/gpt2.toml", "--tiny", "--emit", "dot", "-o", out.to_str().unwrap()]);
+    let o = attnc(&[
+        "compile",
+        "examples/gpt2.toml",
+        "--tiny",
+        "--emit",
+        "dot",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let dot = std::fs::read_to_string(&out).unwrap();
     assert!(dot.starts_with("digraph") && dot.contains("softmax"));
@@ -110,7 +127,11 @@ fn inspect_reports_layers_flops_and_bytes() {
     assert_eq!(layers.len(), 26);
     let attn = &layers[1];
     assert_eq!(attn["name"], "layers.0.attn");
-    assert!(attn["ops"].as_array().unwrap().iter().any(|o| o == "softmax"));
+    assert!(attn["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|o| o == "softmax"));
     // Q·Kᵀ and P·V alone: 2 · 2·s²·d = 4 · 1024² · 768 FLOPs.
     assert!(attn["flops"].as_u64().unwrap() > 4 * 1024 * 1024 * 768);
     assert!(attn["bytes"].as_u64().unwrap() > 0);
@@ -139,7 +160,10 @@ fn unknown_spec_key_suggests_the_nearest() {
         .unwrap()
         .replace("heads = 12", "hedas = 12");
     let p = temp_file("typo.toml", &text);
-    fails_with(&["inspect", p.to_str().unwrap()], &["typo.toml:", "did you mean `heads`?"]);
+    fails_with(
+        &["inspect", p.to_str().unwrap()],
+        &["typo.toml:", "did you mean `heads`?"],
+    );
     fails_with(
         &["inspect", "examples/gpt2.toml", "--set", "hedas=2"],
         &["did you mean `heads`?"],
@@ -160,8 +184,14 @@ fn shape_mismatch_names_layer_and_both_shapes() {
 
 #[test]
 fn bad_ir_reports_position() {
-    let p = temp_file("unknown.air", "graph m\n%0 = input \"x\" : [2] f32\n%1 = sofmax %0 {axis = 0} : [2] f32\n");
-    fails_with(&["compile", p.to_str().unwrap()], &["unknown.air:3:", "softmax"]);
+    let p = temp_file(
+        "unknown.air",
+        "graph m\n%0 = input \"x\" : [2] f32\n%1 = sofmax %0 {axis = 0} : [2] f32\n",
+    );
+    fails_with(
+        &["compile", p.to_str().unwrap()],
+        &["unknown.air:3:", "softmax"],
+    );
 }
 
 #[test]
@@ -175,13 +205,28 @@ fn bad_mask_names_the_layer() {
 
 #[test]
 fn missing_file_and_huge_sizes_are_errors() {
-    fails_with(&["compile", "examples/nope.toml"], &["examples/nope.toml", "cannot read"]);
     fails_with(
-        &["compile", "examples/gpt2.toml", "--set", "vocab=4294967297", "--set", "seq=1024"],
+        &["compile", "examples/nope.toml"],
+        &["examples/nope.toml", "cannot read"],
+    );
+    fails_with(
+        &[
+            "compile",
+            "examples/gpt2.toml",
+            "--set",
+            "vocab=4294967297",
+            "--set",
+            "seq=1024",
+        ],
         &["vocab"],
     );
     fails_with(
-        &["compile", "examples/llama3-8b.toml", "--set", "seq=4000000000"],
+        &[
+            "compile",
+            "examples/llama3-8b.toml",
+            "--set",
+            "seq=4000000000",
+        ],
         &["2^48"],
     );
 }
@@ -189,8 +234,18 @@ fn missing_file_and_huge_sizes_are_errors() {
 #[test]
 fn check_failure_and_gpu_target_exit_non_zero() {
     fails_with(
-        &["run", "examples/gpt2.toml", "--tiny", "--check", "--tol", "0"],
+        &[
+            "run",
+            "examples/gpt2.toml",
+            "--tiny",
+            "--check",
+            "--tol",
+            "0",
+        ],
         &["exceeds the tolerance"],
     );
-    fails_with(&["run", "examples/gpt2.toml", "--tiny", "--target", "gpu"], &["gpu"]);
+    fails_with(
+        &["run", "examples/gpt2.toml", "--tiny", "--target", "gpu"],
+        &["gpu"],
+    );
 }

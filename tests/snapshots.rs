@@ -7,7 +7,9 @@ use attnc_ir::spec::SpecSource;
 use std::path::Path;
 
 fn ir_of(example: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(example);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(example);
     let graph = attnc::load(&path, &SpecSource::default()).unwrap();
     attnc::compile(&graph, attnc::Emit::Ir).unwrap()
 }

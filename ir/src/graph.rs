@@ -92,7 +92,10 @@ impl Graph {
         })
     }
 
-    fn sources<'a>(&'a self, pick: impl Fn(&'a Op) -> Option<&'a String>) -> Vec<(&'a str, NodeId)> {
+    fn sources<'a>(
+        &'a self,
+        pick: impl Fn(&'a Op) -> Option<&'a String>,
+    ) -> Vec<(&'a str, NodeId)> {
         self.node_ids()
             .filter_map(|id| pick(&self.g[id].op).map(|n| (n.as_str(), id)))
             .collect()
@@ -194,7 +197,12 @@ impl GraphBuilder {
     }
 
     /// Add `op` applied to `operands`; `declared` is the type of a source op.
-    pub fn add(&mut self, op: Op, operands: &[NodeId], declared: Option<TensorType>) -> Result<NodeId> {
+    pub fn add(
+        &mut self,
+        op: Op,
+        operands: &[NodeId],
+        declared: Option<TensorType>,
+    ) -> Result<NodeId> {
         if let Some(&bad) = operands.iter().find(|id| id.index() >= self.graph.len()) {
             return Err(self.type_error(&op, format!("operand %{} does not exist", bad.index())));
         }
@@ -211,7 +219,12 @@ impl GraphBuilder {
 
     /// Add a node whose type was written down (by the text parser): the op's inferred
     /// type must agree with it in sizes and dtype; the written spelling is kept.
-    pub fn add_declared(&mut self, op: Op, operands: &[NodeId], declared: TensorType) -> Result<NodeId> {
+    pub fn add_declared(
+        &mut self,
+        op: Op,
+        operands: &[NodeId],
+        declared: TensorType,
+    ) -> Result<NodeId> {
         if op.is_source() {
             return self.add(op, operands, Some(declared));
         }
@@ -255,7 +268,10 @@ impl GraphBuilder {
     pub fn input(&mut self, name: impl Into<String>, shape: Shape, dtype: DType) -> Result<NodeId> {
         let name = name.into();
         if self.graph.inputs().iter().any(|(n, _)| *n == name) {
-            return Err(self.type_error(&Op::Input { name: name.clone() }, format!("input `{name}` is defined twice")));
+            return Err(self.type_error(
+                &Op::Input { name: name.clone() },
+                format!("input `{name}` is defined twice"),
+            ));
         }
         self.add(Op::Input { name }, &[], Some(TensorType::new(shape, dtype)))
     }
@@ -263,13 +279,20 @@ impl GraphBuilder {
     pub fn param(&mut self, name: impl Into<String>, shape: Shape, dtype: DType) -> Result<NodeId> {
         let name = name.into();
         if self.graph.params().iter().any(|(n, _)| *n == name) {
-            return Err(self.type_error(&Op::Param { name: name.clone() }, format!("param `{name}` is defined twice")));
+            return Err(self.type_error(
+                &Op::Param { name: name.clone() },
+                format!("param `{name}` is defined twice"),
+            ));
         }
         self.add(Op::Param { name }, &[], Some(TensorType::new(shape, dtype)))
     }
 
     pub fn constant(&mut self, value: f64, dtype: DType) -> Result<NodeId> {
-        self.add(Op::Const { value }, &[], Some(TensorType::new(Shape::scalar(), dtype)))
+        self.add(
+            Op::Const { value },
+            &[],
+            Some(TensorType::new(Shape::scalar(), dtype)),
+        )
     }
 
     pub fn output(&mut self, name: impl Into<String>, id: NodeId) -> Result<()> {

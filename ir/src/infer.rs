@@ -84,7 +84,11 @@ fn infer_unchecked(
         Op::Unary(u) => {
             let a = args[0];
             if !(a.dtype.is_float() || u.allows_int() && a.dtype.is_int()) {
-                return Err(format!("`{}` needs a float tensor, got {}", u.name(), describe(a)));
+                return Err(format!(
+                    "`{}` needs a float tensor, got {}",
+                    u.name(),
+                    describe(a)
+                ));
             }
             Ok(a.clone())
         }
@@ -111,7 +115,10 @@ fn infer_unchecked(
         Op::Select => {
             let (c, a, b) = (args[0], args[1], args[2]);
             if c.dtype != DType::Bool {
-                return Err(format!("`select` condition must be bool, got {}", describe(c)));
+                return Err(format!(
+                    "`select` condition must be bool, got {}",
+                    describe(c)
+                ));
             }
             if a.dtype != b.dtype {
                 return Err(format!(
@@ -299,7 +306,11 @@ fn infer_unchecked(
                 ));
             }
             let mut shape = a.shape.clone();
-            shape.0[*axis] = if s == 0 { end.clone() } else { Dim::Const(e - s) };
+            shape.0[*axis] = if s == 0 {
+                end.clone()
+            } else {
+                Dim::Const(e - s)
+            };
             Ok(TensorType::new(shape, a.dtype))
         }
         Op::Gather { axis } => {
@@ -360,7 +371,10 @@ fn infer_unchecked(
         Op::TopK { k, output } => {
             let x = args[0];
             if x.rank() == 0 || x.dtype == DType::Bool {
-                return Err(format!("`topk` needs a numeric tensor, got {}", describe(x)));
+                return Err(format!(
+                    "`topk` needs a numeric tensor, got {}",
+                    describe(x)
+                ));
             }
             let n = sizes(x)?[x.rank() - 1];
             if *k == 0 || *k > n {
@@ -395,9 +409,17 @@ fn check_axis(axis: usize, rank: usize) -> Result<(), String> {
     Ok(())
 }
 
-fn float_only(op: &Op, t: &TensorType, describe: &dyn Fn(&TensorType) -> String) -> Result<(), String> {
+fn float_only(
+    op: &Op,
+    t: &TensorType,
+    describe: &dyn Fn(&TensorType) -> String,
+) -> Result<(), String> {
     if !t.dtype.is_float() {
-        return Err(format!("`{}` needs a float tensor, got {}", op.name(), describe(t)));
+        return Err(format!(
+            "`{}` needs a float tensor, got {}",
+            op.name(),
+            describe(t)
+        ));
     }
     Ok(())
 }

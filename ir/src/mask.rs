@@ -310,8 +310,7 @@ struct Token {
 }
 
 const OPERATORS: [&str; 18] = [
-    "&&", "||", "<=", ">=", "==", "!=", "<", ">", "+", "-", "*", "/", "%", "!", "(", ")", "&",
-    "|",
+    "&&", "||", "<=", ">=", "==", "!=", "<", ">", "+", "-", "*", "/", "%", "!", "(", ")", "&", "|",
 ];
 
 fn lex(text: &str) -> Result<Vec<Token>, MaskError> {
@@ -425,7 +424,10 @@ impl Parser {
             return self.err(format!("expression nests deeper than {MAX_MASK_DEPTH}"));
         }
         let mut lhs = self.unary()?;
-        while let Some(Token { tok: Tok::Op(s), .. }) = self.peek() {
+        while let Some(Token {
+            tok: Tok::Op(s), ..
+        }) = self.peek()
+        {
             let Some(op) = binop(s) else { break };
             if op.precedence() < min {
                 break;
@@ -543,7 +545,10 @@ mod tests {
         let e = MaskExpr::parse("k <= q $").unwrap_err();
         assert_eq!(e.col, 8);
         let deep = format!("{}k <= q{}", "(".repeat(200), ")".repeat(200));
-        assert!(MaskExpr::parse(&deep).unwrap_err().message.contains("deeper"));
+        assert!(MaskExpr::parse(&deep)
+            .unwrap_err()
+            .message
+            .contains("deeper"));
     }
 
     #[test]

@@ -178,13 +178,21 @@ pub enum TopKOutput {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
     /// A model input (token ids, activations) fed at run time.
-    Input { name: String },
+    Input {
+        name: String,
+    },
     /// A weight, bound once per model.
-    Param { name: String },
+    Param {
+        name: String,
+    },
     /// A scalar constant (type `[]`); broadcasting makes it any shape.
-    Const { value: f64 },
+    Const {
+        value: f64,
+    },
     /// `out[i…] = i_axis`: the index along `axis`, an integer tensor.
-    Iota { axis: usize },
+    Iota {
+        axis: usize,
+    },
     Unary(UnaryOp),
     /// `(a, b)`, numpy broadcasting, same dtype.
     Binary(BinaryOp),
@@ -192,44 +200,77 @@ pub enum Op {
     Compare(CmpOp),
     /// `(cond, a, b)`: `cond ? a : b`, broadcasting all three.
     Select,
-    Cast { to: DType },
+    Cast {
+        to: DType,
+    },
     Reduce {
         kind: ReduceKind,
         axes: Vec<usize>,
         keep_dims: bool,
     },
-    Softmax { axis: usize },
+    Softmax {
+        axis: usize,
+    },
     /// `(x, gamma, beta)`, normalising over the last axis.
-    LayerNorm { eps: f64 },
+    LayerNorm {
+        eps: f64,
+    },
     /// `(x, gamma)`, normalising over the last axis.
-    RmsNorm { eps: f64 },
+    RmsNorm {
+        eps: f64,
+    },
     /// `(a [.., m, k], b [.., k, n])` → `[.., m, n]`, batch dims broadcast.
     MatMul,
-    Reshape { shape: Shape },
-    Transpose { perm: Vec<usize> },
+    Reshape {
+        shape: Shape,
+    },
+    Transpose {
+        perm: Vec<usize>,
+    },
     /// numpy-style broadcast of the operand to `shape`.
-    Broadcast { shape: Shape },
+    Broadcast {
+        shape: Shape,
+    },
     /// Any number of operands, joined along `axis`.
-    Concat { axis: usize },
+    Concat {
+        axis: usize,
+    },
     /// Elements `start..end` along `axis`.
-    Slice { axis: usize, start: Dim, end: Dim },
+    Slice {
+        axis: usize,
+        start: Dim,
+        end: Dim,
+    },
     /// `(data, indices)`: `out = data[.., indices[…], ..]` along `axis`; the result
     /// shape is `data[..axis] ++ indices ++ data[axis+1..]`.
-    Gather { axis: usize },
+    Gather {
+        axis: usize,
+    },
     /// `(data, indices [n], updates)`: `out = data; out[.., indices[j], ..] += updates[.., j, ..]`.
-    ScatterAdd { axis: usize },
+    ScatterAdd {
+        axis: usize,
+    },
     /// `(table [v, d], ids [..])` → `[.., d]`.
     Embedding,
     /// Rotary position embedding over the last axis (rotate-half pairing `i`, `i + d/2`),
     /// position = index along the second-to-last axis.
-    Rope { theta: f64 },
+    Rope {
+        theta: f64,
+    },
     /// The `k` largest along the last axis, in descending order; ties go to the lower
     /// index.
-    TopK { k: u64, output: TopKOutput },
+    TopK {
+        k: u64,
+        output: TopKOutput,
+    },
     /// Inclusive prefix sum along `axis`.
-    CumSum { axis: usize },
+    CumSum {
+        axis: usize,
+    },
     /// Materialise a mask expression over the trailing `(b, h, q, k)` coordinates.
-    Mask { expr: MaskExpr },
+    Mask {
+        expr: MaskExpr,
+    },
 }
 
 impl Op {
@@ -276,7 +317,11 @@ impl Op {
     pub fn is_source(&self) -> bool {
         matches!(
             self,
-            Op::Input { .. } | Op::Param { .. } | Op::Const { .. } | Op::Iota { .. } | Op::Mask { .. }
+            Op::Input { .. }
+                | Op::Param { .. }
+                | Op::Const { .. }
+                | Op::Iota { .. }
+                | Op::Mask { .. }
         )
     }
 

@@ -110,9 +110,7 @@ fn role_of(graph: &Graph, id: NodeId) -> Role {
             (Op::LayerNorm { .. } | Op::RmsNorm { .. }, 1) => return Role::NormScale,
             (Op::Embedding, 0) => return Role::Table,
             (Op::Embedding, 1) => return Role::Index(graph.sizes(operands[0])[0] as u64),
-            (Op::Gather { axis }, 1) => {
-                return Role::Index(graph.sizes(operands[0])[*axis] as u64)
-            }
+            (Op::Gather { axis }, 1) => return Role::Index(graph.sizes(operands[0])[*axis] as u64),
             (Op::ScatterAdd { axis }, 1) => {
                 return Role::Index(graph.sizes(operands[0])[*axis] as u64)
             }

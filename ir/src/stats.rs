@@ -29,10 +29,7 @@ pub fn node_flops(graph: &Graph, id: NodeId) -> u64 {
         | Op::Cast { .. } => 0,
         Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Select | Op::Mask { .. } => out,
         Op::Reduce { .. } | Op::CumSum { .. } => first_in(),
-        Op::ScatterAdd { .. } => graph
-            .operands(id)
-            .get(2)
-            .map_or(0, |&u| elements(graph, u)),
+        Op::ScatterAdd { .. } => graph.operands(id).get(2).map_or(0, |&u| elements(graph, u)),
         // max, subtract, exp, sum, divide
         Op::Softmax { .. } => 5 * out,
         // mean, subtract, square, mean, rsqrt, scale, shift (+ gamma, beta)

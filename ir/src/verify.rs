@@ -17,7 +17,10 @@ pub fn verify(graph: &Graph) -> Result<()> {
         };
         let operands = graph.operands(id);
         if let Some(bad) = operands.iter().find(|o| o.index() >= id.index()) {
-            return Err(fail(format!("uses %{}, which is not defined before it", bad.index())));
+            return Err(fail(format!(
+                "uses %{}, which is not defined before it",
+                bad.index()
+            )));
         }
         let args: Vec<&TensorType> = operands.iter().map(|&o| &graph.node(o).ty).collect();
         let declared = node.op.is_source().then_some(&node.ty);
@@ -42,7 +45,10 @@ pub fn verify(graph: &Graph) -> Result<()> {
         if id.index() >= graph.len() {
             return Err(IrError::Spec {
                 layer: None,
-                message: format!("output `{name}` refers to %{}, which does not exist", id.index()),
+                message: format!(
+                    "output `{name}` refers to %{}, which does not exist",
+                    id.index()
+                ),
             });
         }
         if !out_names.insert(name) {

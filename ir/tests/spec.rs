@@ -96,7 +96,11 @@ fn set_overrides_short_and_dotted_keys_and_wins_over_tiny() {
     let s = parse(GPT2, &["kv_heads=4", "heads=8"], false).unwrap();
     assert_eq!(s.attention.kv_heads, Some(4));
     let g = lower(&s).unwrap();
-    assert_eq!(count(&g, "broadcast"), 24, "GQA repeats K and V in every layer");
+    assert_eq!(
+        count(&g, "broadcast"),
+        24,
+        "GQA repeats K and V in every layer"
+    );
 }
 
 #[test]
@@ -122,8 +126,12 @@ fn unknown_keys_are_errors_with_position_and_hint() {
 fn malformed_toml_and_json_report_line_and_column() {
     let e = parse("name = \"x\"\nvocab = = 3\n", &[], false).unwrap_err();
     assert!(matches!(e, IrError::Parse { line: 2, .. }), "{e:?}");
-    let e = parse_spec("{\n  \"name\": \"x\",\n  \"vocab\": }", Format::Json, &SpecSource::default())
-        .unwrap_err();
+    let e = parse_spec(
+        "{\n  \"name\": \"x\",\n  \"vocab\": }",
+        Format::Json,
+        &SpecSource::default(),
+    )
+    .unwrap_err();
     assert!(matches!(e, IrError::Parse { line: 3, .. }), "{e:?}");
 }
 
@@ -143,11 +151,15 @@ fn semantic_errors_name_the_layer() {
     assert!(e.contains("layers.3") && e.contains("multiple"), "{e}");
 
     let text = GPT2.replace("mask = \"k <= q\"", "mask = \"k <= q & q < 3\"");
-    let e = lower(&parse(&text, &[], false).unwrap()).unwrap_err().to_string();
+    let e = lower(&parse(&text, &[], false).unwrap())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("layers.0") && e.contains("&&"), "{e}");
 
     let text = GPT2.replace("mask = \"k <= q\"", "mask = \"q - k < window\"");
-    let e = lower(&parse(&text, &[], false).unwrap()).unwrap_err().to_string();
+    let e = lower(&parse(&text, &[], false).unwrap())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("window") && e.contains("[dims]"), "{e}");
 
     let e = parse(GPT2, &["seq=2048"], false).unwrap_err().to_string();
@@ -211,9 +223,14 @@ fn moe_is_parsed_but_lowering_says_not_yet() {
 fn alibi_and_softcap_lower() {
     let text = GPT2
         .replace("position = \"learned\"", "position = \"alibi\"")
-        .replace("out_bias = true", "out_bias = true\nscore_modifier = \"softcap:30\"");
+        .replace(
+            "out_bias = true",
+            "out_bias = true\nscore_modifier = \"softcap:30\"",
+        );
     let g = lower(&parse(&text, &[], true).unwrap()).unwrap();
     assert_eq!(count(&g, "tanh"), 2);
     assert_eq!(count(&g, "iota"), 6);
-    assert!(g.node_ids().all(|id| !matches!(g.node(id).op, Op::Slice { .. })));
+    assert!(g
+        .node_ids()
+        .all(|id| !matches!(g.node(id).op, Op::Slice { .. })));
 }

@@ -39,9 +39,7 @@ pub struct SpecSource {
 pub fn parse_spec(text: &str, format: Format, source: &SpecSource) -> Result<Spec, IrError> {
     let spec: Spec = match format {
         Format::Toml => toml::from_str(text).map_err(|e| {
-            let (line, col) = e
-                .span()
-                .map_or((1, 1), |span| line_col(text, span.start));
+            let (line, col) = e.span().map_or((1, 1), |span| line_col(text, span.start));
             IrError::Parse {
                 line,
                 col,
@@ -69,9 +67,8 @@ pub fn parse_spec(text: &str, format: Format, source: &SpecSource) -> Result<Spe
         for set in &source.sets {
             pinned.push(apply_set(&mut tree, set)?);
         }
-        serde_json::from_value(tree).map_err(|e| {
-            set_error(&source.sets.join(" "), &with_hint(&e.to_string()))
-        })?
+        serde_json::from_value(tree)
+            .map_err(|e| set_error(&source.sets.join(" "), &with_hint(&e.to_string())))?
     };
     spec.validate()?;
     if source.tiny {
@@ -124,18 +121,28 @@ fn apply_set(tree: &mut Value, set: &str) -> Result<String, IrError> {
                     .or_insert_with(|| Value::Object(Default::default()))
             }
             Value::Array(items) => {
-                let idx: usize = part
-                    .parse()
-                    .ok()
-                    .filter(|&i| i < items.len())
-                    .ok_or_else(|| set_error(set, &format!("`{part}` is not an index into a list of {}", items.len())))?;
+                let idx: usize =
+                    part.parse()
+                        .ok()
+                        .filter(|&i| i < items.len())
+                        .ok_or_else(|| {
+                            set_error(
+                                set,
+                                &format!("`{part}` is not an index into a list of {}", items.len()),
+                            )
+                        })?;
                 if last {
                     items[idx] = value;
                     return Ok(path);
                 }
                 &mut items[idx]
             }
-            _ => return Err(set_error(set, &format!("`{part}` is inside a value, not a table"))),
+            _ => {
+                return Err(set_error(
+                    set,
+                    &format!("`{part}` is inside a value, not a table"),
+                ))
+            }
         };
     }
     Err(set_error(set, "empty key"))

@@ -5,7 +5,10 @@
 //! the FFN as plain matmuls and activations. Finding the fused, sparse or linear form
 //! is the optimizer's job, so the frontend never takes a shortcut.
 
-use super::{Arch, Attention, Ffn, FfnKind, LayerConfig, NormKind, NormPlacement, Position, ScoreModifier, Spec};
+use super::{
+    Arch, Attention, Ffn, FfnKind, LayerConfig, NormKind, NormPlacement, Position, ScoreModifier,
+    Spec,
+};
 use crate::{BinaryOp, DType, Dim, Dims, Graph, GraphBuilder, IrError, NodeId, Op, Shape, UnaryOp};
 
 /// Lower a spec to a verified graph with one output: `logits` for a decoder,
@@ -91,7 +94,15 @@ impl Lowerer<'_> {
     }
 
     /// `x·W (+ b)` for `W: [in, out]`.
-    fn linear(&mut self, x: NodeId, prefix: &str, w: &str, bias: Option<&str>, din: &Dim, dout: &Dim) -> Result<NodeId, IrError> {
+    fn linear(
+        &mut self,
+        x: NodeId,
+        prefix: &str,
+        w: &str,
+        bias: Option<&str>,
+        din: &Dim,
+        dout: &Dim,
+    ) -> Result<NodeId, IrError> {
         let w = self.param(format!("{prefix}.{w}"), &[din, dout])?;
         let mut y = self.op(Op::MatMul, &[x, w])?;
         if let Some(bname) = bias {
@@ -118,7 +129,9 @@ impl Lowerer<'_> {
         self.b.set_layer(Some("embed".into()));
         let (batch, seq) = (Dim::sym("batch"), Dim::sym("seq"));
         let (vocab, d) = (Dim::sym("vocab"), Dim::sym("d_model"));
-        let tokens = self.b.input("tokens", self.shape(&[&batch, &seq]), DType::I64)?;
+        let tokens = self
+            .b
+            .input("tokens", self.shape(&[&batch, &seq]), DType::I64)?;
         let table = self.param("embed.tokens".into(), &[&vocab, &d])?;
         self.token_table = Some(table);
         let mut x = self.op(Op::Embedding, &[table, tokens])?;
@@ -179,8 +192,16 @@ impl Lowerer<'_> {
         let head_dim = self.dim("head_dim", a.head_dim);
         let q_width = a.heads * a.head_dim;
         let kv_width = a.kv_heads * a.head_dim;
-        let q_dim = if q_width == self.spec.d_model { d.clone() } else { self.dim("q_dim", q_width) };
-        let kv_dim = if kv_width == self.spec.d_model { d.clone() } else { self.dim("kv_dim", kv_width) };
+        let q_dim = if q_width == self.spec.d_model {
+            d.clone()
+        } else {
+            self.dim("q_dim", q_width)
+        };
+        let kv_dim = if kv_width == self.spec.d_model {
+            d.clone()
+        } else {
+            self.dim("kv_dim", kv_width)
+        };
         let qkv_bias = |name: &'static str| a.qkv_bias.then_some(name);
 
         let q = self.linear(x, prefix, "wq", qkv_bias("bq"), &d, &q_dim)?;
@@ -199,7 +220,12 @@ impl Lowerer<'_> {
             k = self.repeat_kv(k, a, &kv_heads, &head_dim)?;
             v = self.repeat_kv(v, a, &kv_heads, &head_dim)?;
         }
-        let kt = self.op(Op::Transpose { perm: vec![0, 1, 3, 2] }, &[k])?;
+        let kt = self.op(
+            Op::Transpose {
+                perm: vec![0, 1, 3, 2],
+            },
+            &[k],
+        )?;
         let mut s = self.op(Op::MatMul, &[q, kt])?;
         let scale = self.scalar(a.scale)?;
         s = self.bin(BinaryOp::Mul, s, scale)?;
@@ -236,27 +262,68 @@ impl Lowerer<'_> {
         }
         let p = self.op(Op::Softmax { axis: 3 }, &[s])?;
         let o = self.op(Op::MatMul, &[p, v])?;
-        let o = self.op(Op::Transpose { perm: vec![0, 2, 1, 3] }, &[o])?;
-        let o = self.op(Op::Reshape { shape: self.shape(&[&batch, &seq, &q_dim]) }, &[o])?;
+        let o = self.op(
+            Op::Transpose {
+                perm: vec![0, 2, 1, 3],
+            },
+            &[o],
+        )?;
+        let o = self.op(
+            Op::Reshape {
+                shape: self.shape(&[&batch, &seq, &q_dim]),
+            },
+            &[o],
+        )?;
         let out_bias = a.out_bias.then_some("bo");
         self.linear(o, prefix, "wo", out_bias, &q_dim, &d)
     }
 
     fn split_heads(&mut self, x: NodeId, heads: &Dim, head_dim: &Dim) -> Result<NodeId, IrError> {
         let (batch, seq) = (Dim::sym("batch"), Dim::sym("seq"));
-        let x = self.op(Op::Reshape { shape: self.shape(&[&batch, &seq, heads, head_dim]) }, &[x])?;
-        self.op(Op::Transpose { perm: vec![0, 2, 1, 3] }, &[x])
+        let x = self.op(
+            Op::Reshape {
+                shape: self.shape(&[&batch, &seq, heads, head_dim]),
+            },
+            &[x],
+        )?;
+        self.op(
+            Op::Transpose {
+                perm: vec![0, 2, 1, 3],
+            },
+            &[x],
+        )
     }
 
     /// GQA's `repeat_kv`: `[b, kv, s, d] -> [b, kv, 1, s, d] -> [b, kv, g, s, d] -> [b, kv·g, s, d]`.
-    fn repeat_kv(&mut self, x: NodeId, a: &Attention, kv_heads: &Dim, head_dim: &Dim) -> Result<NodeId, IrError> {
+    fn repeat_kv(
+        &mut self,
+        x: NodeId,
+        a: &Attention,
+        kv_heads: &Dim,
+        head_dim: &Dim,
+    ) -> Result<NodeId, IrError> {
         let (batch, seq) = (Dim::sym("batch"), Dim::sym("seq"));
         let one = Dim::Const(1);
         let group = self.dim("kv_group", a.heads / a.kv_heads);
         let heads = self.dim("heads", a.heads);
-        let x = self.op(Op::Reshape { shape: self.shape(&[&batch, kv_heads, &one, &seq, head_dim]) }, &[x])?;
-        let x = self.op(Op::Broadcast { shape: self.shape(&[&batch, kv_heads, &group, &seq, head_dim]) }, &[x])?;
-        self.op(Op::Reshape { shape: self.shape(&[&batch, &heads, &seq, head_dim]) }, &[x])
+        let x = self.op(
+            Op::Reshape {
+                shape: self.shape(&[&batch, kv_heads, &one, &seq, head_dim]),
+            },
+            &[x],
+        )?;
+        let x = self.op(
+            Op::Broadcast {
+                shape: self.shape(&[&batch, kv_heads, &group, &seq, head_dim]),
+            },
+            &[x],
+        )?;
+        self.op(
+            Op::Reshape {
+                shape: self.shape(&[&batch, &heads, &seq, head_dim]),
+            },
+            &[x],
+        )
     }
 
     /// ALiBi bias `slope_h · (k − q)` with `slope_h = 2^(−8(h+1)/H)` (Press et al.;
@@ -264,7 +331,11 @@ impl Lowerer<'_> {
     fn alibi(&mut self, n_heads: u64, heads: &Dim, seq: &Dim) -> Result<NodeId, IrError> {
         let one = Dim::Const(1);
         let ty = |shape: Shape| Some(crate::TensorType::new(shape, DType::I64));
-        let h = self.b.add(Op::Iota { axis: 0 }, &[], ty(self.shape(&[heads, &one, &one])))?;
+        let h = self.b.add(
+            Op::Iota { axis: 0 },
+            &[],
+            ty(self.shape(&[heads, &one, &one])),
+        )?;
         let h = self.op(Op::Cast { to: self.dtype }, &[h])?;
         let c1 = self.scalar(1.0)?;
         let h = self.bin(BinaryOp::Add, h, c1)?;
@@ -272,8 +343,12 @@ impl Lowerer<'_> {
         let e = self.bin(BinaryOp::Mul, h, step)?;
         let two = self.scalar(2.0)?;
         let slopes = self.bin(BinaryOp::Pow, two, e)?;
-        let qi = self.b.add(Op::Iota { axis: 0 }, &[], ty(self.shape(&[seq, seq])))?;
-        let ki = self.b.add(Op::Iota { axis: 1 }, &[], ty(self.shape(&[seq, seq])))?;
+        let qi = self
+            .b
+            .add(Op::Iota { axis: 0 }, &[], ty(self.shape(&[seq, seq])))?;
+        let ki = self
+            .b
+            .add(Op::Iota { axis: 1 }, &[], ty(self.shape(&[seq, seq])))?;
         let dist = self.bin(BinaryOp::Sub, ki, qi)?;
         let dist = self.op(Op::Cast { to: self.dtype }, &[dist])?;
         self.bin(BinaryOp::Mul, slopes, dist)

@@ -333,16 +333,29 @@ impl Spec {
 
     pub fn dim(&self, name: &str) -> Result<u64, IrError> {
         self.dims.get(name).copied().ok_or_else(|| {
-            Spec::spec_error(None, format!("`dims.{name}` is required (e.g. `{name} = 1`)"))
+            Spec::spec_error(
+                None,
+                format!("`dims.{name}` is required (e.g. `{name} = 1`)"),
+            )
         })
     }
 
     /// Checks that do not depend on a layer.
     pub fn validate(&self) -> Result<(), IrError> {
-        let sizes = [("vocab", self.vocab), ("d_model", self.d_model), ("layers", self.layers)];
-        for (name, v) in sizes.into_iter().chain(self.dims.iter().map(|(k, v)| (k.as_str(), *v))) {
+        let sizes = [
+            ("vocab", self.vocab),
+            ("d_model", self.d_model),
+            ("layers", self.layers),
+        ];
+        for (name, v) in sizes
+            .into_iter()
+            .chain(self.dims.iter().map(|(k, v)| (k.as_str(), *v)))
+        {
             if v == 0 {
-                return Err(Spec::spec_error(None, format!("`{name}` must be at least 1")));
+                return Err(Spec::spec_error(
+                    None,
+                    format!("`{name}` must be at least 1"),
+                ));
             }
             if v > MAX_DIM {
                 return Err(Spec::spec_error(
@@ -378,7 +391,10 @@ impl Spec {
             }
         }
         if !(self.norm_eps > 0.0 && self.norm_eps.is_finite()) {
-            return Err(Spec::spec_error(None, "`norm_eps` must be a positive number"));
+            return Err(Spec::spec_error(
+                None,
+                "`norm_eps` must be a positive number",
+            ));
         }
         for kind in &self.pattern {
             if !self.kinds.contains_key(kind) {
@@ -396,7 +412,10 @@ impl Spec {
             if let Some(&bad) = o.layers.iter().find(|&&l| l >= self.layers) {
                 return Err(Spec::spec_error(
                     None,
-                    format!("an `[[override]]` names layer {bad}, but the model has {} layers", self.layers),
+                    format!(
+                        "an `[[override]]` names layer {bad}, but the model has {} layers",
+                        self.layers
+                    ),
                 ));
             }
         }
@@ -458,7 +477,9 @@ impl Spec {
             }
         };
         if self.position == Position::Rope && head_dim % 2 != 0 {
-            return Err(err(format!("RoPE needs an even `attention.head_dim`, got {head_dim}")));
+            return Err(err(format!(
+                "RoPE needs an even `attention.head_dim`, got {head_dim}"
+            )));
         }
         let mask_text = attention.mask.clone().unwrap_or_else(|| match self.arch {
             Arch::Decoder => "k <= q".into(),
@@ -481,7 +502,9 @@ impl Spec {
         let score_modifier = parse_score_modifier(attention.score_modifier.as_deref())
             .map_err(|m| err(format!("`attention.score_modifier`: {m}")))?;
         let scale = attention.scale.unwrap_or(1.0 / (head_dim as f64).sqrt());
-        let ffn_kind = ffn.kind.ok_or_else(|| err("`ffn.kind` is required".into()))?;
+        let ffn_kind = ffn
+            .kind
+            .ok_or_else(|| err("`ffn.kind` is required".into()))?;
         let hidden = positive("ffn.hidden", ffn.hidden)?
             .ok_or_else(|| err("`ffn.hidden` is required".into()))?;
         Ok(LayerConfig {

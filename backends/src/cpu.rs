@@ -1,0 +1,181 @@
+//! The CPU backend: lower, verify, run the pass pipeline down to the LLVM dialect,
+//! then JIT (MLIR's ExecutionEngine) or print LLVM IR (inkwell).
+
+use crate::engine::Engine;
+use crate::host::{check_binding, descriptor, HostBuffer};
+use crate::lower::{lower, Signature, ENTRY};
+use crate::mlir::Session;
+use crate::{BackendError, Result};
+use attnc_ir::{Graph, Tensor};
+use melior::ir::Module;
+use std::collections::HashMap;
+use std::ffi::c_void;
+
+/// The pass pipeline from the tensor-level module to the LLVM dialect. Naive loops:
+/// correctness first (tiling and vectorization come later).
+///
+/// - bufferize (function arguments are memrefs already), then the ownership-based
+///   deallocation pipeline, so temporaries are freed and repeated runs do not leak;
+/// - linalg to loops, scf to cf, strided metadata and affine to arith;
+/// - `arith-expand{include-bf16}` turns bf16 conversions into integer ops (no
+///   runtime library needed);
+/// - math to LLVM intrinsics, the rest (`erf`) to libm calls resolved in-process;
+/// - everything else to the LLVM dialect.
+pub const CPU_PIPELINE: &str = "builtin.module(\
+one-shot-bufferize, \
+buffer-deallocation-pipeline, \
+func.func(convert-linalg-to-loops), \
+convert-scf-to-cf, \
+expand-strided-metadata, \
+lower-affine, \
+func.func(arith-expand{include-bf16=true}), \
+finalize-memref-to-llvm, \
+convert-math-to-llvm, \
+convert-math-to-libm, \
+convert-arith-to-llvm, \
+convert-index-to-llvm, \
+convert-func-to-llvm, \
+convert-cf-to-llvm, \
+convert-ub-to-llvm, \
+reconcile-unrealized-casts)";
+
+/// LLVM optimization level of the JIT.
+const JIT_OPT_LEVEL: i32 = 3;
+
+/// The tensor-level MLIR module of `graph`, as MLIR prints it after verification.
+pub fn emit_mlir(graph: &Graph) -> Result<String> {
+    let lowered = lower(graph)?;
+    let session = Session::new();
+    let module = session.parse(&lowered.text)?;
+    Ok(module.as_operation().to_string())
+}
+
+/// The LLVM IR of `graph` for this host: the module after [`CPU_PIPELINE`],
+/// translated to LLVM IR, tagged with the host CPU and optimized with `default<O3>`.
+pub fn emit_llvm_ir(graph: &Graph) -> Result<String> {
+    let lowered = lower(graph)?;
+    let session = Session::new();
+    let mut module = session.parse(&lowered.text)?;
+    to_llvm_dialect(&session, &mut module)?;
+    crate::llvm::optimized_ir(&module)
+}
+
+/// Run [`CPU_PIPELINE`] and check that nothing needs MLIR's runtime library.
+fn to_llvm_dialect(session: &Session, module: &mut Module) -> Result<()> {
+    session.run_pipeline(module, CPU_PIPELINE, "lowering to the LLVM dialect")?;
+    // A strided memref.copy lowers to a call of `memrefCopy` from libmlir_c_runner_utils,
+    // which is not linked in: the lowering must never produce one.
+    let text = module.as_operation().to_string();
+    if text.contains("@memrefCopy") {
+        return Err(BackendError::Mlir {
+            stage: "lowering to the LLVM dialect",
+            message: "internal: a strided copy needs `memrefCopy` from MLIR's runtime library"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
+/// A graph compiled for this CPU: call [`CompiledModel::run`] any number of times.
+pub struct CompiledModel {
+    // Declared first so it is dropped before the context it was compiled in.
+    engine: Engine,
+    signature: Signature,
+    _session: Session,
+}
+
+impl CompiledModel {
+    /// Lower, verify, lower to LLVM and JIT-compile `graph`.
+    pub fn new(graph: &Graph) -> Result<CompiledModel> {
+        let lowered = lower(graph)?;
+        let session = Session::new();
+        let engine = {
+            let mut module = session.parse(&lowered.text)?;
+            to_llvm_dialect(&session, &mut module)?;
+            Engine::new(&module, JIT_OPT_LEVEL, ENTRY)?
+        };
+        Ok(CompiledModel {
+            engine,
+            signature: lowered.signature,
+            _session: session,
+        })
+    }
+
+    /// Names of the outputs, in the order [`CompiledModel::run`] returns them.
+    pub fn output_names(&self) -> Vec<&str> {
+        self.signature
+            .outputs
+            .iter()
+            .map(|b| b.name.as_str())
+            .collect()
+    }
+
+    /// Run on `bindings` (one tensor per input and param, by name; others are ignored)
+    /// and return one tensor per graph output, in order. Every binding is checked
+    /// against the graph before compiled code runs.
+    pub fn run(&self, bindings: &HashMap<String, Tensor>) -> Result<Vec<Tensor>> {
+        let sig = &self.signature;
+        let mut buffers = Vec::new();
+        let mut sizes: Vec<&[usize]> = Vec::new();
+        for b in &sig.inputs {
+            let t = bindings
+                .get(&b.name)
+                .ok_or_else(|| BackendError::MissingBinding {
+                    kind: b.kind,
+                    name: b.name.clone(),
+                })?;
+            check_binding(b, t)?;
+            buffers.push(HostBuffer::from_tensor(t));
+            sizes.push(&b.sizes);
+        }
+        for b in &sig.outputs {
+            buffers.push(HostBuffer::zeroed(b.dtype, b.sizes.iter().product()));
+            sizes.push(&b.sizes);
+        }
+        for _ in &sig.checks {
+            buffers.push(HostBuffer::Bytes(vec![0]));
+            sizes.push(&[]);
+        }
+        self.call(&mut buffers, &sizes)?;
+
+        let first_flag = sig.inputs.len() + sig.outputs.len();
+        for (check, flag) in sig.checks.iter().zip(&buffers[first_flag..]) {
+            if flag.first_byte() != 0 {
+                return Err(BackendError::Runtime {
+                    op: check.op.clone(),
+                    layer: check.layer.clone(),
+                    node: check.node,
+                    message: check.message.to_string(),
+                });
+            }
+        }
+        let outputs = &buffers[sig.inputs.len()..first_flag];
+        Ok(sig
+            .outputs
+            .iter()
+            .zip(outputs)
+            .map(|(b, buf)| buf.to_tensor(b.dtype, b.sizes.clone()))
+            .collect())
+    }
+
+    /// Call `@forward` with one descriptor per buffer.
+    fn call(&self, buffers: &mut [HostBuffer], sizes: &[&[usize]]) -> Result<()> {
+        let mut descriptors: Vec<Vec<i64>> = buffers
+            .iter_mut()
+            .zip(sizes)
+            .map(|(buf, s)| descriptor(buf.as_mut_ptr(), s))
+            .collect();
+        let mut pointers: Vec<*mut i64> = descriptors.iter_mut().map(|d| d.as_mut_ptr()).collect();
+        let mut args: Vec<*mut c_void> = pointers
+            .iter_mut()
+            .map(|p| (p as *mut *mut i64).cast())
+            .collect();
+        // SAFETY: `args` has one entry per argument of `_mlir_ciface_forward` (the
+        // signature the module was lowered with: inputs and params, outputs, flags),
+        // each pointing at a descriptor of that argument's rank over a buffer of its
+        // element type and size: binding dtypes and shapes were checked, outputs and
+        // flags allocated from the signature. Buffers, descriptors and pointers are
+        // distinct allocations that outlive the call and are not touched during it.
+        unsafe { self.engine.invoke(&mut args) }
+    }
+}

@@ -1,0 +1,460 @@
+//! Every op the CPU backend lowers, on tiny graphs at odd sizes (with broadcasting),
+//! compiled and compared with the reference interpreter.
+
+mod common;
+
+use attnc_ir::{
+    BinaryOp, CmpOp, DType, Dim, Dims, MaskExpr, Op, ReduceKind, Shape, TensorType, UnaryOp,
+};
+use common::{check, check_with, graph, graph_with_dims, shape, tensor};
+
+use DType::{Bool, BF16, F16, F32, I32, I64};
+
+#[test]
+fn constants_broadcast_and_stand_alone() {
+    check(&graph(|b| {
+        let x = b.input("x", shape(&[3, 5]), F32)?;
+        let c = b.constant(-1.5, F32)?;
+        let inf = b.constant(f64::NEG_INFINITY, F32)?;
+        let i = b.constant(7.0, I64)?;
+        let t = b.constant(1.0, Bool)?;
+        Ok(vec![b.op(Op::Binary(BinaryOp::Mul), &[x, c])?, inf, i, t])
+    }));
+}
+
+#[test]
+fn iota_along_each_axis() {
+    for (axis, dtype) in [(0, I64), (1, I32), (2, I64)] {
+        let ty = TensorType::new(shape(&[3, 5, 7]), dtype);
+        check(&graph(|b| {
+            Ok(vec![b.add(Op::Iota { axis }, &[], Some(ty))?])
+        }));
+    }
+}
+
+#[test]
+fn every_unary_op_on_floats() {
+    for u in UnaryOp::ALL {
+        for (dtype, sizes) in [(F32, &[3u64, 5][..]), (F16, &[7]), (BF16, &[1, 5])] {
+            check(&graph(|b| {
+                let x = b.input("x", shape(sizes), dtype)?;
+                Ok(vec![b.op(Op::Unary(u), &[x])?])
+            }));
+        }
+    }
+}
+
+#[test]
+fn unary_ops_on_integers() {
+    for u in UnaryOp::ALL.into_iter().filter(|u| u.allows_int()) {
+        for dtype in [I32, I64] {
+            let g = graph(|b| {
+                let x = b.input("x", shape(&[7]), dtype)?;
+                Ok(vec![b.op(Op::Unary(u), &[x])?])
+            });
+            let data = [-3.0, -1.0, 0.0, 1.0, 2.0, 50.0, -7.0];
+            check_with(&g, &[("x".to_string(), tensor(dtype, &[7], &data))].into());
+        }
+    }
+}
+
+/// Shape pairs that exercise numpy broadcasting: size-1 dims, missing leading dims,
+/// scalars.
+const BROADCASTS: [(&[u64], &[u64]); 5] = [
+    (&[3, 5], &[3, 5]),
+    (&[2, 3, 5], &[3, 1]),
+    (&[1, 5], &[3, 1]),
+    (&[], &[7]),
+    (&[50], &[1]),
+];
+
+#[test]
+fn every_binary_op_on_floats_with_broadcasting() {
+    for op in BinaryOp::ALL {
+        for (sa, sb) in BROADCASTS {
+            check(&graph(|b| {
+                let x = b.input("x", shape(sa), F32)?;
+                let y = b.input("y", shape(sb), F32)?;
+                Ok(vec![b.op(Op::Binary(op), &[x, y])?])
+            }));
+        }
+    }
+}
+
+#[test]
+fn binary_ops_on_half_floats() {
+    for dtype in [F16, BF16] {
+        for op in [BinaryOp::Add, BinaryOp::Mul, BinaryOp::Max] {
+            check(&graph(|b| {
+                let x = b.input("x", shape(&[3, 5]), dtype)?;
+                let y = b.input("y", shape(&[5]), dtype)?;
+                Ok(vec![b.op(Op::Binary(op), &[x, y])?])
+            }));
+        }
+    }
+}
+
+#[test]
+fn every_binary_op_on_integers() {
+    for op in BinaryOp::ALL {
+        for dtype in [I32, I64] {
+            let g = graph(|b| {
+                let x = b.input("x", shape(&[2, 5]), dtype)?;
+                let y = b.input("y", shape(&[5]), dtype)?;
+                Ok(vec![b.op(Op::Binary(op), &[x, y])?])
+            });
+            let x = [-7.0, 7.0, 3.0, -3.0, 0.0, 9.0, -9.0, 1.0, 2.0, 5.0];
+            let y = [2.0, -2.0, 3.0, 1.0, 4.0];
+            let bindings = [
+                ("x".to_string(), tensor(dtype, &[2, 5], &x)),
+                ("y".to_string(), tensor(dtype, &[5], &y)),
+            ];
+            check_with(&g, &bindings.into());
+        }
+    }
+}
+
+#[test]
+fn every_comparison_with_broadcasting() {
+    for op in CmpOp::ALL {
+        for dtype in [F32, I64] {
+            check(&graph(|b| {
+                let x = b.input("x", shape(&[3, 5]), dtype)?;
+                let y = b.input("y", shape(&[3, 1]), dtype)?;
+                Ok(vec![b.op(Op::Compare(op), &[x, y])?])
+            }));
+        }
+    }
+    // Equal values must compare equal.
+    check(&graph(|b| {
+        let x = b.input("x", shape(&[7]), F32)?;
+        Ok(vec![
+            b.op(Op::Compare(CmpOp::Eq), &[x, x])?,
+            b.op(Op::Compare(CmpOp::Le), &[x, x])?,
+        ])
+    }));
+}
+
+#[test]
+fn select_broadcasts_all_three_operands() {
+    check(&graph(|b| {
+        let c = b.input("c", shape(&[3, 1]), Bool)?;
+        let x = b.input("x", shape(&[2, 3, 5]), F32)?;
+        let y = b.constant(f64::NEG_INFINITY, F32)?;
+        let i = b.input("i", shape(&[5]), I32)?;
+        let j = b.input("j", shape(&[3, 5]), I32)?;
+        Ok(vec![
+            b.op(Op::Select, &[c, x, y])?,
+            b.op(Op::Select, &[c, i, j])?,
+        ])
+    }));
+}
+
+#[test]
+fn casts_between_every_pair_of_dtypes() {
+    // Values with fractions, negatives and a large one, so truncation and saturation
+    // show; bools and ints are what random bindings give.
+    let data = [-2.75, -0.5, 0.0, 0.25, 1.5, 3.0, 70000.0];
+    for from in DType::ALL {
+        for to in DType::ALL {
+            let g = graph(|b| {
+                let x = b.input("x", shape(&[7]), from)?;
+                Ok(vec![b.op(Op::Cast { to }, &[x])?])
+            });
+            let mut x = tensor(from, &[7], &data);
+            attnc_ir::interp::round_to_dtype(&mut x);
+            check_with(&g, &[("x".to_string(), x)].into());
+        }
+    }
+}
+
+#[test]
+fn reductions_over_axes_with_and_without_kept_dims() {
+    let axes_cases: [&[usize]; 5] = [&[0], &[1], &[2], &[0, 2], &[0, 1, 2]];
+    for kind in ReduceKind::ALL {
+        for axes in axes_cases {
+            for keep_dims in [false, true] {
+                for dtype in [F32, F16] {
+                    check(&graph(|b| {
+                        let x = b.input("x", shape(&[2, 3, 5]), dtype)?;
+                        let op = Op::Reduce {
+                            kind,
+                            axes: axes.to_vec(),
+                            keep_dims,
+                        };
+                        Ok(vec![b.op(op, &[x])?])
+                    }));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn softmax_along_every_axis() {
+    for axis in 0..3 {
+        for dtype in [F32, BF16] {
+            check(&graph(|b| {
+                let x = b.input("x", shape(&[3, 5, 7]), dtype)?;
+                Ok(vec![b.op(Op::Softmax { axis }, &[x])?])
+            }));
+        }
+    }
+    check(&graph(|b| {
+        let x = b.input("x", shape(&[2, 50]), F32)?;
+        Ok(vec![b.op(Op::Softmax { axis: 1 }, &[x])?])
+    }));
+}
+
+#[test]
+fn fully_masked_softmax_row_is_nan_as_in_the_interpreter() {
+    check(&graph(|b| {
+        let x = b.input("x", shape(&[3, 5]), F32)?;
+        let c = b.input("c", shape(&[3, 1]), Bool)?;
+        let inf = b.constant(f64::NEG_INFINITY, F32)?;
+        let masked = b.op(Op::Select, &[c, x, inf])?;
+        Ok(vec![b.op(Op::Softmax { axis: 1 }, &[masked])?])
+    }));
+}
+
+#[test]
+fn layer_norm_and_rms_norm() {
+    for (sizes, d) in [(&[3u64, 50][..], 50u64), (&[2, 3, 7], 7), (&[1, 5], 5)] {
+        for dtype in [F32, F16] {
+            check(&graph(|b| {
+                let x = b.input("x", shape(sizes), dtype)?;
+                let g = b.param("gamma", shape(&[d]), dtype)?;
+                let be = b.param("beta", shape(&[d]), dtype)?;
+                Ok(vec![
+                    b.op(Op::LayerNorm { eps: 1e-5 }, &[x, g, be])?,
+                    b.op(Op::RmsNorm { eps: 1e-6 }, &[x, g])?,
+                ])
+            }));
+        }
+    }
+}
+
+#[test]
+fn matmul_plain_batched_and_broadcast() {
+    let cases: [(&[u64], &[u64]); 6] = [
+        (&[3, 5], &[5, 7]),
+        (&[1, 1], &[1, 50]),
+        (&[2, 3, 5], &[5, 7]),
+        (&[3, 5], &[2, 5, 7]),
+        (&[2, 1, 3, 5], &[4, 5, 7]),
+        (&[2, 3, 5], &[2, 5, 1]),
+    ];
+    for (sa, sb) in cases {
+        for dtype in [F32, BF16, I32] {
+            check(&graph(|b| {
+                let x = b.input("a", shape(sa), dtype)?;
+                let y = b.param("b", shape(sb), dtype)?;
+                Ok(vec![b.op(Op::MatMul, &[x, y])?])
+            }));
+        }
+    }
+}
+
+#[test]
+fn reshapes_including_to_and_from_scalars() {
+    let cases: [(&[u64], &[u64]); 6] = [
+        (&[2, 3, 5], &[6, 5]),
+        (&[2, 3, 5], &[30]),
+        (&[30], &[5, 1, 6]),
+        (&[1, 1], &[]),
+        (&[], &[1, 1]),
+        (&[3, 5], &[3, 5]),
+    ];
+    for (from, to) in cases {
+        check(&graph(|b| {
+            let x = b.input("x", shape(from), F32)?;
+            let r = b.op(Op::Reshape { shape: shape(to) }, &[x])?;
+            // Also feed a reshape into another op, not only into an output.
+            let c = b.constant(2.0, F32)?;
+            Ok(vec![r, b.op(Op::Binary(BinaryOp::Mul), &[r, c])?])
+        }));
+    }
+}
+
+#[test]
+fn transposes() {
+    for (sizes, perm) in [
+        (&[2u64, 3, 5][..], &[2usize, 0, 1][..]),
+        (&[3, 5], &[1, 0]),
+        (&[2, 3, 5, 7], &[0, 2, 1, 3]),
+        (&[7], &[0]),
+    ] {
+        check(&graph(|b| {
+            let x = b.input("x", shape(sizes), I64)?;
+            let y = b.input("y", shape(sizes), F32)?;
+            let t = |b: &mut attnc_ir::GraphBuilder, v| {
+                b.op(
+                    Op::Transpose {
+                        perm: perm.to_vec(),
+                    },
+                    &[v],
+                )
+            };
+            Ok(vec![t(b, x)?, t(b, y)?])
+        }));
+    }
+}
+
+#[test]
+fn broadcasts() {
+    for (from, to) in [
+        (&[3u64, 1][..], &[2u64, 3, 5][..]),
+        (&[], &[3]),
+        (&[5], &[3, 5]),
+        (&[1], &[1]),
+    ] {
+        check(&graph(|b| {
+            let x = b.input("x", shape(from), F32)?;
+            let m = b.input("m", shape(from), Bool)?;
+            Ok(vec![
+                b.op(Op::Broadcast { shape: shape(to) }, &[x])?,
+                b.op(Op::Broadcast { shape: shape(to) }, &[m])?,
+            ])
+        }));
+    }
+}
+
+#[test]
+fn concat_along_each_axis() {
+    check(&graph(|b| {
+        let x = b.input("x", shape(&[2, 3]), F32)?;
+        let y = b.input("y", shape(&[2, 5]), F32)?;
+        let z = b.input("z", shape(&[2, 1]), F32)?;
+        let w = b.input("w", shape(&[3, 3]), F32)?;
+        Ok(vec![
+            b.op(Op::Concat { axis: 1 }, &[x, y, z])?,
+            b.op(Op::Concat { axis: 0 }, &[x, w])?,
+            b.op(Op::Concat { axis: 0 }, &[x])?,
+            b.op(Op::Concat { axis: 1 }, &[x, x])?,
+        ])
+    }));
+}
+
+#[test]
+fn slices_with_constant_and_symbolic_bounds() {
+    let mut dims = Dims::new();
+    dims.bind("half", 3);
+    check(&graph_with_dims(dims, |b| {
+        let x = b.input("x", shape(&[3, 7, 5]), F32)?;
+        let s = |axis, start: u64, end: u64| Op::Slice {
+            axis,
+            start: Dim::Const(start),
+            end: Dim::Const(end),
+        };
+        let sym = Op::Slice {
+            axis: 1,
+            start: Dim::sym("half"),
+            end: Dim::Const(7),
+        };
+        let middle = b.op(s(1, 2, 5), &[x])?;
+        Ok(vec![
+            middle,
+            b.op(s(0, 0, 1), &[x])?,
+            b.op(s(2, 4, 5), &[x])?,
+            b.op(sym, &[x])?,
+            // A slice consumed by another op.
+            b.op(Op::Unary(UnaryOp::Exp), &[middle])?,
+        ])
+    }));
+}
+
+#[test]
+fn gathers_along_each_axis() {
+    for (data, idx, axis, dtype) in [
+        (&[7u64, 5][..], &[3u64][..], 0, I64),
+        (&[3, 7, 5], &[2, 4], 1, I32),
+        (&[3, 7, 5], &[], 2, I64),
+        (&[3, 5], &[1, 50], 1, I32),
+    ] {
+        check(&graph(|b| {
+            let d = b.param("data", shape(data), F32)?;
+            let i = b.input("idx", shape(idx), dtype)?;
+            Ok(vec![b.op(Op::Gather { axis }, &[d, i])?])
+        }));
+    }
+}
+
+#[test]
+fn embedding_lookup() {
+    for (ids, dtype) in [(&[3u64, 5][..], I64), (&[7], I32), (&[], I64)] {
+        check(&graph(|b| {
+            let table = b.param("table", shape(&[50, 7]), F32)?;
+            let i = b.input("ids", shape(ids), dtype)?;
+            Ok(vec![b.op(Op::Embedding, &[table, i])?])
+        }));
+    }
+}
+
+#[test]
+fn rope_rotates_half_pairs_by_position() {
+    for (sizes, theta, dtype) in [
+        (&[2u64, 5, 8][..], 10000.0, F32),
+        (&[7, 4], 10000.0, F32),
+        (&[1, 2, 50, 6], 500000.0, F32),
+        (&[3, 8], 10.0, F16),
+    ] {
+        check(&graph(|b| {
+            let x = b.input("x", shape(sizes), dtype)?;
+            Ok(vec![b.op(Op::Rope { theta }, &[x])?])
+        }));
+    }
+}
+
+#[test]
+fn masks_over_trailing_coordinates() {
+    let mut dims = Dims::new();
+    dims.bind("window", 3);
+    dims.bind("sinks", 1);
+    let cases: [(&str, &[u64]); 7] = [
+        ("k <= q", &[5, 5]),
+        ("k <= q && q - k < window", &[1, 2, 7, 7]),
+        ("k < sinks || (k <= q && q - k < window)", &[3, 7, 7]),
+        ("k % 2 == 0", &[7]),
+        ("h == 1 || b != 0", &[2, 3, 1, 1]),
+        ("!(q / (k - k) == 0) || -q * 3 > -k", &[5, 3]),
+        ("(q + 1) % (k + 2) != 0", &[3, 5]),
+    ];
+    for (text, sizes) in cases {
+        let expr = MaskExpr::parse(text).unwrap();
+        let ty = TensorType::new(Shape::new(sizes.iter().copied()), Bool);
+        check(&graph_with_dims(dims.clone(), |b| {
+            Ok(vec![b.add(Op::Mask { expr }, &[], Some(ty))?])
+        }));
+    }
+}
+
+#[test]
+fn outputs_that_are_inputs_or_repeated() {
+    check(&graph(|b| {
+        let x = b.input("x", shape(&[3, 5]), F16)?;
+        let m = b.input("m", shape(&[7]), Bool)?;
+        // A param nothing reads is still an argument, and still bound.
+        b.param("unused", shape(&[2]), F32)?;
+        let e = b.op(Op::Unary(UnaryOp::Neg), &[x])?;
+        Ok(vec![x, m, e, e, x])
+    }));
+}
+
+#[test]
+fn empty_tensors() {
+    check(&graph(|b| {
+        let x = b.input("x", shape(&[0, 5]), F32)?;
+        let y = b.input("y", shape(&[3, 5]), F32)?;
+        let s = b.op(Op::Unary(UnaryOp::Exp), &[x])?;
+        let c = b.op(Op::Concat { axis: 0 }, &[x, y])?;
+        let r = b.op(
+            Op::Reduce {
+                kind: ReduceKind::Sum,
+                axes: vec![0],
+                keep_dims: false,
+            },
+            &[x],
+        )?;
+        Ok(vec![s, c, r])
+    }));
+}
