@@ -135,6 +135,12 @@ impl Graph {
         self.g[id].ty = ty;
     }
 
+    /// Add one operand edge by hand: lets verifier tests build malformed graphs.
+    #[cfg(test)]
+    pub(crate) fn connect(&mut self, src: NodeId, dst: NodeId, slot: usize) {
+        self.g.add_edge(src, dst, slot);
+    }
+
     pub(crate) fn push_output(&mut self, name: String, id: NodeId) {
         self.outputs.push((name, id));
     }
