@@ -105,9 +105,9 @@ pub fn inspect(graph: &Graph) -> InspectReport {
         param_elements: params
             .iter()
             .map(|(_, id)| graph.sizes(*id).iter().map(|&n| n as u64).product::<u64>())
-            .sum(),
-        flops: layers.iter().map(|l| l.flops).sum(),
-        bytes: layers.iter().map(|l| l.bytes).sum(),
+            .fold(0, u64::saturating_add),
+        flops: layers.iter().map(|l| l.flops).fold(0, u64::saturating_add),
+        bytes: layers.iter().map(|l| l.bytes).fold(0, u64::saturating_add),
         layers,
     }
 }
@@ -145,9 +145,82 @@ pub struct RunOptions {
     pub check: bool,
 }
 
+/// The tolerance `run --check` applies by default: f32 models must agree with the f64
+/// interpreter to 1e-4; half-precision ones round every op to 11 (f16) or 8 (bf16)
+/// significant bits, where one double rounding near a tie is already ~1e-3 (~1e-2).
+pub fn default_tolerance(graph: &Graph) -> f64 {
+    let dtypes = graph
+        .outputs()
+        .iter()
+        .map(|(_, id)| graph.node(*id).ty.dtype);
+    dtypes
+        .map(|d| match d {
+            attnc_ir::DType::F16 => 1e-2,
+            attnc_ir::DType::BF16 => 5e-2,
+            _ => 1e-4,
+        })
+        .fold(1e-4, f64::max)
+}
+
+/// Refuse a run whose tensors cannot fit in memory, before allocating any of them.
+///
+/// The estimate counts every input and weight twice (the interpreter's f64 copy and
+/// the compiled code's typed one) and the largest intermediate four times (it and its
+/// operands alive at once, in both the interpreter and the compiled code).
+pub fn check_memory(graph: &Graph, available: u64) -> Result<()> {
+    let elems = |id: attnc_ir::NodeId| graph.sizes(id).iter().map(|&n| n as u64).product::<u64>();
+    let sources: u64 = graph
+        .node_ids()
+        .filter(|&id| {
+            matches!(
+                graph.node(id).op,
+                attnc_ir::Op::Input { .. } | attnc_ir::Op::Param { .. }
+            )
+        })
+        .map(|id| elems(id).saturating_mul(8 + graph.node(id).ty.dtype.size_bytes()))
+        .fold(0, u64::saturating_add);
+    let Some(largest) = graph.node_ids().max_by_key(|&id| elems(id)) else {
+        return Ok(());
+    };
+    let working = elems(largest).saturating_mul(8 * 4);
+    let need = sources.saturating_add(working);
+    if need <= available {
+        return Ok(());
+    }
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let node = graph.node(largest);
+    Err(err(format!(
+        "running this model needs about {:.1} GiB (inputs and weights {:.1} GiB; the largest tensor, %{} = {} in layer `{}`, is {:.1} GiB), more than the {:.1} GiB of memory available; try --tiny or smaller sizes with --set",
+        gib(need),
+        gib(sources),
+        largest.index(),
+        node.op.name(),
+        node.layer.as_deref().unwrap_or("(none)"),
+        gib(elems(largest).saturating_mul(8)),
+        gib(available)
+    )))
+}
+
+/// Memory this process may use: `MemAvailable` from /proc/meminfo, or 8 GiB when it
+/// cannot be read.
+pub fn available_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(8 << 30)
+}
+
 /// Compile for the CPU, run on seeded random inputs and weights and, with `check`,
 /// compare every output with the reference interpreter (in f64).
 pub fn run(graph: &Graph, options: &RunOptions) -> Result<RunReport> {
+    if graph.outputs().is_empty() {
+        return Err(err("nothing to run: the graph has no outputs"));
+    }
+    check_memory(graph, available_memory())?;
     let bindings: HashMap<String, Tensor> = attnc_ir::random_bindings(graph, options.seed);
     let t = Instant::now();
     let model = backends::CompiledModel::new(graph).map_err(|e| err(e.to_string()))?;
@@ -179,6 +252,16 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<RunReport> {
         let expected = interp::eval(graph, &bindings, interp::Precision::F64)
             .map_err(|e| err(format!("interpreter: {e}")))?;
         report.interp_ms = Some(ms_since(t));
+        // A reference that is not finite checks nothing (NaN agrees with NaN).
+        for ((name, _), want) in graph.outputs().iter().zip(&expected) {
+            let bad = want.data.iter().filter(|v| !v.is_finite()).count();
+            if bad > 0 {
+                return Err(err(format!(
+                    "output `{name}`: {bad} of {} values are not finite in the reference interpreter, so the check is meaningless (does a mask hide every key of some query, or is a constant out of range?)",
+                    want.len()
+                )));
+            }
+        }
         let mut worst: f64 = 0.0;
         for (out, (got, want)) in report.outputs.iter_mut().zip(outputs.iter().zip(&expected)) {
             let e = got.max_abs_diff(want);

@@ -31,8 +31,8 @@ enum Command {
         #[arg(long, value_enum, default_value = "cpu")]
         target: Target,
         /// Output file (default: standard output).
-        #[arg(short, long)]
-        o: Option<PathBuf>,
+        #[arg(short = 'o', long = "output", value_name = "OUT")]
+        output: Option<PathBuf>,
     },
     /// Show per-layer ops, FLOPs and bytes.
     Inspect {
@@ -49,9 +49,10 @@ enum Command {
         /// Compare with the reference interpreter and report the max abs error.
         #[arg(long)]
         check: bool,
-        /// Largest max abs error `--check` accepts.
-        #[arg(long, default_value_t = 1e-4)]
-        tol: f64,
+        /// Largest max abs error `--check` accepts (default: 1e-4 for f32 models,
+        /// 1e-2 for f16, 5e-2 for bf16).
+        #[arg(long)]
+        tol: Option<f64>,
         /// Seed of the random inputs and weights.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -111,6 +112,11 @@ fn load(model: &ModelArgs) -> attnc::Result<attnc_ir::Graph> {
     attnc::load(&model.spec, &source)
 }
 
+/// Errors after loading (backend, run time) name the model file too.
+fn in_file(model: &ModelArgs, e: attnc::Error) -> attnc::Error {
+    attnc::Error(format!("{}: {e}", model.spec.display()))
+}
+
 fn cpu_only(target: Target) -> attnc::Result<()> {
     match target {
         Target::Cpu => Ok(()),
@@ -126,7 +132,7 @@ fn real_main(cli: Cli) -> attnc::Result<()> {
             model,
             emit,
             target,
-            o,
+            output,
         } => {
             cpu_only(target)?;
             let graph = load(&model)?;
@@ -136,8 +142,8 @@ fn real_main(cli: Cli) -> attnc::Result<()> {
                 EmitArg::Llvm => Emit::Llvm,
                 EmitArg::Dot => Emit::Dot,
             };
-            let text = attnc::compile(&graph, emit)?;
-            write_out(o.as_ref(), &text)
+            let text = attnc::compile(&graph, emit).map_err(|e| in_file(&model, e))?;
+            write_out(output.as_ref(), &text)
         }
         Command::Inspect { model, json } => {
             let graph = load(&model)?;
@@ -176,7 +182,17 @@ fn real_main(cli: Cli) -> attnc::Result<()> {
         } => {
             cpu_only(target)?;
             let graph = load(&model)?;
-            let report = attnc::run(&graph, &RunOptions { seed, check })?;
+            let tol = match tol {
+                Some(t) if t.is_nan() || t < 0.0 => {
+                    return Err(attnc::Error(format!(
+                        "--tol must be a non-negative number, got {t}"
+                    )))
+                }
+                Some(t) => t,
+                None => attnc::default_tolerance(&graph),
+            };
+            let report =
+                attnc::run(&graph, &RunOptions { seed, check }).map_err(|e| in_file(&model, e))?;
             if json {
                 print_json(&report)?;
             } else {
@@ -199,9 +215,12 @@ fn real_main(cli: Cli) -> attnc::Result<()> {
             }
             match report.max_abs_err {
                 // NaN fails the check too.
-                Some(e) if e.is_nan() || e > tol => Err(attnc::Error(format!(
-                    "check failed: max_abs_err {e:.3e} exceeds the tolerance {tol:.1e}"
-                ))),
+                Some(e) if e.is_nan() || e > tol => Err(in_file(
+                    &model,
+                    attnc::Error(format!(
+                        "check failed: max_abs_err {e:.3e} exceeds the tolerance {tol:.1e}"
+                    )),
+                )),
                 _ => Ok(()),
             }
         }

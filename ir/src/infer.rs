@@ -41,7 +41,7 @@ fn infer_unchecked(
             dims.resolve(&ty.shape)?;
             Ok(ty.clone())
         }
-        Op::Const { .. } => {
+        Op::Const { value } => {
             let ty = declared.ok_or("`const` needs a declared type")?;
             if ty.rank() != 0 {
                 return Err(format!(
@@ -49,6 +49,7 @@ fn infer_unchecked(
                     ty.shape
                 ));
             }
+            check_const(*value, ty.dtype)?;
             Ok(ty.clone())
         }
         Op::Iota { axis } => {
@@ -164,7 +165,10 @@ fn infer_unchecked(
             check_axis(*axis, args[0].rank())?;
             Ok(args[0].clone())
         }
-        Op::LayerNorm { .. } | Op::RmsNorm { .. } => {
+        Op::LayerNorm { eps } | Op::RmsNorm { eps } => {
+            if !(*eps > 0.0 && eps.is_finite()) {
+                return Err(format!("`{}` needs a positive eps, got {eps}", op.name()));
+            }
             let x = args[0];
             float_only(op, x, &describe)?;
             if x.rank() == 0 {
@@ -357,7 +361,10 @@ fn infer_unchecked(
             shape.0.push(table.shape.0[1].clone());
             Ok(TensorType::new(shape, table.dtype))
         }
-        Op::Rope { .. } => {
+        Op::Rope { theta } => {
+            if !(*theta > 0.0 && theta.is_finite()) {
+                return Err(format!("`rope` needs a positive theta, got {theta}"));
+            }
             let x = args[0];
             float_only(op, x, &describe)?;
             if x.rank() < 2 || sizes(x)?[x.rank() - 1] % 2 != 0 {
@@ -400,6 +407,25 @@ fn infer_unchecked(
             Ok(x.clone())
         }
     }
+}
+
+/// A constant must be representable in its dtype: integers integral and in range,
+/// bools 0 or 1, floats within the format's range (infinities are allowed: `-inf` is
+/// how masks are written, and NaN is a value like any other).
+fn check_const(value: f64, dtype: DType) -> Result<(), String> {
+    let fits = match dtype {
+        DType::Bool => value == 0.0 || value == 1.0,
+        DType::I32 => value.fract() == 0.0 && (i32::MIN as f64..=i32::MAX as f64).contains(&value),
+        // Integers past 2^53 are not exact in f64, the interpreter's storage.
+        DType::I64 => value.fract() == 0.0 && value.abs() <= 2f64.powi(53),
+        DType::F32 => !value.is_finite() || value.abs() <= f32::MAX as f64,
+        DType::F16 => !value.is_finite() || value.abs() <= half::f16::MAX.to_f64(),
+        DType::BF16 => !value.is_finite() || value.abs() <= half::bf16::MAX.to_f64(),
+    };
+    if !fits {
+        return Err(format!("the constant {value} does not fit {dtype}"));
+    }
+    Ok(())
 }
 
 fn check_axis(axis: usize, rank: usize) -> Result<(), String> {

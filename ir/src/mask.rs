@@ -102,9 +102,10 @@ pub enum MaskExpr {
     Bin(MaskBinOp, Box<MaskExpr>, Box<MaskExpr>),
 }
 
-/// Deepest nesting the parser accepts: deep enough for any hand-written mask, shallow
-/// enough that recursive evaluation can never exhaust the stack.
-pub const MAX_MASK_DEPTH: usize = 64;
+/// Tallest expression tree the parser accepts (nesting and operator chains alike):
+/// deep enough for any hand-written mask, shallow enough that every recursive walk
+/// (evaluation, printing, lowering, drop) stays far from the stack limit.
+pub const MAX_MASK_DEPTH: usize = 256;
 
 /// A parse error at a 1-based column of the expression text.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,7 +130,7 @@ impl MaskExpr {
             end: text.chars().count() + 1,
             depth: 0,
         };
-        let e = p.expr(0)?;
+        let (e, _) = p.expr(0)?;
         if let Some(t) = p.tokens.get(p.pos) {
             return Err(MaskError {
                 col: t.col,
@@ -418,45 +419,71 @@ impl Parser {
     }
 
     /// Precedence climbing: parse operators binding at least as tight as `min`.
-    fn expr(&mut self, min: u8) -> Result<MaskExpr, MaskError> {
-        self.depth += 1;
-        if self.depth > MAX_MASK_DEPTH {
-            return self.err(format!("expression nests deeper than {MAX_MASK_DEPTH}"));
-        }
-        let mut lhs = self.unary()?;
+    /// Returns the expression and the height of its tree.
+    fn expr(&mut self, min: u8) -> Result<(MaskExpr, usize), MaskError> {
+        self.enter()?;
+        let (mut lhs, mut height) = self.unary()?;
         while let Some(Token {
-            tok: Tok::Op(s), ..
+            tok: Tok::Op(s),
+            col,
         }) = self.peek()
         {
             let Some(op) = binop(s) else { break };
             if op.precedence() < min {
                 break;
             }
+            let col = *col;
             self.pos += 1;
-            let rhs = self.expr(op.precedence() + 1)?;
+            let (rhs, rhs_height) = self.expr(op.precedence() + 1)?;
+            // A flat chain `a && b && ...` nests no parentheses but builds a tall tree.
+            height = height.max(rhs_height) + 1;
+            if height > MAX_MASK_DEPTH {
+                return Err(MaskError {
+                    col,
+                    message: format!("expression nests deeper than {MAX_MASK_DEPTH}"),
+                });
+            }
             lhs = MaskExpr::Bin(op, Box::new(lhs), Box::new(rhs));
         }
         self.depth -= 1;
-        Ok(lhs)
+        Ok((lhs, height))
     }
 
-    fn unary(&mut self) -> Result<MaskExpr, MaskError> {
+    /// Count one level of recursion; fail before the parser itself runs deep.
+    fn enter(&mut self) -> Result<(), MaskError> {
+        self.depth += 1;
+        if self.depth > MAX_MASK_DEPTH {
+            return self.err(format!("expression nests deeper than {MAX_MASK_DEPTH}"));
+        }
+        Ok(())
+    }
+
+    fn unary(&mut self) -> Result<(MaskExpr, usize), MaskError> {
         let Some(t) = self.peek() else {
             return self.err("expected a value, found the end of the expression");
         };
         let tok = t.tok.clone();
         self.pos += 1;
         match tok {
-            Tok::Int(n) => Ok(MaskExpr::Int(n)),
-            Tok::Name(name) => Ok(match name.as_str() {
-                "b" => MaskExpr::Coord(Coord::B),
-                "h" => MaskExpr::Coord(Coord::H),
-                "q" => MaskExpr::Coord(Coord::Q),
-                "k" => MaskExpr::Coord(Coord::K),
-                _ => MaskExpr::Dim(name),
-            }),
-            Tok::Op("-") => Ok(MaskExpr::Neg(Box::new(self.nested_unary()?))),
-            Tok::Op("!") => Ok(MaskExpr::Not(Box::new(self.nested_unary()?))),
+            Tok::Int(n) => Ok((MaskExpr::Int(n), 1)),
+            Tok::Name(name) => Ok((
+                match name.as_str() {
+                    "b" => MaskExpr::Coord(Coord::B),
+                    "h" => MaskExpr::Coord(Coord::H),
+                    "q" => MaskExpr::Coord(Coord::Q),
+                    "k" => MaskExpr::Coord(Coord::K),
+                    _ => MaskExpr::Dim(name),
+                },
+                1,
+            )),
+            Tok::Op("-") => {
+                let (e, h) = self.nested_unary()?;
+                Ok((MaskExpr::Neg(Box::new(e)), h + 1))
+            }
+            Tok::Op("!") => {
+                let (e, h) = self.nested_unary()?;
+                Ok((MaskExpr::Not(Box::new(e)), h + 1))
+            }
             Tok::LParen => {
                 let e = self.expr(0)?;
                 match self.peek() {
@@ -476,11 +503,8 @@ impl Parser {
         }
     }
 
-    fn nested_unary(&mut self) -> Result<MaskExpr, MaskError> {
-        self.depth += 1;
-        if self.depth > MAX_MASK_DEPTH {
-            return self.err(format!("expression nests deeper than {MAX_MASK_DEPTH}"));
-        }
+    fn nested_unary(&mut self) -> Result<(MaskExpr, usize), MaskError> {
+        self.enter()?;
         let e = self.unary();
         self.depth -= 1;
         e
@@ -544,11 +568,22 @@ mod tests {
         assert!(e.message.contains("`)`"));
         let e = MaskExpr::parse("k <= q $").unwrap_err();
         assert_eq!(e.col, 8);
-        let deep = format!("{}k <= q{}", "(".repeat(200), ")".repeat(200));
+        let deep = format!("{}k <= q{}", "(".repeat(1000), ")".repeat(1000));
         assert!(MaskExpr::parse(&deep)
             .unwrap_err()
             .message
             .contains("deeper"));
+        let deep = format!("{}k <= q", "!".repeat(100_000));
+        assert!(MaskExpr::parse(&deep)
+            .unwrap_err()
+            .message
+            .contains("deeper"));
+        // A flat chain nests no parentheses but would build a 100 000-level tree.
+        let chain = vec!["k <= q"; 100_000].join(" && ");
+        let e = MaskExpr::parse(&chain).unwrap_err();
+        assert!(e.message.contains("deeper"), "{e}");
+        let ok = vec!["k <= q"; 100].join(" && ");
+        assert!(MaskExpr::parse(&ok).is_ok());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! Conventions: a multiply-add is 2 FLOPs; an elementwise op is 1 FLOP per element
 //! (transcendentals included — the count is of operations, not cycles); bytes are
 //! the operands read plus the result written, at the dtype's width. Views (reshape)
-//! and sources move nothing.
+//! and sources move nothing. Counts saturate at `u64::MAX` rather than overflow.
 
 use crate::{Graph, NodeId, Op};
 
@@ -31,18 +31,18 @@ pub fn node_flops(graph: &Graph, id: NodeId) -> u64 {
         Op::Reduce { .. } | Op::CumSum { .. } => first_in(),
         Op::ScatterAdd { .. } => graph.operands(id).get(2).map_or(0, |&u| elements(graph, u)),
         // max, subtract, exp, sum, divide
-        Op::Softmax { .. } => 5 * out,
+        Op::Softmax { .. } => out.saturating_mul(5),
         // mean, subtract, square, mean, rsqrt, scale, shift (+ gamma, beta)
-        Op::LayerNorm { .. } => 8 * out,
-        Op::RmsNorm { .. } => 4 * out,
+        Op::LayerNorm { .. } => out.saturating_mul(8),
+        Op::RmsNorm { .. } => out.saturating_mul(4),
         // two multiplies and an add per element, plus the angle
-        Op::Rope { .. } => 4 * out,
+        Op::Rope { .. } => out.saturating_mul(4),
         // a comparison per input element and pass
-        Op::TopK { k, .. } => first_in() * k,
+        Op::TopK { k, .. } => first_in().saturating_mul(*k),
         Op::MatMul => {
             let a = graph.operands(id)[0];
             let k = *graph.sizes(a).last().unwrap_or(&1) as u64;
-            2 * out * k
+            out.saturating_mul(k).saturating_mul(2)
         }
     }
 }
@@ -56,12 +56,13 @@ pub fn node_bytes(graph: &Graph, id: NodeId) -> u64 {
     let read: u64 = graph
         .operands(id)
         .iter()
-        .map(|&a| elements(graph, a) * graph.node(a).ty.dtype.size_bytes())
-        .sum();
-    read + elements(graph, id) * node.ty.dtype.size_bytes()
+        .map(|&a| elements(graph, a).saturating_mul(graph.node(a).ty.dtype.size_bytes()))
+        .fold(0, u64::saturating_add);
+    read.saturating_add(elements(graph, id).saturating_mul(node.ty.dtype.size_bytes()))
 }
 
 fn elements(graph: &Graph, id: NodeId) -> u64 {
+    // Each tensor is below 2^48 elements, so this product cannot overflow.
     graph.sizes(id).iter().map(|&n| n as u64).product()
 }
 

@@ -145,22 +145,36 @@ fn json_specs_are_accepted() {
 
 #[test]
 fn semantic_errors_name_the_layer() {
+    // Every layer is resolved when the spec is read, so these fail in `parse_spec`.
     let text = format!("{GPT2}\n[[override]]\nlayers = [3]\nattention = {{ kv_heads = 5 }}\n");
-    let e = parse(&text, &[], false).unwrap();
-    let e = lower(&e).unwrap_err().to_string();
+    let e = parse(&text, &[], false).unwrap_err().to_string();
+    assert!(e.contains("layers.3") && e.contains("multiple"), "{e}");
+    // ... and --tiny cannot hide them.
+    let e = parse(&text, &[], true).unwrap_err().to_string();
     assert!(e.contains("layers.3") && e.contains("multiple"), "{e}");
 
     let text = GPT2.replace("mask = \"k <= q\"", "mask = \"k <= q & q < 3\"");
-    let e = lower(&parse(&text, &[], false).unwrap())
-        .unwrap_err()
-        .to_string();
+    let e = parse(&text, &[], false).unwrap_err().to_string();
     assert!(e.contains("layers.0") && e.contains("&&"), "{e}");
 
     let text = GPT2.replace("mask = \"k <= q\"", "mask = \"q - k < window\"");
-    let e = lower(&parse(&text, &[], false).unwrap())
+    let e = parse(&text, &[], false).unwrap_err().to_string();
+    assert!(e.contains("window") && e.contains("[dims]"), "{e}");
+
+    let e = parse(GPT2, &["dims.vocab=3"], false)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("window") && e.contains("[dims]"), "{e}");
+    assert!(e.contains("derived from `vocab`"), "{e}");
+    let e = parse(GPT2, &["rope_theta=0"], false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("rope_theta"), "{e}");
+    let text = GPT2.replace("out_bias = true", "out_bias = true\nscale = inf");
+    let e = parse(&text, &[], false).unwrap_err().to_string();
+    assert!(
+        e.contains("`attention.scale` must be a finite number"),
+        "{e}"
+    );
 
     let e = parse(GPT2, &["seq=2048"], false).unwrap_err().to_string();
     assert!(e.contains("max_positions"), "{e}");

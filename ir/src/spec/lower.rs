@@ -20,11 +20,9 @@ pub fn lower(spec: &Spec) -> Result<Graph, IrError> {
     for (name, &v) in &spec.dims {
         dims.bind(name.clone(), v);
     }
-    for (name, v) in [("vocab", spec.vocab), ("d_model", spec.d_model)] {
-        if !spec.dims.contains_key(name) {
-            dims.bind(name, v);
-        }
-    }
+    // `validate` keeps these names out of `[dims]`.
+    dims.bind("vocab", spec.vocab);
+    dims.bind("d_model", spec.d_model);
     let mut l = Lowerer {
         b: GraphBuilder::new(spec.name.clone(), dims),
         spec,

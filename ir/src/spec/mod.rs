@@ -318,6 +318,21 @@ pub struct LayerConfig {
     pub ffn: Ffn,
 }
 
+/// Dimension names the lowering binds from spec fields: `[dims]` may not set them,
+/// or a shape would silently disagree with the field.
+const RESERVED_DIMS: &[(&str, &str)] = &[
+    ("vocab", "`vocab`"),
+    ("d_model", "`d_model`"),
+    ("max_positions", "`max_positions`"),
+    ("heads", "`attention.heads`"),
+    ("kv_heads", "`attention.kv_heads`"),
+    ("head_dim", "`attention.head_dim`"),
+    ("q_dim", "`attention.heads × head_dim`"),
+    ("kv_dim", "`attention.kv_heads × head_dim`"),
+    ("kv_group", "`attention.heads / kv_heads`"),
+    ("ffn_hidden", "`ffn.hidden`"),
+];
+
 /// Largest layer count and size accepted: past these a spec is a typo, not a model,
 /// and the error is kinder than an allocation failure later.
 pub const MAX_LAYERS: u64 = 4096;
@@ -395,6 +410,20 @@ impl Spec {
                 None,
                 "`norm_eps` must be a positive number",
             ));
+        }
+        if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
+            return Err(Spec::spec_error(
+                None,
+                "`rope_theta` must be a positive number",
+            ));
+        }
+        for name in self.dims.keys() {
+            if let Some((_, field)) = RESERVED_DIMS.iter().find(|(d, _)| d == name) {
+                return Err(Spec::spec_error(
+                    None,
+                    format!("`dims.{name}` is derived from {field}; remove it from `[dims]`"),
+                ));
+            }
         }
         for kind in &self.pattern {
             if !self.kinds.contains_key(kind) {
@@ -502,6 +531,11 @@ impl Spec {
         let score_modifier = parse_score_modifier(attention.score_modifier.as_deref())
             .map_err(|m| err(format!("`attention.score_modifier`: {m}")))?;
         let scale = attention.scale.unwrap_or(1.0 / (head_dim as f64).sqrt());
+        if !scale.is_finite() {
+            return Err(err(format!(
+                "`attention.scale` must be a finite number, got {scale}"
+            )));
+        }
         let ffn_kind = ffn
             .kind
             .ok_or_else(|| err("`ffn.kind` is required".into()))?;
