@@ -43,7 +43,8 @@ pub fn load(path: &Path, source: &SpecSource) -> Result<Graph> {
         }
         let text =
             std::fs::read_to_string(path).map_err(|e| err(format!("{shown}: cannot read: {e}")))?;
-        return attnc_ir::parse(&text).map_err(|e| err(format!("{shown}:{e}")));
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        return attnc_ir::parse(text).map_err(|e| err(format!("{shown}:{e}")));
     }
     let spec = spec::load_spec(path, source).map_err(err)?;
     spec::lower(&spec).map_err(|e| err(format!("{shown}: {e}")))

@@ -223,7 +223,7 @@ impl<'a> Generic<'a> {
     }
 }
 
-/// Writes the body of `func.func @forward`, statement by statement.
+/// Writes the body of a `func.func`, statement by statement.
 pub(crate) struct Emitter {
     out: String,
     next: usize,
@@ -243,6 +243,12 @@ impl Emitter {
 
     pub fn finish(self) -> String {
         self.out
+    }
+
+    /// Write into `body` from now on; returns what was written so far. Lowering a
+    /// layer swaps in a fresh body for its function and swaps `@forward`'s back after.
+    pub fn replace_body(&mut self, body: String) -> String {
+        std::mem::replace(&mut self.out, body)
     }
 
     /// Statements from now on carry `loc("<text>")`.

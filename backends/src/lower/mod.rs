@@ -3,10 +3,24 @@
 //! The graph becomes one `func.func @forward` whose arguments are memrefs: every
 //! input, then every param (graph order), then one out-param per output, then one
 //! `memref<i8>` status flag per run-time check (an index of `gather` / `embedding`
-//! out of range, an integer division by zero). Inputs
-//! enter as `bufferization.to_tensor ... restrict`, outputs leave through
-//! `bufferization.materialize_in_destination ... restrict writable`, so the function
+//! out of range, an integer division by zero). Inputs and params enter `@forward` as
+//! `bufferization.to_tensor ... restrict`; outputs and flags leave through
+//! `bufferization.materialize_in_destination ... restrict writable`, so `@forward`
 //! returns nothing and the C interface is just one descriptor pointer per argument.
+//!
+//! Each IR layer — a run of consecutive nodes with the same `Node.layer` (`embed`,
+//! `layers.0.attn`, `layers.0.ffn`, ..., `head`) — is outlined into its own private
+//! function `@forward.<i>.<layer>`, which `@forward` calls in order:
+//! - the tensors it reads that are made elsewhere (inputs, params, results of
+//!   earlier layers) are its tensor arguments;
+//! - the tensors later layers read are its tensor results (one-shot bufferization
+//!   across function boundaries turns them into fresh, caller-owned buffers);
+//! - the outputs and status flags it computes are written inside it, into memref
+//!   arguments (`@forward`'s out-params, passed down).
+//!
+//! Layer functions are `noinline` (and internal), so LLVM optimizes each on its own:
+//! compile time grows linearly with the depth of the model, where one function
+//! holding every layer made LLVM's loop passes quadratic in it.
 //!
 //! Each node the outputs depend on becomes a few tensor-level ops (`linalg.generic`, `linalg.fill`,
 //! `tensor.empty`, slices and reshapes, `arith`, `math`), named `%vN` and located at
@@ -20,6 +34,7 @@ mod reduce;
 use crate::{BackendError, Result};
 use attnc_ir::{BinaryOp, DType, Graph, NodeId, Op};
 use emit::{memref_type, tensor_type, Elem, Emitter, Generic, Map, Val};
+use std::collections::HashMap;
 use std::fmt::Write;
 
 /// One memref argument of `@forward` that carries a tensor in or out.
@@ -63,24 +78,121 @@ pub(crate) const ENTRY: &str = "forward";
 
 /// Lower `graph` to MLIR text (not yet parsed or verified).
 pub(crate) fn lower(graph: &Graph) -> Result<Lowered> {
+    let live = live_nodes(graph);
+    let plan = Plan::new(graph, &live);
     let mut l = Lowering {
         graph,
         em: Emitter::new(),
         values: vec![None; graph.len()],
+        outer: vec![None; graph.len()],
         args: vec![None; graph.len()],
         signature: Signature::default(),
         flags: Vec::new(),
+        functions: String::new(),
     };
     l.declare_sources();
-    let live = live_nodes(graph);
-    for id in graph.node_ids().filter(|id| live[id.index()]) {
-        l.em.set_loc(&location(graph, id));
-        let val = l.lower_node(id)?;
-        l.values[id.index()] = Some(val);
+    l.declare_outputs();
+    // Inputs and params are `@forward`'s; every layer function reads them from there.
+    for id in graph.node_ids() {
+        if live[id.index()] && is_source(&graph.node(id).op) {
+            l.em.set_loc(&location(graph, id));
+            let val = l.lower_node(id)?;
+            l.outer[id.index()] = Some(val);
+        }
     }
-    l.store_outputs()?;
+    for (index, segment) in plan.segments.iter().enumerate() {
+        l.lower_segment(&plan, index, segment)?;
+    }
+    l.store_source_outputs(&plan)?;
     Ok(l.finish())
 }
+
+fn is_source(op: &Op) -> bool {
+    matches!(op, Op::Input { .. } | Op::Param { .. })
+}
+
+/// A run of consecutive live nodes of one IR layer (inputs and params aside, they
+/// belong to `@forward`): the body of one layer function.
+struct Segment {
+    layer: Option<String>,
+    nodes: Vec<NodeId>,
+    /// The nodes made outside it that it reads (its arguments), in order of first use.
+    inputs: Vec<NodeId>,
+}
+
+/// How the live nodes split into layer functions.
+struct Plan {
+    segments: Vec<Segment>,
+    /// The segment of each node, by node index; `None` for inputs, params and dead nodes.
+    segment_of: Vec<Option<usize>>,
+    /// Whether a later segment reads the node (it is a result of its function).
+    exported: Vec<bool>,
+}
+
+impl Plan {
+    fn new(graph: &Graph, live: &[bool]) -> Plan {
+        let mut segments: Vec<Segment> = Vec::new();
+        let mut segment_of = vec![None; graph.len()];
+        for id in graph.node_ids().filter(|id| live[id.index()]) {
+            let node = graph.node(id);
+            if is_source(&node.op) {
+                continue;
+            }
+            if segments.last().is_none_or(|s| s.layer != node.layer) {
+                segments.push(Segment {
+                    layer: node.layer.clone(),
+                    nodes: Vec::new(),
+                    inputs: Vec::new(),
+                });
+            }
+            let index = segments.len() - 1;
+            segment_of[id.index()] = Some(index);
+            segments[index].nodes.push(id);
+        }
+        let mut exported = vec![false; graph.len()];
+        for (index, segment) in segments.iter_mut().enumerate() {
+            for &id in &segment.nodes {
+                for o in graph.operands(id) {
+                    let from = segment_of.get(o.index()).copied().flatten();
+                    if from != Some(index) && !segment.inputs.contains(&o) {
+                        segment.inputs.push(o);
+                        if from.is_some() {
+                            exported[o.index()] = true;
+                        }
+                    }
+                }
+            }
+        }
+        Plan {
+            segments,
+            segment_of,
+            exported,
+        }
+    }
+}
+
+/// `forward.3.layers.1.attn`: the symbol of layer function `index` (unique by the
+/// index; the layer name, restricted to what MLIR and LLVM take unquoted, is for
+/// readers of the IR and of profiles).
+fn function_name(index: usize, layer: Option<&str>) -> String {
+    let mut name = format!("{ENTRY}.{index}");
+    if let Some(layer) = layer {
+        name.push('.');
+        name.extend(layer.chars().map(|c| {
+            if c.is_ascii_alphanumeric() || "_.$-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        }));
+    }
+    name
+}
+
+/// Attributes of a layer function: LLVM must not inline it back into `@forward` (that
+/// would bring back one huge function), and nothing outside the module calls it.
+const LAYER_ATTRIBUTES: &str =
+    "passthrough = [\"noinline\"], llvm.linkage = #llvm.linkage<internal>";
 
 /// The nodes the outputs depend on. Only those are lowered (as the interpreter only
 /// evaluates those); every input and param stays an argument all the same.
@@ -114,13 +226,18 @@ pub(crate) fn location(graph: &Graph, id: NodeId) -> String {
 struct Lowering<'g> {
     graph: &'g Graph,
     em: Emitter,
-    /// The tensor each lowered node produced, by node index.
+    /// The tensor of each node in the layer function being written, by node index.
     values: Vec<Option<Val>>,
+    /// The tensor of each node in `@forward`: inputs, params, layer results.
+    outer: Vec<Option<Val>>,
     /// The function argument of each input / param node.
     args: Vec<Option<String>>,
     signature: Signature,
-    /// Status flags (rank-0 i8 tensors) of the run-time checks, in signature order.
+    /// Status flags (rank-0 i8 tensors) of the run-time checks of the layer function
+    /// being written: the last `flags.len()` entries of `signature.checks`.
     flags: Vec<Val>,
+    /// The text of the layer functions written so far.
+    functions: String,
 }
 
 impl Lowering<'_> {
@@ -260,34 +377,186 @@ impl Lowering<'_> {
         });
     }
 
-    /// Write every output (and status flag) into its out-param.
-    fn store_outputs(&mut self) -> Result<()> {
+    /// Every output's out-param, in order (sizes as the graph infers them).
+    fn declare_outputs(&mut self) {
         let graph = self.graph;
-        let first = self.signature.inputs.len();
-        for (i, (name, id)) in graph.outputs().iter().enumerate() {
-            self.em.set_loc(&format!("output `{name}`"));
-            let val = self.operand(*id)?;
-            let dtype = graph.node(*id).ty.dtype;
-            let val = leave(&mut self.em, &val, dtype);
-            materialize(&mut self.em, &val, &format!("%arg{}", first + i));
+        for (name, id) in graph.outputs() {
             self.signature.outputs.push(Boundary {
                 name: name.clone(),
                 kind: "output",
-                dtype,
-                sizes: val.sizes.clone(),
+                dtype: graph.node(*id).ty.dtype,
+                sizes: graph.sizes(*id),
             });
         }
-        let first = first + self.signature.outputs.len();
-        for (i, flag) in std::mem::take(&mut self.flags).iter().enumerate() {
-            let check = &self.signature.checks[i];
+    }
+
+    /// Write `segment` as layer function `index` and call it from `@forward`.
+    fn lower_segment(&mut self, plan: &Plan, index: usize, segment: &Segment) -> Result<()> {
+        let graph = self.graph;
+        let forward_body = self.em.replace_body(String::new());
+        // Parameters of the function (`%pN: type`) and what `@forward` passes for them.
+        let mut params: Vec<String> = Vec::new();
+        let mut call_args: Vec<(String, String)> = Vec::new();
+        // Which input each tensor parameter carries, by parameter name.
+        let mut param_of: HashMap<String, NodeId> = HashMap::new();
+        for &o in &segment.inputs {
+            let outer = self.outer_value(o)?;
+            let name = format!("%p{}", params.len());
+            let ty = outer.ty();
+            params.push(format!("{name}: {ty}"));
+            call_args.push((outer.name.clone(), ty));
+            param_of.insert(name.clone(), o);
+            self.values[o.index()] = Some(Val { name, ..outer });
+        }
+        for &id in &segment.nodes {
+            self.em.set_loc(&location(graph, id));
+            let val = self.lower_node(id)?;
+            self.values[id.index()] = Some(val);
+        }
+
+        // Outputs and status flags computed here are written here.
+        let first_output = self.signature.inputs.len();
+        for (i, (name, id)) in graph.outputs().iter().enumerate() {
+            if plan.segment_of[id.index()] != Some(index) {
+                continue;
+            }
+            self.em.set_loc(&format!("output `{name}`"));
+            let val = self.operand(*id)?;
+            let val = leave(&mut self.em, &val, graph.node(*id).ty.dtype);
+            let param = format!("%p{}", params.len());
+            let memref = memref_type(&val.sizes, val.elem);
+            materialize(&mut self.em, &val, &param);
+            params.push(format!("{param}: {memref}"));
+            call_args.push((format!("%arg{}", first_output + i), memref));
+        }
+        let first_flag = first_output + graph.outputs().len();
+        let first_check = self.signature.checks.len() - self.flags.len();
+        for (k, flag) in std::mem::take(&mut self.flags).iter().enumerate() {
+            let c = first_check + k;
+            let check = &self.signature.checks[c];
             self.em
                 .set_loc(&format!("%{} {} check", check.node, check.op));
-            materialize(&mut self.em, flag, &format!("%arg{}", first + i));
+            let param = format!("%p{}", params.len());
+            let memref = memref_type(&flag.sizes, flag.elem);
+            materialize(&mut self.em, flag, &param);
+            params.push(format!("{param}: {memref}"));
+            call_args.push((format!("%arg{}", first_flag + c), memref));
+        }
+
+        // Results: what later layers read, each distinct tensor once. A tensor the
+        // layer passes on unchanged (a no-op reshape of an argument) is not returned:
+        // `@forward` has it already.
+        let mut results: Vec<Val> = Vec::new();
+        let mut exports: Vec<(NodeId, usize)> = Vec::new();
+        for &id in &segment.nodes {
+            if !plan.exported[id.index()] {
+                continue;
+            }
+            let local = self.operand(id)?;
+            if let Some(&source) = param_of.get(&local.name) {
+                let outer = self.outer_value(source)?;
+                self.outer[id.index()] = Some(Val {
+                    name: outer.name,
+                    ..local
+                });
+            } else if let Some(k) = results.iter().position(|r| r.name == local.name) {
+                exports.push((id, k));
+            } else {
+                results.push(local);
+                exports.push((id, results.len() - 1));
+            }
+        }
+        let layer = segment.layer.as_deref();
+        self.em.set_loc(layer.unwrap_or(ENTRY));
+        let names: Vec<&str> = results.iter().map(|r| r.name.as_str()).collect();
+        let types: Vec<String> = results.iter().map(Val::ty).collect();
+        if results.is_empty() {
+            self.em.stmt("return");
+        } else {
+            self.em.stmt(format_args!(
+                "return {} : {}",
+                names.join(", "),
+                types.join(", ")
+            ));
+        }
+        let body = self.em.replace_body(forward_body);
+
+        let function = function_name(index, layer);
+        let returns = if results.is_empty() {
+            String::new()
+        } else {
+            format!(" -> ({})", types.join(", "))
+        };
+        let _ = writeln!(
+            self.functions,
+            "func.func private @{function}({}){returns} attributes {{{LAYER_ATTRIBUTES}}} {{",
+            params.join(", ")
+        );
+        self.functions.push_str(&body);
+        let _ = writeln!(self.functions, "}}");
+
+        // The call, in `@forward`.
+        let arg_names: Vec<&str> = call_args.iter().map(|(n, _)| n.as_str()).collect();
+        let arg_types: Vec<&str> = call_args.iter().map(|(_, t)| t.as_str()).collect();
+        let call = format!(
+            "func.call @{function}({}) : ({}) -> ({})",
+            arg_names.join(", "),
+            arg_types.join(", "),
+            types.join(", ")
+        );
+        let result_names: Vec<String> = match results.len() {
+            0 => {
+                self.em.stmt(call);
+                Vec::new()
+            }
+            1 => vec![self.em.op(call)],
+            n => {
+                let base = self.em.fresh();
+                self.em.stmt(format_args!("{base}:{n} = {call}"));
+                (0..n).map(|k| format!("{base}#{k}")).collect()
+            }
+        };
+        for (id, k) in exports {
+            self.outer[id.index()] = Some(Val {
+                name: result_names[k].clone(),
+                ..results[k].clone()
+            });
+        }
+        for &id in segment.inputs.iter().chain(&segment.nodes) {
+            self.values[id.index()] = None;
         }
         Ok(())
     }
 
-    /// The whole module: signature, body, return.
+    /// The tensor of `id` in `@forward`.
+    fn outer_value(&self, id: NodeId) -> Result<Val> {
+        self.outer
+            .get(id.index())
+            .cloned()
+            .flatten()
+            .ok_or_else(|| BackendError::InvalidGraph {
+                message: format!("%{} is used before it is defined", id.index()),
+            })
+    }
+
+    /// Write the outputs that are inputs or params themselves (no layer function
+    /// computes them) into their out-params.
+    fn store_source_outputs(&mut self, plan: &Plan) -> Result<()> {
+        let graph = self.graph;
+        let first = self.signature.inputs.len();
+        for (i, (name, id)) in graph.outputs().iter().enumerate() {
+            if plan.segment_of[id.index()].is_some() {
+                continue;
+            }
+            self.em.set_loc(&format!("output `{name}`"));
+            let val = self.outer_value(*id)?;
+            let val = leave(&mut self.em, &val, graph.node(*id).ty.dtype);
+            materialize(&mut self.em, &val, &format!("%arg{}", first + i));
+        }
+        Ok(())
+    }
+
+    /// The whole module: the layer functions, then `@forward` (signature, body, return).
     fn finish(self) -> Lowered {
         let sig = self.signature;
         let mut params: Vec<String> = Vec::new();
@@ -300,6 +569,7 @@ impl Lowering<'_> {
         }
         let mut text = String::new();
         let _ = writeln!(text, "module {{");
+        text.push_str(&self.functions);
         let _ = writeln!(
             text,
             "func.func @{ENTRY}({}) attributes {{llvm.emit_c_interface}} {{",

@@ -37,6 +37,8 @@ pub struct SpecSource {
 
 /// Parse spec text. Syntax and schema errors are `IrError::Parse` with a position.
 pub fn parse_spec(text: &str, format: Format, source: &SpecSource) -> Result<Spec, IrError> {
+    // Editors on some systems start UTF-8 files with a byte-order mark.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let spec: Spec = match format {
         Format::Toml => toml::from_str(text).map_err(|e| {
             let (line, col) = e.span().map_or((1, 1), |span| line_col(text, span.start));
