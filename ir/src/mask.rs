@@ -137,13 +137,12 @@ impl MaskExpr {
                 message: format!("unexpected `{}` after the end of the expression", t.tok),
             });
         }
-        match e.kind() {
-            Ok(MaskKind::Bool) => Ok(e),
-            Ok(MaskKind::Int) => Err(MaskError {
+        match e.top_kind() {
+            MaskKind::Bool => Ok(e),
+            MaskKind::Int => Err(MaskError {
                 col: 1,
                 message: "a mask must be a condition (e.g. `k <= q`), not an integer".into(),
             }),
-            Err(m) => Err(MaskError { col: 1, message: m }),
         }
     }
 
@@ -178,6 +177,19 @@ impl MaskExpr {
                 }
                 Ok(if op.is_arith() { Int } else { Bool })
             }
+        }
+    }
+
+    /// The kind of the top node alone; children are assumed well typed (the parser
+    /// checks each node as it builds it).
+    fn top_kind(&self) -> MaskKind {
+        match self {
+            MaskExpr::Int(_) | MaskExpr::Coord(_) | MaskExpr::Dim(_) | MaskExpr::Neg(_) => {
+                MaskKind::Int
+            }
+            MaskExpr::Not(_) => MaskKind::Bool,
+            MaskExpr::Bin(op, ..) if op.is_arith() => MaskKind::Int,
+            MaskExpr::Bin(..) => MaskKind::Bool,
         }
     }
 
@@ -382,6 +394,33 @@ struct Parser {
     depth: usize,
 }
 
+/// Operands of `op` must be integers for arithmetic and comparisons, conditions for
+/// `&&` and `||`; a mismatch is reported at the operator.
+fn check_operands(op: MaskBinOp, l: &MaskExpr, r: &MaskExpr, col: usize) -> Result<(), MaskError> {
+    let want = if matches!(op, MaskBinOp::And | MaskBinOp::Or) {
+        MaskKind::Bool
+    } else {
+        MaskKind::Int
+    };
+    for side in [l, r] {
+        if side.top_kind() != want {
+            return Err(MaskError {
+                col,
+                message: format!(
+                    "`{}` needs {} operands, got `{side}`",
+                    op.symbol(),
+                    if want == MaskKind::Int {
+                        "integer"
+                    } else {
+                        "condition"
+                    }
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn binop(s: &str) -> Option<MaskBinOp> {
     use MaskBinOp::*;
     Some(match s {
@@ -443,6 +482,7 @@ impl Parser {
                     message: format!("expression nests deeper than {MAX_MASK_DEPTH}"),
                 });
             }
+            check_operands(op, &lhs, &rhs, col)?;
             lhs = MaskExpr::Bin(op, Box::new(lhs), Box::new(rhs));
         }
         self.depth -= 1;
@@ -477,11 +517,25 @@ impl Parser {
                 1,
             )),
             Tok::Op("-") => {
+                let col = self.tokens[self.pos - 1].col;
                 let (e, h) = self.nested_unary()?;
+                if e.top_kind() != MaskKind::Int {
+                    return Err(MaskError {
+                        col,
+                        message: format!("`-` needs an integer, got the condition `{e}`"),
+                    });
+                }
                 Ok((MaskExpr::Neg(Box::new(e)), h + 1))
             }
             Tok::Op("!") => {
+                let col = self.tokens[self.pos - 1].col;
                 let (e, h) = self.nested_unary()?;
+                if e.top_kind() != MaskKind::Bool {
+                    return Err(MaskError {
+                        col,
+                        message: format!("`!` needs a condition, got the integer `{e}`"),
+                    });
+                }
                 Ok((MaskExpr::Not(Box::new(e)), h + 1))
             }
             Tok::LParen => {
@@ -564,6 +618,14 @@ mod tests {
         assert_eq!(e.col, 6);
         let e = MaskExpr::parse("k + q").unwrap_err();
         assert!(e.message.contains("condition"));
+        let e = MaskExpr::parse("k <= q || h").unwrap_err();
+        assert_eq!(e.col, 8);
+        assert!(
+            e.message.contains("`||` needs condition operands, got `h`"),
+            "{e}"
+        );
+        let e = MaskExpr::parse("k <= -(q < 2)").unwrap_err();
+        assert_eq!(e.col, 6);
         let e = MaskExpr::parse("(k <= q").unwrap_err();
         assert!(e.message.contains("`)`"));
         let e = MaskExpr::parse("k <= q $").unwrap_err();
