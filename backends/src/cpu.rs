@@ -14,24 +14,18 @@ use std::ffi::c_void;
 /// The pass pipeline from the tensor-level module to the LLVM dialect. Naive loops:
 /// correctness first (tiling and vectorization come later).
 ///
-/// - bufferize across function boundaries (`@forward`'s arguments are memrefs
-///   already; the layer functions' tensor arguments and results become memrefs with
-///   the identity layout, so no strided copy is ever needed), then the ownership-based
-///   deallocation pipeline, so temporaries are freed and repeated runs do not leak: a
-///   layer function frees its temporaries before it returns, and `@forward` frees the
-///   results it received (a returned view of an argument is first cloned — a plain
-///   copy — so that every result is owned by the caller);
-/// - the clones to `memref.alloc` + `memref.copy`;
+/// - bufferize (every function's arguments are memrefs already: no tensor crosses a
+///   call), then the ownership-based deallocation pipeline, so temporaries are freed
+///   and repeated runs do not leak: a layer function frees its temporaries before it
+///   returns, `@forward` the buffers passed between layers when it returns;
 /// - linalg to loops, scf to cf, strided metadata and affine to arith;
 /// - `arith-expand{include-bf16}` turns bf16 conversions into integer ops (no
 ///   runtime library needed);
 /// - math to LLVM intrinsics, the rest (`erf`) to libm calls resolved in-process;
 /// - everything else to the LLVM dialect.
 pub const CPU_PIPELINE: &str = "builtin.module(\
-one-shot-bufferize{bufferize-function-boundaries=true \
-function-boundary-type-conversion=identity-layout-map}, \
+one-shot-bufferize, \
 buffer-deallocation-pipeline, \
-convert-bufferization-to-memref, \
 func.func(convert-linalg-to-loops), \
 convert-scf-to-cf, \
 expand-strided-metadata, \

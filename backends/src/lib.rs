@@ -8,8 +8,10 @@
 //!
 //! Code map:
 //! - `lower`: [`attnc_ir::Graph`] → MLIR text at the tensor level (`linalg.generic`,
-//!   `tensor`, `arith`, `math`), one module per graph with `func.func @forward`;
-//!   one small module per op family, locations named after IR nodes.
+//!   `tensor`, `arith`, `math`), one module per graph: `func.func @forward` calling
+//!   one `noinline` function per IR layer (identical layers share one), so LLVM's
+//!   time grows linearly with depth; one small module per op family, locations
+//!   named after IR nodes.
 //! - `mlir`: the MLIR context, diagnostics captured into errors, parse + verify, pass
 //!   pipelines.
 //! - `cpu`: [`CPU_PIPELINE`] to the LLVM dialect, [`CompiledModel`] (JIT), and the

@@ -216,7 +216,16 @@ fn elementwise() -> R<Graph> {
     b.op(Op::Gather { axis: 1 }, &[a, idx])?;
     let upd = b.input("upd", shape(&["n", "j"]), DType::F32)?;
     let sc = b.op(Op::ScatterAdd { axis: 1 }, &[a, idx, upd])?;
-    for value in [0.0, -0.0, 1e-5, 500000.0, 3.4e38, 1e-300, -2.5, f64::INFINITY] {
+    for value in [
+        0.0,
+        -0.0,
+        1e-5,
+        500000.0,
+        3.4e38,
+        1e-300,
+        -2.5,
+        f64::INFINITY,
+    ] {
         b.constant(value, DType::F32)?;
     }
     for (i, id) in outs.into_iter().enumerate() {

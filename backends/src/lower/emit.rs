@@ -245,12 +245,6 @@ impl Emitter {
         self.out
     }
 
-    /// Write into `body` from now on; returns what was written so far. Lowering a
-    /// layer swaps in a fresh body for its function and swaps `@forward`'s back after.
-    pub fn replace_body(&mut self, body: String) -> String {
-        std::mem::replace(&mut self.out, body)
-    }
-
     /// Statements from now on carry `loc("<text>")`.
     pub fn set_loc(&mut self, text: &str) {
         self.loc = format!("loc(\"{}\")", escape(text));

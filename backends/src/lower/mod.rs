@@ -1,26 +1,34 @@
 //! Lowering of an [`attnc_ir::Graph`] to MLIR text at the tensor level.
 //!
-//! The graph becomes one `func.func @forward` whose arguments are memrefs: every
+//! The graph becomes a `func.func @forward` whose arguments are memrefs: every
 //! input, then every param (graph order), then one out-param per output, then one
 //! `memref<i8>` status flag per run-time check (an index of `gather` / `embedding`
-//! out of range, an integer division by zero). Inputs and params enter `@forward` as
-//! `bufferization.to_tensor ... restrict`; outputs and flags leave through
-//! `bufferization.materialize_in_destination ... restrict writable`, so `@forward`
-//! returns nothing and the C interface is just one descriptor pointer per argument.
+//! out of range, an integer division by zero). It returns nothing, so the C interface
+//! is just one descriptor pointer per argument.
 //!
 //! Each IR layer — a run of consecutive nodes with the same `Node.layer` (`embed`,
 //! `layers.0.attn`, `layers.0.ffn`, ..., `head`) — is outlined into its own private
-//! function `@forward.<i>.<layer>`, which `@forward` calls in order:
-//! - the tensors it reads that are made elsewhere (inputs, params, results of
-//!   earlier layers) are its tensor arguments;
-//! - the tensors later layers read are its tensor results (one-shot bufferization
-//!   across function boundaries turns them into fresh, caller-owned buffers);
-//! - the outputs and status flags it computes are written inside it, into memref
-//!   arguments (`@forward`'s out-params, passed down).
+//! function `@forward.<i>.<layer>`, which `@forward` calls in order. Layer functions
+//! take memrefs only and return nothing (destination-passing style):
+//! - what a layer reads that is made elsewhere (inputs, params, tensors of earlier
+//!   layers) comes in as a memref argument, entered as `to_tensor ... restrict`;
+//! - what later layers read, what is a graph output and the status flags of its
+//!   checks go out through `materialize_in_destination ... restrict writable` into
+//!   memref arguments: `@forward` allocates one buffer per tensor crossing layers
+//!   (`memref.alloc`, freed by the deallocation pipeline when `@forward` returns) and
+//!   passes its own out-params and flags down.
+//!
+//! So no tensor crosses a function boundary and each function bufferizes on its own;
+//! every buffer a layer function allocates is a temporary it frees before returning,
+//! and `@forward`'s buffers come from distinct allocations, so deallocation needs no
+//! run-time alias checks.
 //!
 //! Layer functions are `noinline` (and internal), so LLVM optimizes each on its own:
 //! compile time grows linearly with the depth of the model, where one function
-//! holding every layer made LLVM's loop passes quadratic in it.
+//! holding every layer made LLVM's loop passes quadratic in it. Layers that lower to
+//! the same code (same ops, shapes and attributes; only locations differ — the
+//! layers of a uniform decoder stack) share one function, the first one's, so LLVM
+//! compiles each distinct layer once.
 //!
 //! Each node the outputs depend on becomes a few tensor-level ops (`linalg.generic`, `linalg.fill`,
 //! `tensor.empty`, slices and reshapes, `arith`, `math`), named `%vN` and located at
@@ -85,21 +93,14 @@ pub(crate) fn lower(graph: &Graph) -> Result<Lowered> {
         em: Emitter::new(),
         values: vec![None; graph.len()],
         outer: vec![None; graph.len()],
-        args: vec![None; graph.len()],
         signature: Signature::default(),
         flags: Vec::new(),
         functions: String::new(),
+        distinct: HashMap::new(),
+        buffers: 0,
     };
     l.declare_sources();
     l.declare_outputs();
-    // Inputs and params are `@forward`'s; every layer function reads them from there.
-    for id in graph.node_ids() {
-        if live[id.index()] && is_source(&graph.node(id).op) {
-            l.em.set_loc(&location(graph, id));
-            let val = l.lower_node(id)?;
-            l.outer[id.index()] = Some(val);
-        }
-    }
     for (index, segment) in plan.segments.iter().enumerate() {
         l.lower_segment(&plan, index, segment)?;
     }
@@ -189,6 +190,29 @@ fn function_name(index: usize, layer: Option<&str>) -> String {
     name
 }
 
+/// Attributes of `@forward`: a C interface (`_mlir_ciface_forward`, one descriptor
+/// pointer per argument). The function itself is internal and inlined into that
+/// wrapper: a call passing every memref argument expanded (pointers, offset, sizes,
+/// strides — thousands of scalars for a deep model) costs LLVM's instruction
+/// selection time quadratic in their number, and the JIT would emit two such calls
+/// (the C wrapper and its own packed wrapper of every external function).
+const ENTRY_ATTRIBUTES: &str = "llvm.emit_c_interface, \
+llvm.linkage = #llvm.linkage<internal>, passthrough = [\"alwaysinline\"]";
+
+/// `text` without the ` loc("...")` that ends each statement.
+fn without_locations(text: &str) -> String {
+    let mut s = String::with_capacity(text.len());
+    for line in text.lines() {
+        let code = match line.rfind(" loc(\"") {
+            Some(at) if line.ends_with("\")") => &line[..at],
+            _ => line,
+        };
+        s.push_str(code);
+        s.push('\n');
+    }
+    s
+}
+
 /// Attributes of a layer function: LLVM must not inline it back into `@forward` (that
 /// would bring back one huge function), and nothing outside the module calls it.
 const LAYER_ATTRIBUTES: &str =
@@ -223,21 +247,40 @@ pub(crate) fn location(graph: &Graph, id: NodeId) -> String {
     }
 }
 
+/// A memref of `@forward` holding a node's value: an argument (input or param,
+/// `source` is its dtype: it is entered as [`enter`] does) or a buffer written by a
+/// layer function.
+#[derive(Clone, Debug)]
+struct Buffer {
+    name: String,
+    sizes: Vec<usize>,
+    elem: Elem,
+    source: Option<DType>,
+}
+
+impl Buffer {
+    fn ty(&self) -> String {
+        memref_type(&self.sizes, self.elem)
+    }
+}
+
 struct Lowering<'g> {
     graph: &'g Graph,
     em: Emitter,
     /// The tensor of each node in the layer function being written, by node index.
     values: Vec<Option<Val>>,
-    /// The tensor of each node in `@forward`: inputs, params, layer results.
-    outer: Vec<Option<Val>>,
-    /// The function argument of each input / param node.
-    args: Vec<Option<String>>,
+    /// The memref of each node in `@forward`: inputs, params, layer results.
+    outer: Vec<Option<Buffer>>,
     signature: Signature,
     /// Status flags (rank-0 i8 tensors) of the run-time checks of the layer function
     /// being written: the last `flags.len()` entries of `signature.checks`.
     flags: Vec<Val>,
     /// The text of the layer functions written so far.
     functions: String,
+    /// The name of each layer function written so far, by its code without locations.
+    distinct: HashMap<String, String>,
+    /// How many buffers (`%bN`) `@forward` allocates so far.
+    buffers: usize,
 }
 
 impl Lowering<'_> {
@@ -250,7 +293,13 @@ impl Lowering<'_> {
             .map(|s| (s, "input"))
             .chain(graph.params().into_iter().map(|s| (s, "param")));
         for (i, ((name, id), kind)) in sources.enumerate() {
-            self.args[id.index()] = Some(format!("%arg{i}"));
+            let dtype = graph.node(id).ty.dtype;
+            self.outer[id.index()] = Some(Buffer {
+                name: format!("%arg{i}"),
+                sizes: graph.sizes(id),
+                elem: Elem::at_boundary(dtype),
+                source: Some(dtype),
+            });
             self.signature.inputs.push(Boundary {
                 name: name.to_string(),
                 kind,
@@ -295,9 +344,11 @@ impl Lowering<'_> {
         let elem = Elem::of(node.ty.dtype);
         let em = &mut self.em;
         Ok(match &node.op {
+            // Arguments of `@forward`, entered where they are read (`lower_segment`).
             Op::Input { .. } | Op::Param { .. } => {
-                let arg = self.args[id.index()].clone().unwrap_or_default();
-                enter(em, &arg, &sizes, node.ty.dtype)
+                return Err(BackendError::InvalidGraph {
+                    message: format!("internal: %{} is an argument, not an op", id.index()),
+                })
             }
             Op::Const { value } => elementwise::constant(em, *value, elem),
             Op::Iota { axis } => elementwise::iota(em, &sizes, *axis, elem),
@@ -390,23 +441,50 @@ impl Lowering<'_> {
         }
     }
 
-    /// Write `segment` as layer function `index` and call it from `@forward`.
+    /// Write `segment` as layer function `index` (or find the identical one written
+    /// before) and call it from `@forward`.
     fn lower_segment(&mut self, plan: &Plan, index: usize, segment: &Segment) -> Result<()> {
         let graph = self.graph;
-        let forward_body = self.em.replace_body(String::new());
-        // Parameters of the function (`%pN: type`) and what `@forward` passes for them.
+        // A fresh emitter for the function (names restart at `%v1`, so identical
+        // layers are written identically); `@forward`'s is put back below.
+        let forward = std::mem::replace(&mut self.em, Emitter::new());
+        // Parameters of the function (`%pN: memref`) and what `@forward` passes.
         let mut params: Vec<String> = Vec::new();
-        let mut call_args: Vec<(String, String)> = Vec::new();
-        // Which input each tensor parameter carries, by parameter name.
-        let mut param_of: HashMap<String, NodeId> = HashMap::new();
+        let mut call_args: Vec<Buffer> = Vec::new();
+        // The buffer each entered parameter came from, by the tensor's name.
+        let mut entered: HashMap<String, Buffer> = HashMap::new();
+        // Inputs bound to one buffer share one parameter (`restrict`: one `to_tensor`
+        // per buffer).
+        let mut by_buffer: HashMap<String, Val> = HashMap::new();
         for &o in &segment.inputs {
-            let outer = self.outer_value(o)?;
-            let name = format!("%p{}", params.len());
-            let ty = outer.ty();
-            params.push(format!("{name}: {ty}"));
-            call_args.push((outer.name.clone(), ty));
-            param_of.insert(name.clone(), o);
-            self.values[o.index()] = Some(Val { name, ..outer });
+            let buffer = self.outer_buffer(o)?;
+            let val = match by_buffer.get(&buffer.name) {
+                Some(val) => val.clone(),
+                None => {
+                    let param = format!("%p{}", params.len());
+                    params.push(format!("{param}: {}", buffer.ty()));
+                    self.em.set_loc(&location(graph, o));
+                    let val = match buffer.source {
+                        Some(dtype) => enter(&mut self.em, &param, &buffer.sizes, dtype),
+                        None => {
+                            let (memref, ty) =
+                                (buffer.ty(), tensor_type(&buffer.sizes, buffer.elem));
+                            self.em.tensor_op(
+                                format_args!(
+                                    "bufferization.to_tensor {param} restrict : {memref} to {ty}"
+                                ),
+                                &buffer.sizes,
+                                buffer.elem,
+                            )
+                        }
+                    };
+                    entered.insert(val.name.clone(), buffer.clone());
+                    by_buffer.insert(buffer.name.clone(), val.clone());
+                    call_args.push(buffer);
+                    val
+                }
+            };
+            self.values[o.index()] = Some(val);
         }
         for &id in &segment.nodes {
             self.em.set_loc(&location(graph, id));
@@ -414,7 +492,8 @@ impl Lowering<'_> {
             self.values[id.index()] = Some(val);
         }
 
-        // Outputs and status flags computed here are written here.
+        // Outputs and status flags computed here are written here, into `@forward`'s
+        // out-params.
         let first_output = self.signature.inputs.len();
         for (i, (name, id)) in graph.outputs().iter().enumerate() {
             if plan.segment_of[id.index()] != Some(index) {
@@ -423,11 +502,13 @@ impl Lowering<'_> {
             self.em.set_loc(&format!("output `{name}`"));
             let val = self.operand(*id)?;
             let val = leave(&mut self.em, &val, graph.node(*id).ty.dtype);
-            let param = format!("%p{}", params.len());
-            let memref = memref_type(&val.sizes, val.elem);
-            materialize(&mut self.em, &val, &param);
-            params.push(format!("{param}: {memref}"));
-            call_args.push((format!("%arg{}", first_output + i), memref));
+            let dest = Buffer {
+                name: format!("%arg{}", first_output + i),
+                sizes: val.sizes.clone(),
+                elem: val.elem,
+                source: None,
+            };
+            self.write(&mut params, &mut call_args, &val, dest);
         }
         let first_flag = first_output + graph.outputs().len();
         let first_check = self.signature.checks.len() - self.flags.len();
@@ -436,100 +517,106 @@ impl Lowering<'_> {
             let check = &self.signature.checks[c];
             self.em
                 .set_loc(&format!("%{} {} check", check.node, check.op));
-            let param = format!("%p{}", params.len());
-            let memref = memref_type(&flag.sizes, flag.elem);
-            materialize(&mut self.em, flag, &param);
-            params.push(format!("{param}: {memref}"));
-            call_args.push((format!("%arg{}", first_flag + c), memref));
+            let dest = Buffer {
+                name: format!("%arg{}", first_flag + c),
+                sizes: flag.sizes.clone(),
+                elem: flag.elem,
+                source: None,
+            };
+            self.write(&mut params, &mut call_args, flag, dest);
         }
 
-        // Results: what later layers read, each distinct tensor once. A tensor the
-        // layer passes on unchanged (a no-op reshape of an argument) is not returned:
-        // `@forward` has it already.
-        let mut results: Vec<Val> = Vec::new();
-        let mut exports: Vec<(NodeId, usize)> = Vec::new();
+        // What later layers read: one new buffer per distinct tensor. A tensor the
+        // layer passes on unchanged (a no-op reshape of an argument) is not copied:
+        // later layers read the buffer it came from.
+        let mut results: Vec<(String, Buffer)> = Vec::new();
         for &id in &segment.nodes {
             if !plan.exported[id.index()] {
                 continue;
             }
             let local = self.operand(id)?;
-            if let Some(&source) = param_of.get(&local.name) {
-                let outer = self.outer_value(source)?;
-                self.outer[id.index()] = Some(Val {
-                    name: outer.name,
-                    ..local
-                });
-            } else if let Some(k) = results.iter().position(|r| r.name == local.name) {
-                exports.push((id, k));
-            } else {
-                results.push(local);
-                exports.push((id, results.len() - 1));
+            if let Some(buffer) = entered.get(&local.name) {
+                self.outer[id.index()] = Some(buffer.clone());
+                continue;
             }
+            if let Some((_, buffer)) = results.iter().find(|(name, _)| *name == local.name) {
+                self.outer[id.index()] = Some(buffer.clone());
+                continue;
+            }
+            self.em.set_loc(&location(graph, id));
+            let buffer = Buffer {
+                name: format!("%b{}", self.buffers),
+                sizes: local.sizes.clone(),
+                elem: local.elem,
+                source: None,
+            };
+            self.buffers += 1;
+            self.write(&mut params, &mut call_args, &local, buffer.clone());
+            self.outer[id.index()] = Some(buffer.clone());
+            results.push((local.name, buffer));
         }
         let layer = segment.layer.as_deref();
         self.em.set_loc(layer.unwrap_or(ENTRY));
-        let names: Vec<&str> = results.iter().map(|r| r.name.as_str()).collect();
-        let types: Vec<String> = results.iter().map(Val::ty).collect();
-        if results.is_empty() {
-            self.em.stmt("return");
-        } else {
+        self.em.stmt("return");
+        let body = std::mem::replace(&mut self.em, forward).finish();
+
+        // Layers that lower to the same code (up to locations) share the function of
+        // the first: LLVM compiles each distinct layer once, however deep the model.
+        let signature = format!("({})", params.join(", "));
+        let key = format!("{signature}\n{}", without_locations(&body));
+        let function = match self.distinct.get(&key) {
+            Some(name) => name.clone(),
+            None => {
+                let name = function_name(index, layer);
+                let _ = writeln!(
+                    self.functions,
+                    "func.func private @{name}{signature} attributes {{{LAYER_ATTRIBUTES}}} {{"
+                );
+                self.functions.push_str(&body);
+                let _ = writeln!(self.functions, "}}");
+                self.distinct.insert(key, name.clone());
+                name
+            }
+        };
+
+        // In `@forward`: the buffers of the results, then the call.
+        self.em.set_loc(layer.unwrap_or(ENTRY));
+        for (_, buffer) in &results {
             self.em.stmt(format_args!(
-                "return {} : {}",
-                names.join(", "),
-                types.join(", ")
+                "{} = memref.alloc() {{alignment = 64 : i64}} : {}",
+                buffer.name,
+                buffer.ty()
             ));
         }
-        let body = self.em.replace_body(forward_body);
-
-        let function = function_name(index, layer);
-        let returns = if results.is_empty() {
-            String::new()
-        } else {
-            format!(" -> ({})", types.join(", "))
-        };
-        let _ = writeln!(
-            self.functions,
-            "func.func private @{function}({}){returns} attributes {{{LAYER_ATTRIBUTES}}} {{",
-            params.join(", ")
-        );
-        self.functions.push_str(&body);
-        let _ = writeln!(self.functions, "}}");
-
-        // The call, in `@forward`.
-        let arg_names: Vec<&str> = call_args.iter().map(|(n, _)| n.as_str()).collect();
-        let arg_types: Vec<&str> = call_args.iter().map(|(_, t)| t.as_str()).collect();
-        let call = format!(
-            "func.call @{function}({}) : ({}) -> ({})",
-            arg_names.join(", "),
-            arg_types.join(", "),
+        let names: Vec<&str> = call_args.iter().map(|b| b.name.as_str()).collect();
+        let types: Vec<String> = call_args.iter().map(Buffer::ty).collect();
+        self.em.stmt(format_args!(
+            "func.call @{function}({}) : ({}) -> ()",
+            names.join(", "),
             types.join(", ")
-        );
-        let result_names: Vec<String> = match results.len() {
-            0 => {
-                self.em.stmt(call);
-                Vec::new()
-            }
-            1 => vec![self.em.op(call)],
-            n => {
-                let base = self.em.fresh();
-                self.em.stmt(format_args!("{base}:{n} = {call}"));
-                (0..n).map(|k| format!("{base}#{k}")).collect()
-            }
-        };
-        for (id, k) in exports {
-            self.outer[id.index()] = Some(Val {
-                name: result_names[k].clone(),
-                ..results[k].clone()
-            });
-        }
+        ));
         for &id in segment.inputs.iter().chain(&segment.nodes) {
             self.values[id.index()] = None;
         }
         Ok(())
     }
 
-    /// The tensor of `id` in `@forward`.
-    fn outer_value(&self, id: NodeId) -> Result<Val> {
+    /// Write `val` into `dest` through a new memref parameter of the layer function.
+    fn write(
+        &mut self,
+        params: &mut Vec<String>,
+        call_args: &mut Vec<Buffer>,
+        val: &Val,
+        dest: Buffer,
+    ) {
+        let param = format!("%p{}", params.len());
+        params.push(format!("{param}: {}", dest.ty()));
+        materialize(&mut self.em, val, &param);
+        call_args.push(dest);
+    }
+
+    /// The memref of `id` in `@forward`.
+    fn outer_buffer(&self, id: NodeId) -> Result<Buffer> {
         self.outer
             .get(id.index())
             .cloned()
@@ -539,7 +626,7 @@ impl Lowering<'_> {
             })
     }
 
-    /// Write the outputs that are inputs or params themselves (no layer function
+    /// Copy the outputs that are inputs or params themselves (no layer function
     /// computes them) into their out-params.
     fn store_source_outputs(&mut self, plan: &Plan) -> Result<()> {
         let graph = self.graph;
@@ -549,9 +636,13 @@ impl Lowering<'_> {
                 continue;
             }
             self.em.set_loc(&format!("output `{name}`"));
-            let val = self.outer_value(*id)?;
-            let val = leave(&mut self.em, &val, graph.node(*id).ty.dtype);
-            materialize(&mut self.em, &val, &format!("%arg{}", first + i));
+            let source = self.outer_buffer(*id)?;
+            let ty = source.ty();
+            self.em.stmt(format_args!(
+                "memref.copy {}, %arg{} : {ty} to {ty}",
+                source.name,
+                first + i
+            ));
         }
         Ok(())
     }
@@ -572,7 +663,7 @@ impl Lowering<'_> {
         text.push_str(&self.functions);
         let _ = writeln!(
             text,
-            "func.func @{ENTRY}({}) attributes {{llvm.emit_c_interface}} {{",
+            "func.func @{ENTRY}({}) attributes {{{ENTRY_ATTRIBUTES}}} {{",
             params.join(", ")
         );
         text.push_str(&self.em.finish());
