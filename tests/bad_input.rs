@@ -5,59 +5,10 @@
 //! Every test here uses `--tiny` specs or small hand-written `.air` graphs, so each
 //! runs in well under two seconds.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn attnc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_attnc"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("the attnc binary runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Runs `args`, expects exit code 1 and one `error:` line containing every `needle`.
-fn fails_with(args: &[&str], needles: &[&str]) -> String {
-    let o = attnc(args);
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
-    assert!(err.starts_with("error: "), "{args:?}: {err}");
-    assert!(
-        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
-        "{args:?}: {err}"
-    );
-    for n in needles {
-        assert!(err.contains(n), "{args:?}: expected `{n}` in: {err}");
-    }
-    err
-}
-
-/// Runs `args` and expects success.
-fn succeeds(args: &[&str]) -> String {
-    let o = attnc(args);
-    assert!(o.status.success(), "{args:?}: {}", stderr(&o));
-    stdout(&o)
-}
-
-fn temp_file(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("attnc-bad-input-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use common::{attnc, fails_with, path_str, stderr, succeeds, temp_file};
+use std::path::PathBuf;
 
 fn gpt2() -> String {
     std::fs::read_to_string("examples/gpt2.toml").unwrap()

@@ -1,47 +1,9 @@
 //! The `attnc` command line end to end: every command on the shipped examples, and
 //! bad input of every kind giving one clear error and exit code 1 — never a panic.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
 
-fn attnc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_attnc"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("the attnc binary runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Runs `args`, expects exit code 1 and one `error:` line containing every `needle`.
-fn fails_with(args: &[&str], needles: &[&str]) {
-    let o = attnc(args);
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
-    assert!(err.starts_with("error: "), "{args:?}: {err}");
-    assert!(
-        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
-        "{err}"
-    );
-    for n in needles {
-        assert!(err.contains(n), "{args:?}: expected `{n}` in: {err}");
-    }
-}
-
-fn temp_file(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("attnc-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
+use common::{attnc, fails_with, stderr, stdout, temp_file};
 
 fn run_json(args: &[&str]) -> serde_json::Value {
     let o = attnc(args);
