@@ -1,0 +1,140 @@
+//! `Graph` to e-graph and back. Every IR node becomes an e-node; identical subterms
+//! are hash-consed into one class (common-subexpression elimination, which is exact).
+//! Extraction picks one node per class with a cost function and rebuilds a `Graph`
+//! through `GraphBuilder`, which re-infers and checks every type.
+
+use crate::{attr_in, attr_of, Attn, EGraph, Source, TypeAnalysis};
+use attnc_ir::{verify, Graph, GraphBuilder, IrError, NodeId, Result};
+use egg::{AstSize, CostFunction, Extractor, Id};
+use std::collections::HashMap;
+
+/// A graph held in an e-graph: the roots of its outputs plus what the e-graph itself
+/// does not keep (the graph's name, the order of its sources, the layer of each class).
+pub struct Program {
+    pub egraph: EGraph,
+    pub name: String,
+    /// `(output name, root class)`, in the graph's output order.
+    pub outputs: Vec<(String, Id)>,
+    /// Every source class, in the graph's order: inputs and params keep their order,
+    /// and a weight nothing uses is kept (its binding is still expected).
+    sources: Vec<Id>,
+    /// `(class when added, layer)` in insertion order: a class's layer is the one of
+    /// the first node added to it.
+    layers: Vec<(Id, Option<String>)>,
+}
+
+/// The e-graph of `graph`, which is verified first.
+pub fn to_egraph(graph: &Graph) -> Result<Program> {
+    verify(graph)?;
+    let mut egraph = EGraph::new(TypeAnalysis::new(graph.dims.clone()));
+    let mut class: Vec<Id> = Vec::with_capacity(graph.len());
+    let mut sources = Vec::new();
+    let mut layers = Vec::with_capacity(graph.len());
+    for nid in graph.node_ids() {
+        let node = graph.node(nid);
+        let id = match Source::of(&node.op, &node.ty) {
+            Some(source) => {
+                let id = egraph.add(Attn::Source(source));
+                sources.push(id);
+                id
+            }
+            None => {
+                let mut children: Vec<Id> = attr_of(&node.op)
+                    .map(|a| egraph.add(Attn::Attr(a)))
+                    .into_iter()
+                    .collect();
+                children.extend(graph.operands(nid).iter().map(|o| class[o.index()]));
+                let enode = Attn::of_op(&node.op, &children).ok_or_else(|| IrError::Type {
+                    layer: node.layer.clone(),
+                    op: node.op.name().to_string(),
+                    message: format!("%{}: operands do not fit the op", nid.index()),
+                })?;
+                egraph.add(enode)
+            }
+        };
+        layers.push((id, node.layer.clone()));
+        class.push(id);
+    }
+    egraph.rebuild();
+    let outputs = graph
+        .outputs()
+        .iter()
+        .map(|(name, id)| (name.clone(), class[id.index()]))
+        .collect();
+    Ok(Program {
+        egraph,
+        name: graph.name.clone(),
+        outputs,
+        sources,
+        layers,
+    })
+}
+
+/// The cheapest graph in `program` by e-node count ([`AstSize`]).
+pub fn extract(program: &Program) -> Result<Graph> {
+    extract_with(program, AstSize)
+}
+
+/// The graph `cost` picks: one node per class reachable from the sources and outputs,
+/// added in a topological order (each source in the original order, then each output's
+/// operands depth first), with its class's layer, and the outputs in their order.
+pub fn extract_with<CF: CostFunction<Attn>>(program: &Program, cost: CF) -> Result<Graph> {
+    let egraph = &program.egraph;
+    let extractor = Extractor::new(egraph, cost);
+    let mut layer_of: HashMap<Id, Option<String>> = HashMap::new();
+    for (id, layer) in &program.layers {
+        layer_of
+            .entry(egraph.find(*id))
+            .or_insert_with(|| layer.clone());
+    }
+    let mut builder = GraphBuilder::new(program.name.clone(), egraph.analysis.dims.clone());
+    let mut built: HashMap<Id, NodeId> = HashMap::new();
+    let roots = program
+        .sources
+        .iter()
+        .chain(program.outputs.iter().map(|(_, id)| id));
+    // Post-order without recursion: models are deep. `(class, operands done)`.
+    let mut stack: Vec<(Id, bool)> = Vec::new();
+    for &root in roots {
+        stack.push((egraph.find(root), false));
+        while let Some((id, ready)) = stack.pop() {
+            if built.contains_key(&id) {
+                continue;
+            }
+            let node = extractor.find_best_node(id);
+            if !ready {
+                stack.push((id, true));
+                for &o in node.operands().iter().rev() {
+                    let o = egraph.find(o);
+                    if !built.contains_key(&o) {
+                        stack.push((o, false));
+                    }
+                }
+                continue;
+            }
+            let attr = node.attr().and_then(|a| attr_in(egraph, a));
+            let op = node.to_op(attr).map_err(|message| IrError::Type {
+                layer: None,
+                op: node.to_string(),
+                message,
+            })?;
+            let operands: Vec<NodeId> = node
+                .operands()
+                .iter()
+                .map(|o| built[&egraph.find(*o)])
+                .collect();
+            let declared = match node {
+                Attn::Source(s) => Some(s.ty.clone()),
+                _ => None,
+            };
+            builder.set_layer(layer_of.get(&id).cloned().flatten());
+            let nid = builder.add(op, &operands, declared)?;
+            built.insert(id, nid);
+        }
+    }
+    builder.set_layer(None);
+    for (name, id) in &program.outputs {
+        builder.output(name.clone(), built[&egraph.find(*id)])?;
+    }
+    builder.finish()
+}

@@ -1,0 +1,565 @@
+//! The e-graph language: one e-node per IR op family. An op's compile-time parameters
+//! sit in an attribute leaf, its first child (`(softmax axis=3 ?x)`); its operands
+//! follow. Sources (`input`, `param`, `const`, `iota`, `mask`) are leaves that carry
+//! their name or value and their declared type. Result types are never spelled in a
+//! node: they live in the analysis ([`crate::TypeAnalysis`]).
+
+use attnc_ir::{
+    BinaryOp, CmpOp, DType, Dim, MaskExpr, Op, ReduceKind, Shape, TensorType, TopKOutput, UnaryOp,
+};
+use egg::{define_language, Id};
+use std::cmp::Ordering;
+use std::fmt;
+use std::str::FromStr;
+
+define_language! {
+    /// An attnc e-node. Children: the attribute leaf first (families that have one),
+    /// then the operands in IR order.
+    pub enum Attn {
+        "unary" = Unary([Id; 2]),          // (unary exp x)
+        "binary" = Binary([Id; 3]),        // (binary add a b)
+        "compare" = Compare([Id; 3]),      // (compare lt a b)
+        "select" = Select([Id; 3]),        // (select cond a b), no attribute
+        "cast" = Cast([Id; 2]),            // (cast f32 x)
+        "reduce" = Reduce([Id; 2]),        // (reduce sum:2:keep x)
+        "softmax" = Softmax([Id; 2]),      // (softmax axis=3 x)
+        "layer_norm" = LayerNorm([Id; 4]), // (layer_norm eps=0.00001 x gamma beta)
+        "rms_norm" = RmsNorm([Id; 3]),     // (rms_norm eps=0.00001 x gamma)
+        "matmul" = MatMul([Id; 2]),        // (matmul a b), no attribute
+        "reshape" = Reshape([Id; 2]),      // (reshape [batch,seq,12,64] x)
+        "transpose" = Transpose([Id; 2]),  // (transpose perm=0,2,1,3 x)
+        "broadcast" = Broadcast([Id; 2]),  // (broadcast [batch,seq,768] x)
+        "concat" = Concat(Box<[Id]>),      // (concat axis=1 a b c)
+        "slice" = Slice([Id; 2]),          // (slice slice=3:0..4 x)
+        "gather" = Gather([Id; 3]),        // (gather axis=0 data indices)
+        "scatter_add" = ScatterAdd([Id; 4]), // (scatter_add axis=0 data indices updates)
+        "embedding" = Embedding([Id; 2]),  // (embedding table ids), no attribute
+        "rope" = Rope([Id; 2]),            // (rope theta=10000.0 x)
+        "topk" = TopK([Id; 2]),            // (topk k=2:values x)
+        "cumsum" = CumSum([Id; 2]),        // (cumsum axis=1 x)
+        Source(Source),
+        Attr(Attr),
+    }
+}
+
+/// An `f64` compared, hashed and ordered by its bits, so `-0.0`, `0.0` and each NaN
+/// are distinct attributes: rewrites are exact, so is attribute equality.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct F64(pub u64);
+
+impl F64 {
+    pub fn new(x: f64) -> F64 {
+        F64(x.to_bits())
+    }
+
+    pub fn get(self) -> f64 {
+        f64::from_bits(self.0)
+    }
+}
+
+impl fmt::Display for F64 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `{:?}` is the shortest text that parses back to the same bits.
+        write!(f, "{:?}", self.get())
+    }
+}
+
+/// The compile-time parameters of one op, as a leaf e-node. The text form has no
+/// spaces or parentheses, so it can be written in egg patterns, and `FromStr` inverts
+/// `Display` exactly.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Attr {
+    Unary(UnaryOp),   // exp
+    Binary(BinaryOp), // add
+    Compare(CmpOp),   // lt
+    DType(DType),     // f32
+    Axis(usize),      // axis=2
+    Reduce {
+        kind: ReduceKind,
+        axes: Vec<usize>,
+        keep_dims: bool,
+    }, // sum:1,2 or sum:1,2:keep
+    Eps(F64),         // eps=0.00001
+    Theta(F64),       // theta=10000.0
+    Shape(Shape),     // [batch,seq,768]
+    Perm(Vec<usize>), // perm=0,2,1,3
+    Slice {
+        axis: usize,
+        start: Dim,
+        end: Dim,
+    }, // slice=3:0..seq
+    TopK {
+        k: u64,
+        output: TopKOutput,
+    }, // k=2:values or k=2:indices
+}
+
+fn list(xs: &[usize]) -> String {
+    let xs: Vec<String> = xs.iter().map(usize::to_string).collect();
+    xs.join(",")
+}
+
+fn parse_list(s: &str) -> Result<Vec<usize>, String> {
+    if s.is_empty() {
+        return Ok(Vec::new());
+    }
+    s.split(',')
+        .map(|x| x.parse().map_err(|_| format!("`{x}` is not an axis")))
+        .collect()
+}
+
+fn parse_dim(s: &str) -> Result<Dim, String> {
+    if s.is_empty() {
+        return Err("empty dimension".into());
+    }
+    Ok(match s.parse::<u64>() {
+        Ok(n) => Dim::Const(n),
+        Err(_) => Dim::sym(s),
+    })
+}
+
+fn reduce_name(kind: ReduceKind) -> &'static str {
+    match kind {
+        ReduceKind::Sum => "sum",
+        ReduceKind::Max => "max",
+        ReduceKind::Mean => "mean",
+    }
+}
+
+impl fmt::Display for Attr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Attr::Unary(u) => f.write_str(u.name()),
+            Attr::Binary(b) => f.write_str(b.name()),
+            Attr::Compare(c) => f.write_str(c.name()),
+            Attr::DType(d) => f.write_str(d.name()),
+            Attr::Axis(a) => write!(f, "axis={a}"),
+            Attr::Reduce {
+                kind,
+                axes,
+                keep_dims,
+            } => {
+                write!(f, "{}:{}", reduce_name(*kind), list(axes))?;
+                if *keep_dims {
+                    f.write_str(":keep")?;
+                }
+                Ok(())
+            }
+            Attr::Eps(x) => write!(f, "eps={x}"),
+            Attr::Theta(x) => write!(f, "theta={x}"),
+            Attr::Shape(s) => {
+                let dims: Vec<String> = s.0.iter().map(Dim::to_string).collect();
+                write!(f, "[{}]", dims.join(","))
+            }
+            Attr::Perm(p) => write!(f, "perm={}", list(p)),
+            Attr::Slice { axis, start, end } => write!(f, "slice={axis}:{start}..{end}"),
+            Attr::TopK { k, output } => {
+                let which = match output {
+                    TopKOutput::Values => "values",
+                    TopKOutput::Indices => "indices",
+                };
+                write!(f, "k={k}:{which}")
+            }
+        }
+    }
+}
+
+impl FromStr for Attr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Attr, String> {
+        if let Some(u) = UnaryOp::ALL.into_iter().find(|u| u.name() == s) {
+            return Ok(Attr::Unary(u));
+        }
+        if let Some(b) = BinaryOp::ALL.into_iter().find(|b| b.name() == s) {
+            return Ok(Attr::Binary(b));
+        }
+        if let Some(c) = CmpOp::ALL.into_iter().find(|c| c.name() == s) {
+            return Ok(Attr::Compare(c));
+        }
+        if let Some(d) = DType::from_name(s) {
+            return Ok(Attr::DType(d));
+        }
+        let float = |x: &str| {
+            x.parse::<f64>()
+                .map(F64::new)
+                .map_err(|_| format!("`{x}` is not a number"))
+        };
+        if let Some(a) = s.strip_prefix("axis=") {
+            return a
+                .parse()
+                .map(Attr::Axis)
+                .map_err(|_| format!("bad axis `{a}`"));
+        }
+        if let Some(x) = s.strip_prefix("eps=") {
+            return float(x).map(Attr::Eps);
+        }
+        if let Some(x) = s.strip_prefix("theta=") {
+            return float(x).map(Attr::Theta);
+        }
+        if let Some(p) = s.strip_prefix("perm=") {
+            return parse_list(p).map(Attr::Perm);
+        }
+        if let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            if inner.is_empty() {
+                return Ok(Attr::Shape(Shape::scalar()));
+            }
+            let dims: Vec<Dim> = inner.split(',').map(parse_dim).collect::<Result<_, _>>()?;
+            return Ok(Attr::Shape(Shape(dims)));
+        }
+        if let Some(rest) = s.strip_prefix("slice=") {
+            let (axis, range) = rest
+                .split_once(':')
+                .ok_or("slice needs `axis:start..end`")?;
+            let (start, end) = range.split_once("..").ok_or("slice needs `start..end`")?;
+            return Ok(Attr::Slice {
+                axis: axis.parse().map_err(|_| format!("bad axis `{axis}`"))?,
+                start: parse_dim(start)?,
+                end: parse_dim(end)?,
+            });
+        }
+        if let Some(rest) = s.strip_prefix("k=") {
+            let (k, which) = rest
+                .split_once(':')
+                .ok_or("topk needs `k=N:values|indices`")?;
+            let output = match which {
+                "values" => TopKOutput::Values,
+                "indices" => TopKOutput::Indices,
+                _ => return Err(format!("topk yields values or indices, not `{which}`")),
+            };
+            let k = k.parse().map_err(|_| format!("bad k `{k}`"))?;
+            return Ok(Attr::TopK { k, output });
+        }
+        let kinds = [ReduceKind::Sum, ReduceKind::Max, ReduceKind::Mean];
+        for kind in kinds {
+            if let Some(rest) = s
+                .strip_prefix(reduce_name(kind))
+                .and_then(|r| r.strip_prefix(':'))
+            {
+                let (axes, keep_dims) = match rest.strip_suffix(":keep") {
+                    Some(axes) => (axes, true),
+                    None => (rest, false),
+                };
+                let axes = parse_list(axes)?;
+                return Ok(Attr::Reduce {
+                    kind,
+                    axes,
+                    keep_dims,
+                });
+            }
+        }
+        Err(format!("`{s}` is not an attribute"))
+    }
+}
+
+/// Ordered by text: `Display` is injective (`FromStr` inverts it), so this is a total
+/// order that agrees with `Eq`. The IR's op enums have no `Ord` of their own.
+impl Ord for Attr {
+    fn cmp(&self, other: &Attr) -> Ordering {
+        self.to_string().cmp(&other.to_string())
+    }
+}
+
+impl PartialOrd for Attr {
+    fn partial_cmp(&self, other: &Attr) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// What a source leaf is; its declared type is beside it in [`Source`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum SourceKind {
+    Input(String),
+    Param(String),
+    Const(F64),
+    Iota(usize),
+    Mask(MaskExpr),
+}
+
+/// A source op with its declared type: everything `GraphBuilder::add` needs to
+/// rebuild it. Two equal sources are one value, so hash-consing them is exact.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Source {
+    pub kind: SourceKind,
+    pub ty: TensorType,
+}
+
+impl Source {
+    /// The source leaf for `op` with its declared type, or `None` for a non-source op.
+    pub fn of(op: &Op, ty: &TensorType) -> Option<Source> {
+        let kind = match op {
+            Op::Input { name } => SourceKind::Input(name.clone()),
+            Op::Param { name } => SourceKind::Param(name.clone()),
+            Op::Const { value } => SourceKind::Const(F64::new(*value)),
+            Op::Iota { axis } => SourceKind::Iota(*axis),
+            Op::Mask { expr } => SourceKind::Mask(expr.clone()),
+            _ => return None,
+        };
+        Some(Source {
+            kind,
+            ty: ty.clone(),
+        })
+    }
+
+    pub fn op(&self) -> Op {
+        match &self.kind {
+            SourceKind::Input(name) => Op::Input { name: name.clone() },
+            SourceKind::Param(name) => Op::Param { name: name.clone() },
+            SourceKind::Const(v) => Op::Const { value: v.get() },
+            SourceKind::Iota(axis) => Op::Iota { axis: *axis },
+            SourceKind::Mask(expr) => Op::Mask { expr: expr.clone() },
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            SourceKind::Input(name) => write!(f, "input:{name:?}")?,
+            SourceKind::Param(name) => write!(f, "param:{name:?}")?,
+            SourceKind::Const(v) => write!(f, "const:{v}")?,
+            SourceKind::Iota(axis) => write!(f, "iota:{axis}")?,
+            SourceKind::Mask(expr) => write!(f, "mask:{:?}", expr.to_string())?,
+        }
+        write!(f, ":{}", self.ty)
+    }
+}
+
+/// Rules never name a concrete weight or input: sources are not written in patterns.
+impl FromStr for Source {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Source, String> {
+        Err(format!("`{s}`: sources are not written in patterns"))
+    }
+}
+
+/// Ordered by text, like [`Attr`] (the text names kind, value and type, so it is
+/// injective).
+impl Ord for Source {
+    fn cmp(&self, other: &Source) -> Ordering {
+        self.to_string().cmp(&other.to_string())
+    }
+}
+
+impl PartialOrd for Source {
+    fn partial_cmp(&self, other: &Source) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// The attribute leaf of a non-source `op`, or `None` when its family has none
+/// (`select`, `matmul`, `embedding`) or it is a source.
+pub fn attr_of(op: &Op) -> Option<Attr> {
+    Some(match op {
+        Op::Input { .. }
+        | Op::Param { .. }
+        | Op::Const { .. }
+        | Op::Iota { .. }
+        | Op::Mask { .. }
+        | Op::Select
+        | Op::MatMul
+        | Op::Embedding => return None,
+        Op::Unary(u) => Attr::Unary(*u),
+        Op::Binary(b) => Attr::Binary(*b),
+        Op::Compare(c) => Attr::Compare(*c),
+        Op::Cast { to } => Attr::DType(*to),
+        Op::Reduce {
+            kind,
+            axes,
+            keep_dims,
+        } => Attr::Reduce {
+            kind: *kind,
+            axes: axes.clone(),
+            keep_dims: *keep_dims,
+        },
+        Op::LayerNorm { eps } | Op::RmsNorm { eps } => Attr::Eps(F64::new(*eps)),
+        Op::Rope { theta } => Attr::Theta(F64::new(*theta)),
+        Op::Reshape { shape } | Op::Broadcast { shape } => Attr::Shape(shape.clone()),
+        Op::Transpose { perm } => Attr::Perm(perm.clone()),
+        Op::Softmax { axis }
+        | Op::Concat { axis }
+        | Op::Gather { axis }
+        | Op::ScatterAdd { axis }
+        | Op::CumSum { axis } => Attr::Axis(*axis),
+        Op::Slice { axis, start, end } => Attr::Slice {
+            axis: *axis,
+            start: start.clone(),
+            end: end.clone(),
+        },
+        Op::TopK { k, output } => Attr::TopK {
+            k: *k,
+            output: *output,
+        },
+    })
+}
+
+impl Attn {
+    /// The e-node of non-source `op` with `children` = its attribute leaf (when
+    /// [`attr_of`] gives one) followed by its operands; `None` when `op` is a source
+    /// or the children do not fit its arity.
+    pub fn of_op(op: &Op, children: &[Id]) -> Option<Attn> {
+        fn fit<const N: usize>(c: &[Id]) -> Option<[Id; N]> {
+            c.try_into().ok()
+        }
+        let c = children;
+        Some(match op {
+            Op::Input { .. }
+            | Op::Param { .. }
+            | Op::Const { .. }
+            | Op::Iota { .. }
+            | Op::Mask { .. } => return None,
+            Op::Unary(_) => Attn::Unary(fit(c)?),
+            Op::Binary(_) => Attn::Binary(fit(c)?),
+            Op::Compare(_) => Attn::Compare(fit(c)?),
+            Op::Select => Attn::Select(fit(c)?),
+            Op::Cast { .. } => Attn::Cast(fit(c)?),
+            Op::Reduce { .. } => Attn::Reduce(fit(c)?),
+            Op::Softmax { .. } => Attn::Softmax(fit(c)?),
+            Op::LayerNorm { .. } => Attn::LayerNorm(fit(c)?),
+            Op::RmsNorm { .. } => Attn::RmsNorm(fit(c)?),
+            Op::MatMul => Attn::MatMul(fit(c)?),
+            Op::Reshape { .. } => Attn::Reshape(fit(c)?),
+            Op::Transpose { .. } => Attn::Transpose(fit(c)?),
+            Op::Broadcast { .. } => Attn::Broadcast(fit(c)?),
+            Op::Concat { .. } if !c.is_empty() => Attn::Concat(c.into()),
+            Op::Concat { .. } => return None,
+            Op::Slice { .. } => Attn::Slice(fit(c)?),
+            Op::Gather { .. } => Attn::Gather(fit(c)?),
+            Op::ScatterAdd { .. } => Attn::ScatterAdd(fit(c)?),
+            Op::Embedding => Attn::Embedding(fit(c)?),
+            Op::Rope { .. } => Attn::Rope(fit(c)?),
+            Op::TopK { .. } => Attn::TopK(fit(c)?),
+            Op::CumSum { .. } => Attn::CumSum(fit(c)?),
+        })
+    }
+
+    /// Whether the first child is an attribute leaf.
+    fn has_attr(&self) -> bool {
+        !matches!(
+            self,
+            Attn::Select(_)
+                | Attn::MatMul(_)
+                | Attn::Embedding(_)
+                | Attn::Source(_)
+                | Attn::Attr(_)
+        )
+    }
+
+    /// The attribute child, for families that have one.
+    pub fn attr(&self) -> Option<Id> {
+        use egg::Language;
+        self.has_attr().then(|| self.children()[0])
+    }
+
+    /// The tensor operands, in IR order.
+    pub fn operands(&self) -> &[Id] {
+        use egg::Language;
+        let c = self.children();
+        if self.has_attr() {
+            &c[1..]
+        } else {
+            c
+        }
+    }
+
+    /// The IR op this node stands for, given its attribute (the leaf under
+    /// [`Attn::attr`]); an error when the attribute does not belong to the family.
+    pub fn to_op(&self, attr: Option<&Attr>) -> Result<Op, String> {
+        Ok(match (self, attr) {
+            (Attn::Source(s), _) => s.op(),
+            (Attn::Select(_), _) => Op::Select,
+            (Attn::MatMul(_), _) => Op::MatMul,
+            (Attn::Embedding(_), _) => Op::Embedding,
+            (Attn::Unary(_), Some(Attr::Unary(u))) => Op::Unary(*u),
+            (Attn::Binary(_), Some(Attr::Binary(b))) => Op::Binary(*b),
+            (Attn::Compare(_), Some(Attr::Compare(c))) => Op::Compare(*c),
+            (Attn::Cast(_), Some(Attr::DType(to))) => Op::Cast { to: *to },
+            (
+                Attn::Reduce(_),
+                Some(Attr::Reduce {
+                    kind,
+                    axes,
+                    keep_dims,
+                }),
+            ) => Op::Reduce {
+                kind: *kind,
+                axes: axes.clone(),
+                keep_dims: *keep_dims,
+            },
+            (Attn::Softmax(_), Some(Attr::Axis(axis))) => Op::Softmax { axis: *axis },
+            (Attn::LayerNorm(_), Some(Attr::Eps(eps))) => Op::LayerNorm { eps: eps.get() },
+            (Attn::RmsNorm(_), Some(Attr::Eps(eps))) => Op::RmsNorm { eps: eps.get() },
+            (Attn::Reshape(_), Some(Attr::Shape(shape))) => Op::Reshape {
+                shape: shape.clone(),
+            },
+            (Attn::Transpose(_), Some(Attr::Perm(perm))) => Op::Transpose { perm: perm.clone() },
+            (Attn::Broadcast(_), Some(Attr::Shape(shape))) => Op::Broadcast {
+                shape: shape.clone(),
+            },
+            (Attn::Concat(_), Some(Attr::Axis(axis))) => Op::Concat { axis: *axis },
+            (Attn::Slice(_), Some(Attr::Slice { axis, start, end })) => Op::Slice {
+                axis: *axis,
+                start: start.clone(),
+                end: end.clone(),
+            },
+            (Attn::Gather(_), Some(Attr::Axis(axis))) => Op::Gather { axis: *axis },
+            (Attn::ScatterAdd(_), Some(Attr::Axis(axis))) => Op::ScatterAdd { axis: *axis },
+            (Attn::Rope(_), Some(Attr::Theta(theta))) => Op::Rope { theta: theta.get() },
+            (Attn::TopK(_), Some(Attr::TopK { k, output })) => Op::TopK {
+                k: *k,
+                output: *output,
+            },
+            (Attn::CumSum(_), Some(Attr::Axis(axis))) => Op::CumSum { axis: *axis },
+            (node, attr) => {
+                let attr = attr.map_or("none".to_string(), Attr::to_string);
+                return Err(format!("`{node}` cannot take the attribute `{attr}`"));
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_print_and_parse_back() {
+        let attrs = [
+            Attr::Unary(UnaryOp::GeluTanh),
+            Attr::Binary(BinaryOp::Max),
+            Attr::Compare(CmpOp::Le),
+            Attr::DType(DType::F32),
+            Attr::Axis(3),
+            Attr::Reduce {
+                kind: ReduceKind::Max,
+                axes: vec![1, 2],
+                keep_dims: true,
+            },
+            Attr::Reduce {
+                kind: ReduceKind::Mean,
+                axes: vec![],
+                keep_dims: false,
+            },
+            Attr::Eps(F64::new(1e-5)),
+            Attr::Theta(F64::new(500000.0)),
+            Attr::Shape(Shape::new([Dim::sym("batch"), Dim::Const(768)])),
+            Attr::Shape(Shape::scalar()),
+            Attr::Perm(vec![0, 2, 1, 3]),
+            Attr::Slice {
+                axis: 3,
+                start: Dim::Const(0),
+                end: Dim::sym("half"),
+            },
+            Attr::TopK {
+                k: 2,
+                output: TopKOutput::Indices,
+            },
+        ];
+        for attr in attrs {
+            let text = attr.to_string();
+            assert!(!text.contains([' ', '(', ')']), "{text}");
+            assert_eq!(text.parse::<Attr>(), Ok(attr), "{text}");
+        }
+    }
+}
