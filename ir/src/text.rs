@@ -456,27 +456,30 @@ impl Cursor {
 
     /// An identifier and its column.
     fn ident(&mut self, what: &str) -> Result<(String, usize)> {
-        let col = self.col();
-        match self.peek() {
-            Some(Tok::Ident(s)) => {
-                let s = s.clone();
-                self.bump();
-                Ok((s, col))
-            }
-            _ => Err(self.expected(what)),
-        }
+        self.word(what, |t| match t {
+            Tok::Ident(s) => Some(s),
+            _ => None,
+        })
     }
 
     /// A `%name` reference and its column.
     fn reference(&mut self, what: &str) -> Result<(String, usize)> {
+        self.word(what, |t| match t {
+            Tok::Ref(s) => Some(s),
+            _ => None,
+        })
+    }
+
+    /// The text of the next token if `pick` accepts it, and its column.
+    fn word(&mut self, what: &str, pick: fn(&Tok) -> Option<&String>) -> Result<(String, usize)> {
         let col = self.col();
-        match self.peek() {
-            Some(Tok::Ref(s)) => {
+        match self.peek().and_then(pick) {
+            Some(s) => {
                 let s = s.clone();
                 self.bump();
                 Ok((s, col))
             }
-            _ => Err(self.expected(what)),
+            None => Err(self.expected(what)),
         }
     }
 
