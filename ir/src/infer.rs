@@ -187,6 +187,7 @@ fn infer_unchecked(
             }
             Ok(x.clone())
         }
+        Op::Attention(attn) => infer_attention(attn, args, dims, &describe),
         Op::MatMul => {
             let (a, b) = (args[0], args[1]);
             if a.dtype != b.dtype || a.dtype == DType::Bool {
@@ -426,6 +427,104 @@ fn check_const(value: f64, dtype: DType) -> Result<(), String> {
         return Err(format!("the constant {value} does not fit {dtype}"));
     }
     Ok(())
+}
+
+/// `q [B, H, Sq, Dk]`, `k [B, H/g, Sk, Dk]`, `v [B, H/g, Sk, Dv]` (+ a bias that
+/// broadcasts to `[B, H, Sq, Sk]`) → `[B, H, Sq, Dv]`.
+fn infer_attention(
+    attn: &crate::Attention,
+    args: &[&TensorType],
+    dims: &Dims,
+    describe: &dyn Fn(&TensorType) -> String,
+) -> Result<TensorType, String> {
+    let (q, k, v) = (args[0], args[1], args[2]);
+    let all = || {
+        let names: Vec<String> = args.iter().map(|t| describe(t)).collect();
+        names.join(", ")
+    };
+    if !q.dtype.is_float() || k.dtype != q.dtype || v.dtype != q.dtype {
+        return Err(format!(
+            "`attention` needs q, k and v of one float dtype, got {}",
+            all()
+        ));
+    }
+    if q.rank() != 4 || k.rank() != 4 || v.rank() != 4 {
+        return Err(format!(
+            "`attention` takes q, k, v as [batch, heads, seq, head_dim], got {}",
+            all()
+        ));
+    }
+    if !attn.scale.is_finite() {
+        return Err(format!(
+            "`attention` needs a finite scale, got {}",
+            attn.scale
+        ));
+    }
+    if let Some(c) = attn.softcap {
+        if !(c > 0.0 && c.is_finite()) {
+            return Err(format!("`attention` needs a positive softcap, got {c}"));
+        }
+    }
+    let (sq, sk, sv) = (
+        dims.resolve(&q.shape)?,
+        dims.resolve(&k.shape)?,
+        dims.resolve(&v.shape)?,
+    );
+    let g = attn.groups;
+    if g == 0 || sq[1] % g != 0 || sk[1] != sq[1] / g || sv[1] != sk[1] {
+        return Err(format!(
+            "`attention` with groups = {g} needs {} query heads over {} KV heads, got {}",
+            sq[1],
+            sq[1].checked_div(g).unwrap_or(0),
+            all()
+        ));
+    }
+    if sk[0] != sq[0] || sv[0] != sq[0] || sk[3] != sq[3] || sv[2] != sk[2] {
+        return Err(format!(
+            "`attention` needs q, k, v to agree on batch, k to match q's head_dim and v \
+             k's sequence, got {}",
+            all()
+        ));
+    }
+    if let Some(expr) = &attn.mask {
+        for d in expr.dim_names() {
+            if dims.get(&d).is_none() {
+                return Err(format!(
+                    "mask `{expr}` refers to `{d}`, which is neither b, h, q, k nor a bound dimension"
+                ));
+            }
+        }
+    }
+    let out = Shape(vec![
+        q.shape.0[0].clone(),
+        q.shape.0[1].clone(),
+        q.shape.0[2].clone(),
+        v.shape.0[3].clone(),
+    ]);
+    if attn.bias {
+        let bias = args[3];
+        if bias.dtype != q.dtype {
+            return Err(format!(
+                "the `attention` bias must have q's dtype, got {}",
+                describe(bias)
+            ));
+        }
+        let scores = Shape(vec![
+            q.shape.0[0].clone(),
+            q.shape.0[1].clone(),
+            q.shape.0[2].clone(),
+            k.shape.0[2].clone(),
+        ]);
+        let joint = broadcast_shapes(&[&scores, &bias.shape], dims)?;
+        if dims.resolve(&joint)? != dims.resolve(&scores)? {
+            return Err(format!(
+                "the `attention` bias {} does not broadcast to the scores {}",
+                describe(bias),
+                dims.describe(&scores)
+            ));
+        }
+    }
+    Ok(TensorType::new(out, q.dtype))
 }
 
 fn check_axis(axis: usize, rank: usize) -> Result<(), String> {

@@ -18,8 +18,8 @@
 //! - Sums (reductions, matmul, norms) add in index order.
 
 use crate::{
-    strides, BinaryOp, DType, Dims, Graph, IrError, MaskExpr, NodeId, Op, ReduceKind, Result,
-    Tensor, TopKOutput, UnaryOp,
+    strides, Attention, BinaryOp, DType, Dims, Graph, IrError, MaskExpr, NodeId, Op, ReduceKind,
+    Result, Tensor, TopKOutput, UnaryOp,
 };
 use std::borrow::Cow;
 use std::cmp::Ordering;
@@ -327,6 +327,7 @@ fn compute(graph: &Graph, op: &Op, shape: &[usize], args: &[&Tensor]) -> Result<
         Op::Rope { theta } => rope(args[0], *theta),
         Op::TopK { k, output } => topk(args[0], *k as usize, *output),
         Op::CumSum { axis } => cumsum(args[0], *axis),
+        Op::Attention(a) => attention(a, args, &graph.dims),
     })
 }
 
@@ -688,6 +689,79 @@ fn matmul(a: &Tensor, b: &Tensor, shape: &[usize]) -> Vec<f64> {
                         *o += x * y;
                     }
                 }
+            }
+        }
+    }
+    out
+}
+
+/// Keys per block of the online softmax: the interpreter runs the same recurrence as
+/// the fused kernels, so a bug in the recurrence shows up here first.
+const ATTENTION_BLOCK: usize = 64;
+
+/// Fused attention by FlashAttention's online softmax: for each query row, stream key
+/// blocks keeping the running max `m`, the running sum `l` and the unnormalised output
+/// `acc`; a new block rescales both by `exp(m_old - m_new)`. No `Sq × Sk` buffer exists
+/// (only an additive bias operand, when present, is already one).
+fn attention(a: &Attention, args: &[&Tensor], dims: &Dims) -> Vec<f64> {
+    let (q, k, v) = (args[0], args[1], args[2]);
+    let (b, h, sq, dk) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3]);
+    let (hkv, sk, dv) = (k.shape[1], k.shape[2], v.shape[3]);
+    let groups = a.groups.max(1) as usize;
+    let bias = args.get(3).map(|t| expand(t, &[b, h, sq, sk]));
+    let mut out = vec![0.0; b * h * sq * dv];
+    let mut acc = vec![0.0; dv];
+    let mut scores = [0.0; ATTENTION_BLOCK];
+    for bi in 0..b {
+        for hi in 0..h {
+            let kv = bi * hkv + hi / groups;
+            for qi in 0..sq {
+                let row = (bi * h + hi) * sq + qi;
+                let q_row = &q.data[row * dk..(row + 1) * dk];
+                let (mut m, mut l) = (f64::NEG_INFINITY, 0.0);
+                acc.fill(0.0);
+                for k0 in (0..sk).step_by(ATTENTION_BLOCK) {
+                    let k1 = (k0 + ATTENTION_BLOCK).min(sk);
+                    let mut block_max = f64::NEG_INFINITY;
+                    for ki in k0..k1 {
+                        let masked = a.mask.as_ref().is_some_and(|e| {
+                            !e.holds(bi as i64, hi as i64, qi as i64, ki as i64, dims)
+                        });
+                        let s = if masked {
+                            f64::NEG_INFINITY
+                        } else {
+                            let k_row = &k.data[(kv * sk + ki) * dk..(kv * sk + ki + 1) * dk];
+                            let dot: f64 = q_row.iter().zip(k_row).map(|(x, y)| x * y).sum();
+                            let mut s = dot * a.scale;
+                            if let Some(c) = a.softcap {
+                                s = c * (s / c).tanh();
+                            }
+                            if let Some(bias) = &bias {
+                                s += bias[row * sk + ki];
+                            }
+                            s
+                        };
+                        scores[ki - k0] = s;
+                        block_max = nan_max(block_max, s);
+                    }
+                    let m_new = nan_max(m, block_max);
+                    if m_new == f64::NEG_INFINITY {
+                        continue; // every key so far is masked
+                    }
+                    let rescale = (m - m_new).exp();
+                    l *= rescale;
+                    acc.iter_mut().for_each(|x| *x *= rescale);
+                    for ki in k0..k1 {
+                        let p = (scores[ki - k0] - m_new).exp();
+                        l += p;
+                        let v_row = &v.data[(kv * sk + ki) * dv..(kv * sk + ki + 1) * dv];
+                        acc.iter_mut().zip(v_row).for_each(|(x, &y)| *x += p * y);
+                    }
+                    m = m_new;
+                }
+                // A fully masked row has l = 0 and acc = 0: 0 / 0 is NaN, as in softmax.
+                let out_row = &mut out[row * dv..(row + 1) * dv];
+                out_row.iter_mut().zip(&acc).for_each(|(o, &x)| *o = x / l);
             }
         }
     }

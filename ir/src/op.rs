@@ -271,6 +271,44 @@ pub enum Op {
     Mask {
         expr: MaskExpr,
     },
+    /// Fused attention `(q, k, v [, bias])`; see [`Attention`].
+    Attention(Attention),
+}
+
+/// Fused, IO-aware attention: `softmax(mask(bias + cap(q·kᵀ·scale)))·v` computed block
+/// by block with an online softmax, never materialising the `Sq × Sk` scores.
+///
+/// Operands: `q [B, H, Sq, Dk]`, `k [B, H/groups, Sk, Dk]`, `v [B, H/groups, Sk, Dv]`
+/// and, when `bias` is set, an additive bias that broadcasts to `[B, H, Sq, Sk]`
+/// (ALiBi, relative positions). Query head `h` reads KV head `h / groups`, so GQA and
+/// MQA read each KV head once. The result is `[B, H, Sq, Dv]`.
+///
+/// Per score, in order: `s = scale·(q·k)`; `s = softcap·tanh(s / softcap)` when a cap
+/// is set; `s += bias`; `s = -inf` where the mask expression (over `b, h, q, k`, with
+/// `h` the query head) is false. A row with every score masked is NaN, as the plain
+/// softmax of all `-inf` is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attention {
+    pub scale: f64,
+    pub softcap: Option<f64>,
+    pub mask: Option<MaskExpr>,
+    /// Query heads per KV head (1: MHA, H/Hkv: GQA, H: MQA).
+    pub groups: u64,
+    /// Whether a fourth operand, the additive bias, is present.
+    pub bias: bool,
+}
+
+impl Attention {
+    /// Plain scaled dot-product attention over all keys, one KV head per query head.
+    pub fn new(scale: f64) -> Attention {
+        Attention {
+            scale,
+            softcap: None,
+            mask: None,
+            groups: 1,
+            bias: false,
+        }
+    }
 }
 
 impl Op {
@@ -310,6 +348,7 @@ impl Op {
             } => "topk_indices",
             Op::CumSum { .. } => "cumsum",
             Op::Mask { .. } => "mask",
+            Op::Attention(_) => "attention",
         }
     }
 
@@ -351,6 +390,7 @@ impl Op {
             | Op::Gather { .. }
             | Op::Embedding => 2,
             Op::Select | Op::LayerNorm { .. } | Op::ScatterAdd { .. } => 3,
+            Op::Attention(a) => 3 + a.bias as usize,
             Op::Concat { .. } => return None,
         })
     }

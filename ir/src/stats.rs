@@ -6,18 +6,22 @@
 //! the operands read plus the result written, at the dtype's width. Views (reshape)
 //! and sources move nothing. Counts saturate at `u64::MAX` rather than overflow.
 
-use crate::{Graph, NodeId, Op};
+use crate::{DType, Graph, NodeId, Op};
 
 /// FLOPs of one node.
 pub fn node_flops(graph: &Graph, id: NodeId) -> u64 {
-    let out: u64 = elements(graph, id);
-    let first_in = || {
-        graph
-            .operands(id)
-            .first()
-            .map_or(0, |&a| elements(graph, a))
-    };
-    match &graph.node(id).op {
+    let args: Vec<Vec<usize>> = graph.operands(id).iter().map(|&a| graph.sizes(a)).collect();
+    let args: Vec<&[usize]> = args.iter().map(Vec::as_slice).collect();
+    op_flops(&graph.node(id).op, &args, &graph.sizes(id))
+}
+
+/// FLOPs of `op` applied to operands of sizes `args`, giving a result of size `out`:
+/// the one formula per op, shared by [`node_flops`] and the cost models.
+pub fn op_flops(op: &Op, args: &[&[usize]], out: &[usize]) -> u64 {
+    let count = |s: &[usize]| s.iter().map(|&n| n as u64).product::<u64>();
+    let out_n = count(out);
+    let first_in = || args.first().map_or(0, |a| count(a));
+    match op {
         Op::Input { .. } | Op::Param { .. } | Op::Const { .. } | Op::Iota { .. } => 0,
         Op::Reshape { .. }
         | Op::Transpose { .. }
@@ -27,43 +31,59 @@ pub fn node_flops(graph: &Graph, id: NodeId) -> u64 {
         | Op::Gather { .. }
         | Op::Embedding
         | Op::Cast { .. } => 0,
-        Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Select | Op::Mask { .. } => out,
+        Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Select | Op::Mask { .. } => out_n,
         Op::Reduce { .. } | Op::CumSum { .. } => first_in(),
-        Op::ScatterAdd { .. } => graph.operands(id).get(2).map_or(0, |&u| elements(graph, u)),
+        Op::ScatterAdd { .. } => args.get(2).map_or(0, |u| count(u)),
         // max, subtract, exp, sum, divide
-        Op::Softmax { .. } => out.saturating_mul(5),
+        Op::Softmax { .. } => out_n.saturating_mul(5),
         // mean, subtract, square, mean, rsqrt, scale, shift (+ gamma, beta)
-        Op::LayerNorm { .. } => out.saturating_mul(8),
-        Op::RmsNorm { .. } => out.saturating_mul(4),
+        Op::LayerNorm { .. } => out_n.saturating_mul(8),
+        Op::RmsNorm { .. } => out_n.saturating_mul(4),
         // two multiplies and an add per element, plus the angle
-        Op::Rope { .. } => out.saturating_mul(4),
+        Op::Rope { .. } => out_n.saturating_mul(4),
         // a comparison per input element and pass
         Op::TopK { k, .. } => first_in().saturating_mul(*k),
+        // Two matmuls (q·kᵀ and p·v) plus the online softmax and masking per score.
+        Op::Attention(_) => {
+            let (q, k, v) = (args[0], args[1], args[2]);
+            let rows = (q[0] * q[1] * q[2]) as u64;
+            let per_score = 2 * (q[3] + v[3]) as u64 + 6;
+            rows.saturating_mul(k[2] as u64).saturating_mul(per_score)
+        }
         Op::MatMul => {
-            let a = graph.operands(id)[0];
-            let k = *graph.sizes(a).last().unwrap_or(&1) as u64;
-            out.saturating_mul(k).saturating_mul(2)
+            let k = *args[0].last().unwrap_or(&1) as u64;
+            out_n.saturating_mul(k).saturating_mul(2)
         }
     }
 }
 
 /// Bytes moved by one node.
 pub fn node_bytes(graph: &Graph, id: NodeId) -> u64 {
-    let node = graph.node(id);
-    if node.op.is_source() || matches!(node.op, Op::Reshape { .. }) {
-        return 0;
-    }
-    let read: u64 = graph
+    let args: Vec<(Vec<usize>, DType)> = graph
         .operands(id)
         .iter()
-        .map(|&a| elements(graph, a).saturating_mul(graph.node(a).ty.dtype.size_bytes()))
-        .fold(0, u64::saturating_add);
-    read.saturating_add(elements(graph, id).saturating_mul(node.ty.dtype.size_bytes()))
+        .map(|&a| (graph.sizes(a), graph.node(a).ty.dtype))
+        .collect();
+    let args: Vec<(&[usize], DType)> = args.iter().map(|(s, d)| (s.as_slice(), *d)).collect();
+    let node = graph.node(id);
+    op_bytes(&node.op, &args, (&graph.sizes(id), node.ty.dtype))
 }
 
-fn elements(graph: &Graph, id: NodeId) -> u64 {
-    // Each tensor is below 2^48 elements, so this product cannot overflow.
-    graph.sizes(id).iter().map(|&n| n as u64).product()
+/// Bytes `op` reads and writes: every operand once plus the result. A fused op is
+/// charged only for its own inputs and output — that is the point of fusing.
+pub fn op_bytes(op: &Op, args: &[(&[usize], DType)], out: (&[usize], DType)) -> u64 {
+    if op.is_source() || matches!(op, Op::Reshape { .. }) {
+        return 0;
+    }
+    let bytes = |(s, d): (&[usize], DType)| {
+        s.iter()
+            .map(|&n| n as u64)
+            .product::<u64>()
+            .saturating_mul(d.size_bytes())
+    };
+    args.iter()
+        .map(|&a| bytes(a))
+        .fold(bytes(out), u64::saturating_add)
 }
 
 /// Totals for one layer (`embed`, `layers.3.attn`, ...), in order of first appearance.

@@ -23,8 +23,8 @@
 //! [`IrError::Parse`] at a 1-based line and column that says what was expected.
 
 use crate::{
-    infer, BinaryOp, CmpOp, DType, Dim, Dims, Graph, GraphBuilder, IrError, MaskExpr, NodeId, Op,
-    ReduceKind, Result, Shape, TensorType, TopKOutput, UnaryOp,
+    infer, Attention, BinaryOp, CmpOp, DType, Dim, Dims, Graph, GraphBuilder, IrError, MaskExpr,
+    NodeId, Op, ReduceKind, Result, Shape, TensorType, TopKOutput, UnaryOp,
 };
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -86,7 +86,10 @@ pub(crate) fn op_text(op: &Op, operands: &str) -> String {
             s.push(' ');
             s.push_str(&quote(name));
         }
-        Op::Mask { expr } => {
+        Op::Mask { expr }
+        | Op::Attention(Attention {
+            mask: Some(expr), ..
+        }) => {
             s.push(' ');
             s.push_str(&quote(&expr.to_string()));
         }
@@ -136,6 +139,17 @@ fn attributes(op: &Op) -> Vec<(&'static str, String)> {
         ],
         Op::Rope { theta } => vec![("theta", float_text(*theta))],
         Op::TopK { k, .. } => vec![("k", k.to_string())],
+        Op::Attention(a) => {
+            let mut attrs = vec![
+                ("scale", float_text(a.scale)),
+                ("groups", a.groups.to_string()),
+            ];
+            if let Some(c) = a.softcap {
+                attrs.push(("softcap", float_text(c)));
+            }
+            attrs.push(("bias", a.bias.to_string()));
+            attrs
+        }
         Op::Input { .. }
         | Op::Param { .. }
         | Op::Const { .. }
@@ -741,6 +755,11 @@ impl Attrs<'_> {
             })
     }
 
+    /// The attribute `name` if it was written (for optional attributes).
+    fn optional(&self, name: &str) -> Option<&Value> {
+        self.items.iter().find(|a| a.name == name).map(|a| &a.value)
+    }
+
     fn what(&self, name: &str) -> String {
         format!("the attribute `{name}` of `{}`", self.op)
     }
@@ -806,6 +825,15 @@ impl Attrs<'_> {
     }
 }
 
+/// A quoted mask expression; errors point at the column inside the quotes.
+fn mask_expr(cur: &mut Cursor, expected: &str) -> Result<MaskExpr> {
+    let (text, col, cols) = cur.string(expected)?;
+    MaskExpr::parse(&text).map_err(|e| {
+        let at = cols.get(e.col.saturating_sub(1)).copied().unwrap_or(col);
+        cur.error(at, format!("in the mask expression: {}", e.message))
+    })
+}
+
 fn backticked(names: &[&str]) -> String {
     let names: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
     names.join(", ")
@@ -858,6 +886,11 @@ fn op_templates() -> Vec<Op> {
         Op::Mask {
             expr: MaskExpr::Int(0),
         },
+        // A softcap, so the template accepts the optional attribute.
+        Op::Attention(Attention {
+            softcap: Some(1.0),
+            ..Attention::new(1.0)
+        }),
     ];
     ops.extend(UnaryOp::ALL.map(Op::Unary));
     ops.extend(BinaryOp::ALL.map(Op::Binary));
@@ -928,6 +961,18 @@ fn fill(template: Op, attrs: &Attrs) -> Result<Op> {
             k: attrs.u64("k")?,
             output,
         },
+        Op::Attention(a) => Op::Attention(Attention {
+            scale: attrs.f64("scale")?,
+            groups: attrs.u64("groups")?,
+            softcap: attrs
+                .optional("softcap")
+                .map(|_| attrs.f64("softcap"))
+                .transpose()?,
+            bias: attrs
+                .optional("bias")
+                .map_or(Ok(false), |_| attrs.bool("bias"))?,
+            mask: a.mask,
+        }),
         op @ (Op::Input { .. }
         | Op::Param { .. }
         | Op::Const { .. }
@@ -1209,14 +1254,16 @@ impl Parser {
                     .scalar("a number after `const`, like `0.125` or `-inf`")?
                     .f64("the value of `const`")?,
             },
-            Op::Mask { .. } => {
-                let (text, col, cols) =
-                    cur.string("a mask expression in quotes, as in `mask \"k <= q\"`")?;
-                let expr = MaskExpr::parse(&text).map_err(|e| {
-                    let at = cols.get(e.col.saturating_sub(1)).copied().unwrap_or(col);
-                    cur.error(at, format!("in the mask expression: {}", e.message))
-                })?;
-                Op::Mask { expr }
+            Op::Mask { .. } => Op::Mask {
+                expr: mask_expr(cur, "a mask expression in quotes, as in `mask \"k <= q\"`")?,
+            },
+            // The mask of an attention is optional: a quoted expression or nothing.
+            Op::Attention(mut a) => {
+                a.mask = None;
+                if matches!(cur.peek(), Some(Tok::Str { .. })) {
+                    a.mask = Some(mask_expr(cur, "a mask expression in quotes")?);
+                }
+                Op::Attention(a)
             }
             op => op,
         })

@@ -5,6 +5,8 @@ use attnc_ir::{IrError, Op};
 
 const GPT2: &str = include_str!("../../examples/gpt2.toml");
 const LLAMA: &str = include_str!("../../examples/llama3-8b.toml");
+const MISTRAL: &str = include_str!("../../examples/mistral-7b.toml");
+const DEEPSEEK: &str = include_str!("../../examples/deepseek-v2-lite.toml");
 
 fn parse(text: &str, sets: &[&str], tiny: bool) -> Result<attnc_ir::spec::Spec, IrError> {
     let source = SpecSource {
@@ -247,4 +249,260 @@ fn alibi_and_softcap_lower() {
     assert!(g
         .node_ids()
         .all(|id| !matches!(g.node(id).op, Op::Slice { .. })));
+}
+
+fn params(graph: &attnc_ir::Graph) -> Vec<String> {
+    graph.params().iter().map(|(n, _)| n.to_string()).collect()
+}
+
+fn param_count(graph: &attnc_ir::Graph) -> u64 {
+    graph
+        .params()
+        .iter()
+        .map(|(_, id)| graph.sizes(*id).iter().map(|&n| n as u64).product::<u64>())
+        .sum()
+}
+
+/// A small MLA model, written out (not `--tiny`), with low-rank queries.
+const MLA_TINY: &str = r#"
+name = "mla-tiny"
+vocab = 50
+d_model = 24
+layers = 2
+norm = "rmsnorm"
+norm_eps = 1e-6
+position = "rope"
+
+[dims]
+batch = 2
+seq = 8
+
+[attention]
+heads = 3
+kv_lora_rank = 10
+q_lora_rank = 12
+qk_nope_head_dim = 6
+qk_rope_head_dim = 4
+v_head_dim = 5
+
+[ffn]
+kind = "swiglu"
+hidden = 32
+"#;
+
+#[test]
+fn mistral_has_a_sliding_window() {
+    let s = parse(MISTRAL, &[], false).unwrap();
+    let l = s.layer_config(0).unwrap();
+    assert_eq!(
+        l.attention.mask.unwrap().to_string(),
+        "k <= q && q - k < window"
+    );
+    let g = lower(&s).unwrap();
+    assert_eq!(g.dims.get("window"), Some(4096));
+    assert_eq!(count(&g, "mask"), 32);
+    assert_eq!(g.sizes(g.outputs()[0].1), vec![1, 8192, 32000]);
+    // 7.24B parameters (Mistral 7B v0.1).
+    assert_eq!(param_count(&g), 7_241_732_096);
+    let tiny = parse(MISTRAL, &[], true).unwrap();
+    assert_eq!(tiny.dims["window"], 16);
+    lower(&tiny).unwrap();
+}
+
+#[test]
+fn mla_fields_parse_and_resolve() {
+    let s = parse(DEEPSEEK, &[], false).unwrap();
+    let a = s.layer_config(0).unwrap().attention;
+    let m = a.mla.expect("kv_lora_rank makes the layer MLA");
+    assert_eq!(
+        m,
+        attnc_ir::spec::Mla {
+            kv_lora_rank: 512,
+            q_lora_rank: None,
+            qk_rope_head_dim: 64,
+            qk_nope_head_dim: 128,
+            v_head_dim: 128,
+        }
+    );
+    assert_eq!((a.heads, a.kv_heads, a.head_dim), (16, 16, 192));
+    assert_eq!(
+        a.scale,
+        1.0 / 192f64.sqrt(),
+        "default scale is 1/sqrt(dn+dr)"
+    );
+    // Short keys reach the new fields, and JSON round-trips them.
+    let s = parse(DEEPSEEK, &["q_lora_rank=256", "kv_lora_rank=64"], false).unwrap();
+    let m = s.layer_config(0).unwrap().attention.mla.unwrap();
+    assert_eq!((m.kv_lora_rank, m.q_lora_rank), (64, Some(256)));
+    let json = serde_json::to_string(&s).unwrap();
+    assert_eq!(
+        parse_spec(&json, Format::Json, &SpecSource::default()).unwrap(),
+        s
+    );
+    // A plain layer has no MLA.
+    assert!(parse(LLAMA, &[], false)
+        .unwrap()
+        .layer_config(0)
+        .unwrap()
+        .attention
+        .mla
+        .is_none());
+}
+
+#[test]
+fn mla_validation_errors_name_the_layer_and_field() {
+    for field in ["qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"] {
+        let text = DEEPSEEK
+            .lines()
+            .filter(|l| !l.starts_with(field))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let e = parse(&text, &[], false).unwrap_err().to_string();
+        assert!(
+            e.contains("layers.0")
+                && e.contains(&format!("`attention.{field}` is required"))
+                && e.contains("kv_lora_rank"),
+            "{e}"
+        );
+    }
+    let e = parse(DEEPSEEK, &["kv_heads=4"], false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("layers.0") && e.contains("kv_heads") && e.contains("must equal"),
+        "{e}"
+    );
+    // kv_heads equal to heads is fine.
+    parse(DEEPSEEK, &["kv_heads=16"], false).unwrap();
+    for position in ["none", "alibi"] {
+        let e = parse(DEEPSEEK, &[&format!("position={position}")], false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("layers.0") && e.contains("rope") && e.contains(position),
+            "{e}"
+        );
+    }
+    let e = parse(DEEPSEEK, &["qk_rope_head_dim=7"], false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("even") && e.contains("qk_rope_head_dim"), "{e}");
+    let e = parse(DEEPSEEK, &["v_head_dim=0"], false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("v_head_dim") && e.contains("at least 1"), "{e}");
+    let e = parse(DEEPSEEK, &["qkv_bias=true"], false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("qkv_bias") && e.contains("latent"), "{e}");
+    // MLA-only fields without kv_lora_rank are a mistake, not silently ignored.
+    let e = parse(LLAMA, &["qk_rope_head_dim=64"], false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("layers.0") && e.contains("qk_rope_head_dim") && e.contains("kv_lora_rank"),
+        "{e}"
+    );
+    // ... and the error is per layer when an override sets it.
+    let text = format!("{DEEPSEEK}\n[[override]]\nlayers = [5]\nattention = {{ kv_heads = 2 }}\n");
+    let e = parse(&text, &[], true).unwrap_err().to_string();
+    assert!(e.contains("layers.5") && e.contains("kv_heads"), "{e}");
+    // MLA dim names are derived, not free.
+    let e = parse(DEEPSEEK, &["dims.kv_lora_rank=3"], false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("derived from `attention.kv_lora_rank`"), "{e}");
+}
+
+#[test]
+fn mla_lowers_at_full_size() {
+    let g = lower(&parse(DEEPSEEK, &[], false).unwrap()).unwrap();
+    assert_eq!(count(&g, "softmax"), 27);
+    assert_eq!(count(&g, "concat"), 54);
+    assert_eq!(count(&g, "slice"), 54);
+    assert_eq!(count(&g, "rope"), 54);
+    // attn_norm, kv_norm and ffn_norm per layer, and the final norm.
+    assert_eq!(count(&g, "rms_norm"), 27 * 3 + 1);
+    assert_eq!(g.dims.get("mla_q_dim"), Some(16 * 192));
+    assert_eq!(g.dims.get("qk_head_dim"), Some(192));
+    assert_eq!(g.dims.get("head_dim"), None, "MLA does not use head_dim");
+    assert_eq!(g.sizes(g.outputs()[0].1), vec![1, 4096, 102400]);
+    // Embedding and head 2 × 209.7M, 27 × (attention 13.76M + dense SwiGLU 67.24M
+    // + norms): the real model's attention, with dense FFNs in place of its MoE.
+    assert_eq!(param_count(&g), 2_606_624_256);
+}
+
+#[test]
+fn mla_lowering_interprets() {
+    use attnc_ir::interp::{eval, Precision};
+    let s = parse(MLA_TINY, &[], false).unwrap();
+    let g = lower(&s).unwrap();
+    let names = params(&g);
+    for p in [
+        "wq_a",
+        "q_norm.weight",
+        "wq_b",
+        "wkv_a",
+        "kv_norm.weight",
+        "wk_rope",
+        "wk_b",
+        "wv_b",
+        "wo",
+    ] {
+        for layer in 0..2 {
+            let name = format!("layers.{layer}.attn.{p}");
+            assert!(names.contains(&name), "missing {name} in {names:?}");
+        }
+    }
+    assert!(!names
+        .iter()
+        .any(|n| n.ends_with(".wk") || n.ends_with(".wv")));
+    let out = eval(&g, &attnc_ir::random_bindings(&g, 3), Precision::F64).unwrap();
+    assert_eq!(out[0].shape, vec![2, 8, 50]);
+    assert!(out[0].data.iter().all(|v| v.is_finite()));
+
+    // Without q_lora_rank the query is one full-rank projection.
+    let text = MLA_TINY.replace("q_lora_rank = 12\n", "");
+    let g = lower(&parse(&text, &[], false).unwrap()).unwrap();
+    let names = params(&g);
+    assert!(names.contains(&"layers.0.attn.wq".to_string()));
+    assert!(!names
+        .iter()
+        .any(|n| n.contains("wq_a") || n.contains("q_norm")));
+    let out = eval(&g, &attnc_ir::random_bindings(&g, 3), Precision::F64).unwrap();
+    assert!(out[0].data.iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn tiny_shrinks_mla_and_keeps_pins() {
+    let tiny = parse(DEEPSEEK, &[], true).unwrap();
+    let a = tiny.layer_config(0).unwrap().attention;
+    let m = a.mla.unwrap();
+    assert_eq!(
+        (
+            m.kv_lora_rank,
+            m.q_lora_rank,
+            m.qk_nope_head_dim,
+            m.qk_rope_head_dim,
+            m.v_head_dim
+        ),
+        (16, None, 8, 4, 8)
+    );
+    assert_eq!(tiny.d_model, a.heads * m.v_head_dim);
+    assert_eq!(tiny.layers, 2);
+    let g = lower(&tiny).unwrap();
+    assert_eq!(count(&g, "concat"), 4);
+
+    let tiny = parse(DEEPSEEK, &["q_lora_rank=1536", "qk_rope_head_dim=16"], true).unwrap();
+    let m = tiny.layer_config(0).unwrap().attention.mla.unwrap();
+    assert_eq!(m.q_lora_rank, Some(1536), "pinned with --set");
+    assert_eq!(m.qk_rope_head_dim, 16, "pinned with --set");
+    assert_eq!(m.kv_lora_rank, 16);
+    // A low-rank query from the file shrinks too.
+    let text = DEEPSEEK.replace("v_head_dim = 128", "v_head_dim = 128\nq_lora_rank = 1536");
+    let tiny = parse(&text, &[], true).unwrap();
+    let m = tiny.layer_config(0).unwrap().attention.mla.unwrap();
+    assert_eq!(m.q_lora_rank, Some(16));
+    let g = lower(&tiny).unwrap();
+    assert!(params(&g).contains(&"layers.1.attn.q_norm.weight".to_string()));
 }

@@ -9,15 +9,22 @@ use egg::{Analysis, DidMerge, Id};
 /// The e-graph every pass works on.
 pub type EGraph = egg::EGraph<Attn, TypeAnalysis>;
 
-/// Holds the dims table that binds the symbolic sizes of every type in the e-graph.
+/// Holds the dims table that binds the symbolic sizes of every type in the e-graph,
+/// and the log of rule applications (the analysis is the one piece of state every
+/// applier can reach).
 #[derive(Clone, Debug, Default)]
 pub struct TypeAnalysis {
     pub dims: Dims,
+    /// `(rule, class)` for every application that changed the e-graph, in order.
+    pub fired: Vec<(egg::Symbol, Id)>,
 }
 
 impl TypeAnalysis {
     pub fn new(dims: Dims) -> TypeAnalysis {
-        TypeAnalysis { dims }
+        TypeAnalysis {
+            dims,
+            fired: Vec::new(),
+        }
     }
 
     /// Same dtype and the same concrete sizes (`attnc_ir::same_type`'s test).
@@ -47,29 +54,39 @@ pub fn attr_in(egraph: &EGraph, id: Id) -> Option<&crate::Attr> {
 /// when the node is ill-typed. Rule appliers check a candidate with this before adding
 /// it (an invalid candidate is simply not applied).
 pub fn type_of(egraph: &EGraph, node: &Attn) -> Result<Option<TensorType>, String> {
-    let dims = &egraph.analysis.dims;
+    type_with(
+        &egraph.analysis.dims,
+        node,
+        |c| attr_in(egraph, c).cloned(),
+        |c| egraph[c].data.clone(),
+    )
+}
+
+/// [`type_of`] with the children looked up by `attr` and `ty`: a candidate not yet in
+/// the e-graph is checked node by node this way.
+pub fn type_with(
+    dims: &Dims,
+    node: &Attn,
+    attr: impl Fn(Id) -> Option<crate::Attr>,
+    ty: impl Fn(Id) -> Option<TensorType>,
+) -> Result<Option<TensorType>, String> {
     match node {
         Attn::Attr(_) => Ok(None),
         Attn::Source(s) => infer(&s.op(), &[], Some(&s.ty), dims).map(Some),
         _ => {
             let attr = match node.attr() {
-                Some(id) => Some(
-                    attr_in(egraph, id)
-                        .ok_or_else(|| format!("`{node}`: first child is a tensor"))?,
-                ),
+                Some(id) => {
+                    Some(attr(id).ok_or_else(|| format!("`{node}`: first child is a tensor"))?)
+                }
                 None => None,
             };
-            let op = node.to_op(attr)?;
-            let args: Vec<&TensorType> = node
+            let op = node.to_op(attr.as_ref())?;
+            let args: Vec<TensorType> = node
                 .operands()
                 .iter()
-                .map(|&c| {
-                    egraph[c]
-                        .data
-                        .as_ref()
-                        .ok_or_else(|| format!("`{node}`: an operand is an attribute"))
-                })
+                .map(|&c| ty(c).ok_or_else(|| format!("`{node}`: an operand is an attribute")))
                 .collect::<Result<_, _>>()?;
+            let args: Vec<&TensorType> = args.iter().collect();
             infer(&op, &args, None, dims).map(Some)
         }
     }

@@ -75,12 +75,18 @@ pub fn extract(program: &Program) -> Result<Graph> {
     extract_with(program, AstSize)
 }
 
-/// The graph `cost` picks: one node per class reachable from the sources and outputs,
-/// added in a topological order (each source in the original order, then each output's
-/// operands depth first), with its class's layer, and the outputs in their order.
+/// The graph egg's tree-cost extractor picks with `cost`.
 pub fn extract_with<CF: CostFunction<Attn>>(program: &Program, cost: CF) -> Result<Graph> {
+    let extractor = Extractor::new(&program.egraph, cost);
+    build_graph(program, |id| extractor.find_best_node(id))
+}
+
+/// The graph made of the node `choose` picks in each class: one node per class
+/// reachable from the sources and outputs, added in a topological order (each source
+/// in the original order, then each output's operands depth first), with its class's
+/// layer, and the outputs in their order. A choice that forms a cycle is an error.
+pub fn build_graph<'a>(program: &'a Program, choose: impl Fn(Id) -> &'a Attn) -> Result<Graph> {
     let egraph = &program.egraph;
-    let extractor = Extractor::new(egraph, cost);
     let mut layer_of: HashMap<Id, Option<String>> = HashMap::new();
     for (id, layer) in &program.layers {
         layer_of
@@ -95,14 +101,22 @@ pub fn extract_with<CF: CostFunction<Attn>>(program: &Program, cost: CF) -> Resu
         .chain(program.outputs.iter().map(|(_, id)| id));
     // Post-order without recursion: models are deep. `(class, operands done)`.
     let mut stack: Vec<(Id, bool)> = Vec::new();
+    let mut open: std::collections::HashSet<Id> = std::collections::HashSet::new();
     for &root in roots {
         stack.push((egraph.find(root), false));
         while let Some((id, ready)) = stack.pop() {
             if built.contains_key(&id) {
                 continue;
             }
-            let node = extractor.find_best_node(id);
+            let node = choose(id);
             if !ready {
+                if !open.insert(id) {
+                    return Err(IrError::Type {
+                        layer: layer_of.get(&id).cloned().flatten(),
+                        op: node.to_string(),
+                        message: "internal error: the extracted program has a cycle".into(),
+                    });
+                }
                 stack.push((id, true));
                 for &o in node.operands().iter().rev() {
                     let o = egraph.find(o);
@@ -130,6 +144,7 @@ pub fn extract_with<CF: CostFunction<Attn>>(program: &Program, cost: CF) -> Resu
             builder.set_layer(layer_of.get(&id).cloned().flatten());
             let nid = builder.add(op, &operands, declared)?;
             built.insert(id, nid);
+            open.remove(&id);
         }
     }
     builder.set_layer(None);

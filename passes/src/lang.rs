@@ -37,6 +37,7 @@ define_language! {
         "rope" = Rope([Id; 2]),            // (rope theta=10000.0 x)
         "topk" = TopK([Id; 2]),            // (topk k=2:values x)
         "cumsum" = CumSum([Id; 2]),        // (cumsum axis=1 x)
+        "attention" = Attention(Box<[Id]>), // (attention scale=0.125;groups=4 q k v [bias])
         Source(Source),
         Attr(Attr),
     }
@@ -92,6 +93,47 @@ pub enum Attr {
         k: u64,
         output: TopKOutput,
     }, // k=2:values or k=2:indices
+    // scale=0.125;groups=4;softcap=30.0;bias;mask=k <= q (the mask last: it has spaces,
+    // and rules never spell this attribute in a pattern)
+    Attention {
+        scale: F64,
+        softcap: Option<F64>,
+        mask: Option<MaskExpr>,
+        groups: u64,
+        bias: bool,
+    },
+}
+
+impl Attr {
+    pub fn of_attention(a: &attnc_ir::Attention) -> Attr {
+        Attr::Attention {
+            scale: F64::new(a.scale),
+            softcap: a.softcap.map(F64::new),
+            mask: a.mask.clone(),
+            groups: a.groups,
+            bias: a.bias,
+        }
+    }
+
+    /// The IR form of an attention attribute.
+    pub fn attention(&self) -> Option<attnc_ir::Attention> {
+        match self {
+            Attr::Attention {
+                scale,
+                softcap,
+                mask,
+                groups,
+                bias,
+            } => Some(attnc_ir::Attention {
+                scale: scale.get(),
+                softcap: softcap.map(F64::get),
+                mask: mask.clone(),
+                groups: *groups,
+                bias: *bias,
+            }),
+            _ => None,
+        }
+    }
 }
 
 fn list(xs: &[usize]) -> String {
@@ -160,6 +202,25 @@ impl fmt::Display for Attr {
                 };
                 write!(f, "k={k}:{which}")
             }
+            Attr::Attention {
+                scale,
+                softcap,
+                mask,
+                groups,
+                bias,
+            } => {
+                write!(f, "scale={scale};groups={groups}")?;
+                if let Some(c) = softcap {
+                    write!(f, ";softcap={c}")?;
+                }
+                if *bias {
+                    f.write_str(";bias")?;
+                }
+                if let Some(m) = mask {
+                    write!(f, ";mask={m}")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -216,6 +277,33 @@ impl FromStr for Attr {
                 axis: axis.parse().map_err(|_| format!("bad axis `{axis}`"))?,
                 start: parse_dim(start)?,
                 end: parse_dim(end)?,
+            });
+        }
+        if let Some(rest) = s.strip_prefix("scale=") {
+            let (rest, mask) = match rest.split_once(";mask=") {
+                Some((rest, m)) => (rest, Some(MaskExpr::parse(m).map_err(|e| e.message)?)),
+                None => (rest, None),
+            };
+            let mut parts = rest.split(';');
+            let scale = float(parts.next().unwrap_or_default())?;
+            let mut attr = (None, None, false);
+            for part in parts {
+                if let Some(g) = part.strip_prefix("groups=") {
+                    attr.0 = Some(g.parse().map_err(|_| format!("bad groups `{g}`"))?);
+                } else if let Some(c) = part.strip_prefix("softcap=") {
+                    attr.1 = Some(float(c)?);
+                } else if part == "bias" {
+                    attr.2 = true;
+                } else {
+                    return Err(format!("`{part}` is not an attention attribute"));
+                }
+            }
+            return Ok(Attr::Attention {
+                scale,
+                groups: attr.0.ok_or("attention needs `groups=`")?,
+                softcap: attr.1,
+                bias: attr.2,
+                mask,
             });
         }
         if let Some(rest) = s.strip_prefix("k=") {
@@ -391,6 +479,7 @@ pub fn attr_of(op: &Op) -> Option<Attr> {
             k: *k,
             output: *output,
         },
+        Op::Attention(a) => Attr::of_attention(a),
     })
 }
 
@@ -431,6 +520,8 @@ impl Attn {
             Op::Rope { .. } => Attn::Rope(fit(c)?),
             Op::TopK { .. } => Attn::TopK(fit(c)?),
             Op::CumSum { .. } => Attn::CumSum(fit(c)?),
+            Op::Attention(a) if c.len() == 4 + a.bias as usize => Attn::Attention(c.into()),
+            Op::Attention(_) => return None,
         })
     }
 
@@ -511,6 +602,9 @@ impl Attn {
                 output: *output,
             },
             (Attn::CumSum(_), Some(Attr::Axis(axis))) => Op::CumSum { axis: *axis },
+            (Attn::Attention(_), Some(a @ Attr::Attention { .. })) => {
+                Op::Attention(a.attention().expect("an attention attribute"))
+            }
             (node, attr) => {
                 let attr = attr.map_or("none".to_string(), Attr::to_string);
                 return Err(format!("`{node}` cannot take the attribute `{attr}`"));
@@ -561,5 +655,14 @@ mod tests {
             assert!(!text.contains([' ', '(', ')']), "{text}");
             assert_eq!(text.parse::<Attr>(), Ok(attr), "{text}");
         }
+        let attention = Attr::Attention {
+            scale: F64::new(0.125),
+            softcap: Some(F64::new(30.0)),
+            mask: Some(MaskExpr::parse("k <= q && q - k < window").unwrap()),
+            groups: 4,
+            bias: true,
+        };
+        let text = attention.to_string();
+        assert_eq!(text.parse::<Attr>(), Ok(attention), "{text}");
     }
 }

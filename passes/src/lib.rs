@@ -1,6 +1,7 @@
 //! `attnc-passes`: the optimizer. A verified `attnc_ir::Graph` becomes an `egg`
-//! e-graph over the [`Attn`] language ([`to_egraph`]), rule families saturate it (next
-//! step), and [`extract`] rebuilds the cheapest equivalent `Graph`.
+//! e-graph over the [`Attn`] language ([`to_egraph`]), rule families saturate it
+//! ([`rules`]), a per-target roofline ([`Target`]) costs every e-node, and DAG
+//! extraction ([`DagChoice`]) rebuilds the cheapest equivalent `Graph` ([`optimize`]).
 //!
 //! Invariant: rewrites are exact; the analysis rejects any merge of differently-typed
 //! classes. Every e-class carries its `TensorType` ([`TypeAnalysis`]), and a merge of
@@ -9,10 +10,15 @@
 
 mod analysis;
 mod convert;
+mod cost;
+mod extract;
 mod lang;
+pub mod rules;
 
 pub use {
-    analysis::{attr_in, type_of, EGraph, TypeAnalysis},
-    convert::{extract, extract_with, to_egraph, Program},
+    analysis::{attr_in, type_of, type_with, EGraph, TypeAnalysis},
+    convert::{build_graph, extract, extract_with, to_egraph, Program},
+    cost::{Cost, Target, TargetKind},
+    extract::DagChoice,
     lang::{attr_of, Attn, Attr, Source, SourceKind, F64},
 };

@@ -374,15 +374,26 @@ pub(super) fn mask(em: &mut Emitter, expr: &MaskExpr, sizes: &[usize], dims: &Di
                 em.constant(0.0, Elem::I64)
             });
         }
-        let (v, kind) = mask_value(em, expr, &coords, dims);
-        match kind {
-            MaskKind::Bool => v,
-            MaskKind::Int => {
-                let zero = em.constant(0.0, Elem::I64);
-                em.cmpi("ne", &v, &zero, Elem::I64)
-            }
-        }
+        mask_holds(em, expr, &coords, dims)
     })
+}
+
+/// Whether `expr` holds at `coords` (the `i64` values of `b, h, q, k`): an `i1`, an
+/// integer-valued expression holding where it is nonzero (as [`MaskExpr::holds`]).
+pub(super) fn mask_holds(
+    em: &mut Emitter,
+    expr: &MaskExpr,
+    coords: &[String],
+    dims: &Dims,
+) -> String {
+    let (v, kind) = mask_value(em, expr, coords, dims);
+    match kind {
+        MaskKind::Bool => v,
+        MaskKind::Int => {
+            let zero = em.constant(0.0, Elem::I64);
+            em.cmpi("ne", &v, &zero, Elem::I64)
+        }
+    }
 }
 
 /// One mask subexpression: an `i64` or an `i1`. Both sides of `&&` / `||` are

@@ -34,6 +34,7 @@
 //! `tensor.empty`, slices and reshapes, `arith`, `math`), named `%vN` and located at
 //! `loc("<layer>:%<node> <op>")`. Families live in their own modules.
 
+mod attention;
 mod elementwise;
 mod emit;
 mod layout;
@@ -382,6 +383,10 @@ impl Lowering<'_> {
             Op::Gather { axis } => self.checked_gather(id, &ops[0], &ops[1], *axis, &sizes),
             Op::Embedding => self.checked_gather(id, &ops[0], &ops[1], 0, &sizes),
             Op::Rope { theta } => layout::rope(em, &ops[0], *theta),
+            Op::Attention(a) => {
+                let dims = &graph.dims;
+                attention::attention(em, a, &ops[0], &ops[1], &ops[2], ops.get(3), dims)
+            }
             // Everything else (top-k, cumsum, scatter_add and ops added to the IR after
             // this backend) is reported, never guessed at.
             _ => {

@@ -1,13 +1,14 @@
 //! Spec → IR, in textbook form.
 //!
 //! Attention is written the way a paper writes it — Q/K/V projections, heads split
-//! by reshape/transpose, K/V repeated for GQA, `softmax(mask(Q·Kᵀ·scale))·V` — and
+//! by reshape/transpose, K/V repeated for GQA (or, for MLA, up-projected from the
+//! latent and joined with the shared rotary key), `softmax(mask(Q·Kᵀ·scale))·V` — and
 //! the FFN as plain matmuls and activations. Finding the fused, sparse or linear form
 //! is the optimizer's job, so the frontend never takes a shortcut.
 
 use super::{
-    Arch, Attention, Ffn, FfnKind, LayerConfig, NormKind, NormPlacement, Position, ScoreModifier,
-    Spec,
+    Arch, Attention, Ffn, FfnKind, LayerConfig, Mla, NormKind, NormPlacement, Position,
+    ScoreModifier, Spec,
 };
 use crate::{BinaryOp, DType, Dim, Dims, Graph, GraphBuilder, IrError, NodeId, Op, Shape, UnaryOp};
 
@@ -184,7 +185,15 @@ impl Lowerer<'_> {
     }
 
     fn attention(&mut self, a: &Attention, x: NodeId, prefix: &str) -> Result<NodeId, IrError> {
-        let (batch, seq, d) = (Dim::sym("batch"), Dim::sym("seq"), Dim::sym("d_model"));
+        match &a.mla {
+            Some(m) => self.mla(a, m, x, prefix),
+            None => self.mha(a, x, prefix),
+        }
+    }
+
+    /// Multi-head, grouped-query or multi-query attention.
+    fn mha(&mut self, a: &Attention, x: NodeId, prefix: &str) -> Result<NodeId, IrError> {
+        let d = Dim::sym("d_model");
         let heads = self.dim("heads", a.heads);
         let kv_heads = self.dim("kv_heads", a.kv_heads);
         let head_dim = self.dim("head_dim", a.head_dim);
@@ -218,6 +227,105 @@ impl Lowerer<'_> {
             k = self.repeat_kv(k, a, &kv_heads, &head_dim)?;
             v = self.repeat_kv(v, a, &kv_heads, &head_dim)?;
         }
+        self.attend(a, q, k, v, &heads, &q_dim, prefix)
+    }
+
+    /// Multi-head latent attention (DeepSeek-V2), in the paper's uncompressed form:
+    /// keys and values are up-projected from the latent `c = rms_norm(x·W_kv_a)` of
+    /// rank `r`; each head's query and key are a non-rotary part of width `dn` and a
+    /// rotary part of width `dr`, the key's rotary part shared by all heads.
+    fn mla(&mut self, a: &Attention, m: &Mla, x: NodeId, prefix: &str) -> Result<NodeId, IrError> {
+        let (batch, seq, d) = (Dim::sym("batch"), Dim::sym("seq"), Dim::sym("d_model"));
+        let one = Dim::Const(1);
+        let eps = self.spec.norm_eps;
+        let theta = self.spec.rope_theta;
+        let heads = self.dim("heads", a.heads);
+        let rank = self.dim("kv_lora_rank", m.kv_lora_rank);
+        let dr = self.dim("qk_rope_head_dim", m.qk_rope_head_dim);
+        let dn = self.dim("qk_nope_head_dim", m.qk_nope_head_dim);
+        let dv = self.dim("v_head_dim", m.v_head_dim);
+        let dqk = self.dim("qk_head_dim", m.qk_head_dim());
+        let q_dim = self.dim("mla_q_dim", a.heads * m.qk_head_dim());
+        let kv_dim = self.dim("mla_kv_dim", a.heads * m.qk_nope_head_dim);
+        let v_dim = self.dim("mla_v_dim", a.heads * m.v_head_dim);
+
+        // Queries: [batch, seq, heads·(dn+dr)] -> [batch, heads, seq, dn+dr], split.
+        let q = match m.q_lora_rank {
+            None => self.linear(x, prefix, "wq", None, &d, &q_dim)?,
+            Some(qr) => {
+                let q_rank = self.dim("q_lora_rank", qr);
+                let cq = self.linear(x, prefix, "wq_a", None, &d, &q_rank)?;
+                let gamma = self.param(format!("{prefix}.q_norm.weight"), &[&q_rank])?;
+                let cq = self.op(Op::RmsNorm { eps }, &[cq, gamma])?;
+                self.linear(cq, prefix, "wq_b", None, &q_rank, &q_dim)?
+            }
+        };
+        let q = self.split_heads(q, &heads, &dqk)?;
+        let q_nope = self.op(
+            Op::Slice {
+                axis: 3,
+                start: Dim::Const(0),
+                end: dn.clone(),
+            },
+            &[q],
+        )?;
+        let q_rope = self.op(
+            Op::Slice {
+                axis: 3,
+                start: dn.clone(),
+                end: dqk.clone(),
+            },
+            &[q],
+        )?;
+        let q_rope = self.op(Op::Rope { theta }, &[q_rope])?;
+
+        // The latent: [batch, seq, r].
+        let c = self.linear(x, prefix, "wkv_a", None, &d, &rank)?;
+        let gamma = self.param(format!("{prefix}.kv_norm.weight"), &[&rank])?;
+        let c = self.op(Op::RmsNorm { eps }, &[c, gamma])?;
+
+        // The rotary key, one for all heads: [batch, 1, seq, dr].
+        let k_rope = self.linear(x, prefix, "wk_rope", None, &d, &dr)?;
+        let k_rope = self.op(
+            Op::Reshape {
+                shape: self.shape(&[&batch, &one, &seq, &dr]),
+            },
+            &[k_rope],
+        )?;
+        let k_rope = self.op(Op::Rope { theta }, &[k_rope])?;
+
+        // Keys and values up-projected from the latent: [batch, heads, seq, dn | dv].
+        let k_nope = self.linear(c, prefix, "wk_b", None, &rank, &kv_dim)?;
+        let k_nope = self.split_heads(k_nope, &heads, &dn)?;
+        let v = self.linear(c, prefix, "wv_b", None, &rank, &v_dim)?;
+        let v = self.split_heads(v, &heads, &dv)?;
+
+        let q = self.op(Op::Concat { axis: 3 }, &[q_nope, q_rope])?;
+        let k_rope = self.op(
+            Op::Broadcast {
+                shape: self.shape(&[&batch, &heads, &seq, &dr]),
+            },
+            &[k_rope],
+        )?;
+        let k = self.op(Op::Concat { axis: 3 }, &[k_nope, k_rope])?;
+        self.attend(a, q, k, v, &heads, &v_dim, prefix)
+    }
+
+    /// The tail shared by every attention form: `softmax(mask(modify(q·kᵀ·scale)))·v`,
+    /// heads merged back to `[batch, seq, out_dim]` and projected by `wo`. `q`, `k`
+    /// and `v` are `[batch, heads, seq, ·]` with one key/value head per query head.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &mut self,
+        a: &Attention,
+        q: NodeId,
+        k: NodeId,
+        v: NodeId,
+        heads: &Dim,
+        out_dim: &Dim,
+        prefix: &str,
+    ) -> Result<NodeId, IrError> {
+        let (batch, seq, d) = (Dim::sym("batch"), Dim::sym("seq"), Dim::sym("d_model"));
         let kt = self.op(
             Op::Transpose {
                 perm: vec![0, 1, 3, 2],
@@ -234,7 +342,7 @@ impl Lowerer<'_> {
             s = self.bin(BinaryOp::Mul, t, c)?;
         }
         if self.spec.position == Position::Alibi {
-            let bias = self.alibi(a.heads, &heads, &seq)?;
+            let bias = self.alibi(a.heads, heads, &seq)?;
             s = self.bin(BinaryOp::Add, s, bias)?;
         }
         if let Some(expr) = &a.mask {
@@ -268,12 +376,12 @@ impl Lowerer<'_> {
         )?;
         let o = self.op(
             Op::Reshape {
-                shape: self.shape(&[&batch, &seq, &q_dim]),
+                shape: self.shape(&[&batch, &seq, out_dim]),
             },
             &[o],
         )?;
         let out_bias = a.out_bias.then_some("bo");
-        self.linear(o, prefix, "wo", out_bias, &q_dim, &d)
+        self.linear(o, prefix, "wo", out_bias, out_dim, &d)
     }
 
     fn split_heads(&mut self, x: NodeId, heads: &Dim, head_dim: &Dim) -> Result<NodeId, IrError> {

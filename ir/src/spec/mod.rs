@@ -158,6 +158,24 @@ pub struct AttentionFields {
     pub qkv_bias: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub out_bias: Option<bool>,
+    /// Multi-head latent attention (DeepSeek-V2): the rank `r` of the joint key/value
+    /// latent `c = rms_norm(x·W_kv_a)`. Setting it turns the layer into MLA, which
+    /// then needs `qk_nope_head_dim`, `qk_rope_head_dim` and `v_head_dim`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kv_lora_rank: Option<u64>,
+    /// MLA only: the rank of the low-rank query projection. Unset: a full `W_q`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub q_lora_rank: Option<u64>,
+    /// MLA only: per-head width of the rotary part of queries and keys (the key part
+    /// is shared by all heads).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qk_rope_head_dim: Option<u64>,
+    /// MLA only: per-head width of the non-rotary part of queries and keys.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qk_nope_head_dim: Option<u64>,
+    /// MLA only: per-head width of the values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub v_head_dim: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -234,6 +252,11 @@ pub const ATTENTION_FIELDS: &[&str] = &[
     "scale",
     "qkv_bias",
     "out_bias",
+    "kv_lora_rank",
+    "q_lora_rank",
+    "qk_rope_head_dim",
+    "qk_nope_head_dim",
+    "v_head_dim",
 ];
 pub const FFN_FIELDS: &[&str] = &[
     "kind",
@@ -261,6 +284,11 @@ impl AttentionFields {
             scale: over.scale.or(self.scale),
             qkv_bias: over.qkv_bias.or(self.qkv_bias),
             out_bias: over.out_bias.or(self.out_bias),
+            kv_lora_rank: over.kv_lora_rank.or(self.kv_lora_rank),
+            q_lora_rank: over.q_lora_rank.or(self.q_lora_rank),
+            qk_rope_head_dim: over.qk_rope_head_dim.or(self.qk_rope_head_dim),
+            qk_nope_head_dim: over.qk_nope_head_dim.or(self.qk_nope_head_dim),
+            v_head_dim: over.v_head_dim.or(self.v_head_dim),
         }
     }
 }
@@ -292,13 +320,40 @@ pub enum ScoreModifier {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Attention {
     pub heads: u64,
+    /// Equal to `heads` for MLA.
     pub kv_heads: u64,
+    /// For MLA, the query/key head width `qk_nope_head_dim + qk_rope_head_dim`
+    /// (`attention.head_dim` is not used by MLA).
     pub head_dim: u64,
     pub mask: Option<MaskExpr>,
     pub score_modifier: ScoreModifier,
     pub scale: f64,
     pub qkv_bias: bool,
     pub out_bias: bool,
+    /// Set for multi-head latent attention.
+    pub mla: Option<Mla>,
+}
+
+/// The resolved multi-head latent attention (DeepSeek-V2) sizes of one layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mla {
+    /// Rank `r` of the joint key/value latent.
+    pub kv_lora_rank: u64,
+    /// Rank of the low-rank query projection, when queries are low-rank.
+    pub q_lora_rank: Option<u64>,
+    /// `dr`: per-head rotary width of queries and (shared) keys.
+    pub qk_rope_head_dim: u64,
+    /// `dn`: per-head non-rotary width of queries and keys.
+    pub qk_nope_head_dim: u64,
+    /// `dv`: per-head value width.
+    pub v_head_dim: u64,
+}
+
+impl Mla {
+    /// `dn + dr`, the width of one query/key head.
+    pub fn qk_head_dim(&self) -> u64 {
+        self.qk_nope_head_dim + self.qk_rope_head_dim
+    }
 }
 
 /// The resolved feed-forward block of one layer.
@@ -330,6 +385,21 @@ const RESERVED_DIMS: &[(&str, &str)] = &[
     ("q_dim", "`attention.heads × head_dim`"),
     ("kv_dim", "`attention.kv_heads × head_dim`"),
     ("kv_group", "`attention.heads / kv_heads`"),
+    ("kv_lora_rank", "`attention.kv_lora_rank`"),
+    ("q_lora_rank", "`attention.q_lora_rank`"),
+    ("qk_rope_head_dim", "`attention.qk_rope_head_dim`"),
+    ("qk_nope_head_dim", "`attention.qk_nope_head_dim`"),
+    ("v_head_dim", "`attention.v_head_dim`"),
+    (
+        "qk_head_dim",
+        "`attention.qk_nope_head_dim + qk_rope_head_dim`",
+    ),
+    (
+        "mla_q_dim",
+        "`attention.heads × (qk_nope_head_dim + qk_rope_head_dim)`",
+    ),
+    ("mla_kv_dim", "`attention.heads × qk_nope_head_dim`"),
+    ("mla_v_dim", "`attention.heads × v_head_dim`"),
     ("ffn_hidden", "`ffn.hidden`"),
 ];
 
@@ -490,22 +560,24 @@ impl Spec {
         let heads = positive("attention.heads", attention.heads)?
             .ok_or_else(|| err("`attention.heads` is required".into()))?;
         let kv_heads = positive("attention.kv_heads", attention.kv_heads)?.unwrap_or(heads);
+        let mla = self.mla(&attention, heads, kv_heads, &err)?;
         if heads % kv_heads != 0 {
             return Err(err(format!(
                 "`attention.heads` ({heads}) must be a multiple of `attention.kv_heads` ({kv_heads})"
             )));
         }
-        let head_dim = match positive("attention.head_dim", attention.head_dim)? {
-            Some(d) => d,
-            None if self.d_model.is_multiple_of(heads) => self.d_model / heads,
-            None => {
+        let head_dim = match (mla, positive("attention.head_dim", attention.head_dim)?) {
+            (Some(m), _) => m.qk_head_dim(),
+            (None, Some(d)) => d,
+            (None, None) if self.d_model.is_multiple_of(heads) => self.d_model / heads,
+            (None, None) => {
                 return Err(err(format!(
                     "`d_model` ({}) is not divisible by `attention.heads` ({heads}): set `attention.head_dim`",
                     self.d_model
                 )))
             }
         };
-        if self.position == Position::Rope && head_dim % 2 != 0 {
+        if self.position == Position::Rope && mla.is_none() && head_dim % 2 != 0 {
             return Err(err(format!(
                 "RoPE needs an even `attention.head_dim`, got {head_dim}"
             )));
@@ -530,6 +602,7 @@ impl Spec {
         };
         let score_modifier = parse_score_modifier(attention.score_modifier.as_deref())
             .map_err(|m| err(format!("`attention.score_modifier`: {m}")))?;
+        // For MLA `head_dim` is `dn + dr`, so this is `1/sqrt(dn + dr)`.
         let scale = attention.scale.unwrap_or(1.0 / (head_dim as f64).sqrt());
         if !scale.is_finite() {
             return Err(err(format!(
@@ -553,6 +626,7 @@ impl Spec {
                 scale,
                 qkv_bias: attention.qkv_bias.unwrap_or(false),
                 out_bias: attention.out_bias.unwrap_or(false),
+                mla,
             },
             ffn: Ffn {
                 kind: ffn_kind,
@@ -560,6 +634,85 @@ impl Spec {
                 bias: ffn.bias.unwrap_or(false),
             },
         })
+    }
+}
+
+impl Spec {
+    /// The MLA sizes of a layer's merged attention fields: `None` unless
+    /// `kv_lora_rank` is set, an error when the MLA fields are inconsistent.
+    fn mla(
+        &self,
+        a: &AttentionFields,
+        heads: u64,
+        kv_heads: u64,
+        err: &dyn Fn(String) -> IrError,
+    ) -> Result<Option<Mla>, IrError> {
+        let size = |name: &str, v: Option<u64>| -> Result<Option<u64>, IrError> {
+            match v {
+                Some(0) => Err(err(format!("`attention.{name}` must be at least 1"))),
+                Some(v) if v > MAX_DIM => {
+                    Err(err(format!("`attention.{name}` = {v} is too large")))
+                }
+                v => Ok(v),
+            }
+        };
+        let q_lora_rank = size("q_lora_rank", a.q_lora_rank)?;
+        let dr = size("qk_rope_head_dim", a.qk_rope_head_dim)?;
+        let dn = size("qk_nope_head_dim", a.qk_nope_head_dim)?;
+        let dv = size("v_head_dim", a.v_head_dim)?;
+        let Some(rank) = size("kv_lora_rank", a.kv_lora_rank)? else {
+            let stray = [
+                ("q_lora_rank", q_lora_rank),
+                ("qk_rope_head_dim", dr),
+                ("qk_nope_head_dim", dn),
+                ("v_head_dim", dv),
+            ];
+            if let Some((name, _)) = stray.iter().find(|(_, v)| v.is_some()) {
+                return Err(err(format!(
+                    "`attention.{name}` is a multi-head latent attention (MLA) field: set `attention.kv_lora_rank` to use MLA, or remove it"
+                )));
+            }
+            return Ok(None);
+        };
+        let required = |name: &str, v: Option<u64>| {
+            v.ok_or_else(|| {
+                err(format!(
+                    "`attention.{name}` is required with `attention.kv_lora_rank` (multi-head latent attention)"
+                ))
+            })
+        };
+        let qk_nope_head_dim = required("qk_nope_head_dim", dn)?;
+        let qk_rope_head_dim = required("qk_rope_head_dim", dr)?;
+        let v_head_dim = required("v_head_dim", dv)?;
+        if kv_heads != heads {
+            return Err(err(format!(
+                "multi-head latent attention (`attention.kv_lora_rank`) has one key/value head per query head: `attention.kv_heads` ({kv_heads}) must equal `attention.heads` ({heads}) or be unset"
+            )));
+        }
+        if self.position != Position::Rope {
+            // The variant names are the spec's spellings, lowercased.
+            let p = format!("{:?}", self.position).to_lowercase();
+            return Err(err(format!(
+                "multi-head latent attention (`attention.kv_lora_rank`) needs `position = \"rope\"`, got {p:?}"
+            )));
+        }
+        if qk_rope_head_dim % 2 != 0 {
+            return Err(err(format!(
+                "RoPE needs an even `attention.qk_rope_head_dim`, got {qk_rope_head_dim}"
+            )));
+        }
+        if a.qkv_bias == Some(true) {
+            return Err(err(
+                "`attention.qkv_bias` is not supported with multi-head latent attention (`attention.kv_lora_rank`)".into(),
+            ));
+        }
+        Ok(Some(Mla {
+            kv_lora_rank: rank,
+            q_lora_rank,
+            qk_rope_head_dim,
+            qk_nope_head_dim,
+            v_head_dim,
+        }))
     }
 }
 

@@ -1,7 +1,7 @@
 //! `--tiny`: shrink a real-size spec to a structurally identical small model.
 //!
 //! Kept: the layer pattern and kinds, arch, norm and position kinds, head/KV-group
-//! ratios, the FFN width ratio, mask expressions (with the dimensions they use scaled
+//! ratios, MLA (latent ranks and head widths shrunk), the FFN width ratio, mask expressions (with the dimensions they use scaled
 //! by the same factor as the sequence), biases and modifiers. Shrunk: every size.
 //! Values the user pinned with `--set` are left as set.
 
@@ -14,6 +14,11 @@ const TINY_HEAD_DIM: u64 = 8;
 const TINY_MAX_KV_HEADS: u64 = 2;
 const TINY_VOCAB: u64 = 97;
 const TINY_LAYERS: u64 = 2;
+/// Multi-head latent attention: latent ranks and the per-head widths.
+const TINY_LORA_RANK: u64 = 16;
+const TINY_NOPE_HEAD_DIM: u64 = 8;
+const TINY_ROPE_HEAD_DIM: u64 = 4;
+const TINY_V_HEAD_DIM: u64 = 8;
 
 impl Spec {
     pub(super) fn tiny(&self, pinned: &[String]) -> Spec {
@@ -114,10 +119,14 @@ impl Spec {
     fn base_heads(&self) -> (u64, u64, u64) {
         let heads = self.attention.heads.unwrap_or(1).max(1);
         let kv = self.attention.kv_heads.unwrap_or(heads).max(1);
-        let hd = self
-            .attention
-            .head_dim
-            .unwrap_or((self.d_model / heads).max(1));
+        // MLA's attention width (into `wo`) is `heads × v_head_dim`.
+        let hd = match (self.attention.kv_lora_rank, self.attention.v_head_dim) {
+            (Some(_), Some(dv)) => dv,
+            _ => self
+                .attention
+                .head_dim
+                .unwrap_or((self.d_model / heads).max(1)),
+        };
         (heads, kv, hd)
     }
 }
@@ -140,6 +149,25 @@ fn shrink_attention(a: &mut AttentionFields, pinned: &[String], at: &str) {
     if let Some(d) = a.head_dim.filter(|_| free("head_dim")) {
         a.head_dim = Some(d.min(TINY_HEAD_DIM));
     }
+    let shrink = |v: &mut Option<u64>, field: &str, tiny: u64| {
+        if free(field) {
+            *v = v.map(|n| n.min(tiny));
+        }
+    };
+    shrink(&mut a.kv_lora_rank, "kv_lora_rank", TINY_LORA_RANK);
+    shrink(&mut a.q_lora_rank, "q_lora_rank", TINY_LORA_RANK);
+    shrink(
+        &mut a.qk_nope_head_dim,
+        "qk_nope_head_dim",
+        TINY_NOPE_HEAD_DIM,
+    );
+    // Even stays even: RoPE pairs the rotary width.
+    shrink(
+        &mut a.qk_rope_head_dim,
+        "qk_rope_head_dim",
+        TINY_ROPE_HEAD_DIM,
+    );
+    shrink(&mut a.v_head_dim, "v_head_dim", TINY_V_HEAD_DIM);
 }
 
 fn shrink_ffn(f: &mut FfnFields, d_ratio: f64, pinned: &[String], at: &str) {

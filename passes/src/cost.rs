@@ -1,0 +1,249 @@
+//! Cost models: a roofline per target. An op costs `max(FLOPs / peak, bytes /
+//! bandwidth)` plus a launch overhead per kernel (GPU); every op is its own kernel,
+//! so a fused op is charged only for its own inputs and output. The target's numbers
+//! come from a TOML description ([`Target`]); the defaults ship in `passes/targets/`.
+//!
+//! Costs are pure arithmetic on shapes: deterministic, so they can sit in snapshots.
+
+use crate::{Attn, EGraph};
+use attnc_ir::{op_bytes, op_flops, DType, Op, TensorType};
+use serde::Deserialize;
+use std::cmp::Ordering;
+use std::fmt;
+
+/// Estimated run time in nanoseconds. Ordered totally (`f64::total_cmp`); infinity
+/// marks a node that cannot be costed (an ill-typed candidate is never chosen).
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub struct Cost(pub f64);
+
+impl Cost {
+    pub const INFINITE: Cost = Cost(f64::INFINITY);
+
+    pub fn ns(self) -> f64 {
+        self.0
+    }
+}
+
+impl Eq for Cost {}
+
+impl Ord for Cost {
+    fn cmp(&self, other: &Cost) -> Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+impl PartialOrd for Cost {
+    fn partial_cmp(&self, other: &Cost) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl std::ops::Add for Cost {
+    type Output = Cost;
+    fn add(self, other: Cost) -> Cost {
+        Cost(self.0 + other.0)
+    }
+}
+
+impl std::iter::Sum for Cost {
+    fn sum<I: Iterator<Item = Cost>>(iter: I) -> Cost {
+        iter.fold(Cost(0.0), |a, b| a + b)
+    }
+}
+
+/// `1.234 ms`: four significant digits in the largest unit below the value.
+impl fmt::Display for Cost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ns = self.0;
+        if !ns.is_finite() {
+            return f.write_str("inf");
+        }
+        let (v, unit) = if ns >= 1e9 {
+            (ns / 1e9, "s")
+        } else if ns >= 1e6 {
+            (ns / 1e6, "ms")
+        } else if ns >= 1e3 {
+            (ns / 1e3, "us")
+        } else {
+            (ns, "ns")
+        };
+        let digits = if v >= 100.0 {
+            1
+        } else if v >= 10.0 {
+            2
+        } else {
+            3
+        };
+        write!(f, "{v:.digits$} {unit}")
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    Cpu,
+    Gpu,
+}
+
+/// A machine for the cost model, read from TOML (see `passes/targets/*.toml`).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub name: String,
+    pub kind: TargetKind,
+    pub cores: u64,
+    /// Dense contractions (matmul, attention) at f32 and wider.
+    pub matmul_gflops: f64,
+    /// Dense contractions at f16/bf16; defaults to `matmul_gflops`.
+    #[serde(default)]
+    pub half_matmul_gflops: Option<f64>,
+    /// Elementwise and reduction work.
+    pub vector_gflops: f64,
+    pub bandwidth_gbs: f64,
+    /// Fixed cost of launching one kernel.
+    pub launch_us: f64,
+}
+
+/// The shipped targets: `cpu` (this kind of x86 server), `h100`, `h200`.
+const SHIPPED: [(&str, &str); 3] = [
+    ("cpu", include_str!("../targets/cpu.toml")),
+    ("h100", include_str!("../targets/h100.toml")),
+    ("h200", include_str!("../targets/h200.toml")),
+];
+
+impl Target {
+    /// A shipped target by name; `gpu` means the H200.
+    pub fn named(name: &str) -> Option<Target> {
+        let name = if name == "gpu" { "h200" } else { name };
+        let (_, text) = SHIPPED.iter().find(|(n, _)| *n == name)?;
+        // The shipped files are tested to parse.
+        Target::from_toml(text).ok()
+    }
+
+    pub fn names() -> Vec<&'static str> {
+        SHIPPED.iter().map(|(n, _)| *n).collect()
+    }
+
+    pub fn cpu() -> Target {
+        Target::named("cpu").expect("the shipped cpu target parses")
+    }
+
+    pub fn from_toml(text: &str) -> Result<Target, String> {
+        let t: Target = toml::from_str(text).map_err(|e| e.to_string())?;
+        let rates = [
+            ("matmul_gflops", t.matmul_gflops),
+            ("vector_gflops", t.vector_gflops),
+            ("bandwidth_gbs", t.bandwidth_gbs),
+        ];
+        for (name, v) in rates {
+            if !(v > 0.0 && v.is_finite()) {
+                return Err(format!("`{name}` must be a positive number, got {v}"));
+            }
+        }
+        if !(t.launch_us >= 0.0 && t.launch_us.is_finite()) {
+            return Err(format!("`launch_us` must be >= 0, got {}", t.launch_us));
+        }
+        Ok(t)
+    }
+
+    /// Roofline time of `op` on operands `args` giving `out`, sizes resolved.
+    pub fn op_cost(&self, op: &Op, args: &[(&[usize], DType)], out: (&[usize], DType)) -> Cost {
+        if op.is_source() {
+            return Cost(0.0);
+        }
+        let sizes: Vec<&[usize]> = args.iter().map(|a| a.0).collect();
+        let flops = op_flops(op, &sizes, out.0) as f64;
+        let bytes = op_bytes(op, args, out) as f64;
+        // A reshape is a view: no kernel, no traffic.
+        if matches!(op, Op::Reshape { .. }) {
+            return Cost(0.0);
+        }
+        let half = matches!(out.1, DType::F16 | DType::BF16);
+        let peak = match op {
+            Op::MatMul | Op::Attention(_) if half => {
+                self.half_matmul_gflops.unwrap_or(self.matmul_gflops)
+            }
+            Op::MatMul | Op::Attention(_) => self.matmul_gflops,
+            _ => self.vector_gflops,
+        };
+        // GFLOP/s and GB/s are FLOPs and bytes per nanosecond.
+        let compute = flops / peak;
+        let memory = bytes / self.bandwidth_gbs;
+        Cost(compute.max(memory) + self.launch_us * 1e3)
+    }
+
+    /// The cost of `node`, a member of class `class`; operand types come from the
+    /// analysis.
+    pub fn node_cost(&self, egraph: &EGraph, class: egg::Id, node: &Attn) -> Cost {
+        match &egraph[class].data {
+            Some(ty) => self.node_cost_typed(egraph, node, ty),
+            None => Cost(0.0),
+        }
+    }
+
+    /// The cost of `node` whose result type is `ty`.
+    pub fn node_cost_typed(&self, egraph: &EGraph, node: &Attn, ty: &TensorType) -> Cost {
+        let dims = &egraph.analysis.dims;
+        let op = match node {
+            Attn::Attr(_) => return Cost(0.0),
+            Attn::Source(_) => return Cost(0.0),
+            _ => {
+                let attr = node.attr().and_then(|a| crate::attr_in(egraph, a));
+                match node.to_op(attr) {
+                    Ok(op) => op,
+                    Err(_) => return Cost::INFINITE,
+                }
+            }
+        };
+        let mut args = Vec::new();
+        for &c in node.operands() {
+            let Some(t) = &egraph[c].data else {
+                return Cost::INFINITE;
+            };
+            match dims.resolve(&t.shape) {
+                Ok(s) => args.push((s.iter().map(|&n| n as usize).collect::<Vec<_>>(), t.dtype)),
+                Err(_) => return Cost::INFINITE,
+            }
+        }
+        let Ok(out) = dims.resolve(&ty.shape) else {
+            return Cost::INFINITE;
+        };
+        let out: Vec<usize> = out.iter().map(|&n| n as usize).collect();
+        let args: Vec<(&[usize], DType)> = args.iter().map(|(s, d)| (s.as_slice(), *d)).collect();
+        self.op_cost(&op, &args, (&out, ty.dtype))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_targets_parse() {
+        for name in Target::names() {
+            let t = Target::named(name).unwrap_or_else(|| panic!("{name} does not parse"));
+            assert_eq!(t.name, name);
+        }
+        assert_eq!(Target::named("gpu").map(|t| t.name), Some("h200".into()));
+        assert!(Target::from_toml("name = \"x\"").is_err());
+    }
+
+    #[test]
+    fn roofline_takes_the_slower_bound() {
+        let t = Target::cpu();
+        // 512^3 matmul: 268 MFLOP over 3 MiB: compute-bound on this target.
+        let a: &[usize] = &[512, 512];
+        let c = t.op_cost(
+            &Op::MatMul,
+            &[(a, DType::F32), (a, DType::F32)],
+            (a, DType::F32),
+        );
+        let flops = 2.0 * 512f64.powi(3);
+        assert_eq!(c.ns(), flops / t.matmul_gflops);
+        // An add moves 3 MiB for 262k FLOPs: memory-bound.
+        let add = Op::Binary(attnc_ir::BinaryOp::Add);
+        let c = t.op_cost(&add, &[(a, DType::F32), (a, DType::F32)], (a, DType::F32));
+        assert_eq!(c.ns(), 3.0 * 512.0 * 512.0 * 4.0 / t.bandwidth_gbs);
+        assert_eq!(Cost(1234567.0).to_string(), "1.235 ms");
+    }
+}
