@@ -13,6 +13,9 @@ use std::time::Instant;
 
 pub use attnc_backends as backends;
 pub use attnc_ir as ir;
+pub use attnc_passes as passes;
+
+use attnc_passes::{Options, RuleSelection, Target};
 
 /// A driver error: one line (or a few) for the user, already naming file and layer.
 #[derive(Debug)]
@@ -50,67 +53,177 @@ pub fn load(path: &Path, source: &SpecSource) -> Result<Graph> {
     spec::lower(&spec).map_err(|e| err(format!("{shown}: {e}")))
 }
 
+/// What the optimizer does: the target whose cost model decides, and the rules.
+#[derive(Clone, Debug)]
+pub struct OptimizeOptions {
+    pub target: Target,
+    pub rules: RuleSelection,
+}
+
+impl Default for OptimizeOptions {
+    fn default() -> OptimizeOptions {
+        OptimizeOptions {
+            target: Target::cpu(),
+            rules: RuleSelection::all(),
+        }
+    }
+}
+
+impl OptimizeOptions {
+    fn passes(&self) -> Options {
+        let mut o = Options::new(self.target.clone());
+        o.rules = self.rules.clone();
+        o
+    }
+}
+
+/// A target by name (`cpu`, `gpu` = `h200`, `h100`, `h200`) or a TOML description file.
+pub fn target(name: &str) -> Result<Target> {
+    if let Some(t) = Target::named(name) {
+        return Ok(t);
+    }
+    if name.ends_with(".toml") {
+        let text = std::fs::read_to_string(name)
+            .map_err(|e| err(format!("{name}: cannot read the target description: {e}")))?;
+        return Target::from_toml(&text).map_err(|e| err(format!("{name}: {e}")));
+    }
+    Err(err(format!(
+        "unknown target `{name}`; expected one of {} (gpu means h200) or a target .toml file",
+        Target::names().join(", ")
+    )))
+}
+
+/// `--rules` text to a selection.
+pub fn rules(text: &str) -> Result<RuleSelection> {
+    RuleSelection::parse(text).map_err(|e| err(format!("--rules: {e}")))
+}
+
+/// Saturate, cost and extract: the optimized graph and what happened.
+pub fn optimize(graph: &Graph, options: &OptimizeOptions) -> Result<passes::Optimized> {
+    passes::optimize(graph, &options.passes()).map_err(|e| err(format!("optimizer: {e}")))
+}
+
 /// What `compile --emit` writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Emit {
     Ir,
+    OptIr,
     Mlir,
     Llvm,
     Dot,
 }
 
-pub fn compile(graph: &Graph, emit: Emit) -> Result<String> {
+/// `ir` and `dot` show the graph as written; `opt-ir`, `mlir` and `llvm` the optimized one.
+pub fn compile(graph: &Graph, emit: Emit, options: &OptimizeOptions) -> Result<String> {
     Ok(match emit {
         Emit::Ir => attnc_ir::print(graph),
         Emit::Dot => attnc_ir::to_dot(graph),
-        Emit::Mlir => backends::emit_mlir(graph).map_err(|e| err(e.to_string()))?,
-        Emit::Llvm => backends::emit_llvm_ir(graph).map_err(|e| err(e.to_string()))?,
+        Emit::OptIr => {
+            let opt = optimize(graph, options)?;
+            let r = &opt.report;
+            let mut text = format!(
+                "# optimized for {}: estimated {} -> {}\n",
+                r.target,
+                passes::Cost(r.cost_before),
+                passes::Cost(r.cost_after)
+            );
+            let fired: Vec<String> = r.fired.iter().map(|(n, c)| format!("{n}×{c}")).collect();
+            text += &format!(
+                "# rules fired: {}\n",
+                if fired.is_empty() {
+                    "none".into()
+                } else {
+                    fired.join(", ")
+                }
+            );
+            text + &attnc_ir::print(&opt.graph)
+        }
+        Emit::Mlir | Emit::Llvm => {
+            if options.target.kind != passes::TargetKind::Cpu {
+                return Err(err(format!(
+                    "--emit mlir/llvm are CPU outputs; target `{}` is a GPU, whose backend is not built yet",
+                    options.target.name
+                )));
+            }
+            let opt = optimize(graph, options)?;
+            match emit {
+                Emit::Mlir => backends::emit_mlir(&opt.graph),
+                _ => backends::emit_llvm_ir(&opt.graph),
+            }
+            .map_err(|e| err(e.to_string()))?
+        }
     })
-}
-
-/// Per-layer statistics for `inspect`.
-#[derive(Clone, Debug, Serialize)]
-pub struct LayerReport {
-    pub name: String,
-    pub ops: Vec<String>,
-    pub flops: u64,
-    pub bytes: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct InspectReport {
     pub model: String,
+    pub target: String,
     pub nodes: usize,
     pub params: usize,
     pub param_elements: u64,
-    pub layers: Vec<LayerReport>,
     pub flops: u64,
     pub bytes: u64,
+    pub flops_after: u64,
+    pub bytes_after: u64,
+    /// Estimated time on the target before and after, nanoseconds.
+    pub cost_before: f64,
+    pub cost_after: f64,
+    pub layers: Vec<passes::LayerReport>,
+    pub egraph_nodes: usize,
+    pub egraph_classes: usize,
+    pub iterations: usize,
+    pub stop_reason: String,
+    pub saturation_ms: f64,
+    pub extraction_ms: f64,
+    /// `(rule, applications)` over the whole model.
+    pub fired: Vec<(String, usize)>,
 }
 
-pub fn inspect(graph: &Graph) -> InspectReport {
-    let layers: Vec<LayerReport> = attnc_ir::layer_stats(graph)
-        .into_iter()
-        .map(|l| LayerReport {
-            name: l.name,
-            ops: l.ops,
-            flops: l.flops,
-            bytes: l.bytes,
-        })
-        .collect();
+pub fn inspect(graph: &Graph, options: &OptimizeOptions) -> Result<InspectReport> {
+    let opt = optimize(graph, options)?;
+    let r = opt.report;
     let params = graph.params();
-    InspectReport {
+    let sum =
+        |f: fn(&passes::LayerReport) -> u64| r.layers.iter().map(f).fold(0, u64::saturating_add);
+    Ok(InspectReport {
         model: graph.name.clone(),
+        target: r.target.clone(),
         nodes: graph.len(),
         params: params.len(),
         param_elements: params
             .iter()
             .map(|(_, id)| graph.sizes(*id).iter().map(|&n| n as u64).product::<u64>())
             .fold(0, u64::saturating_add),
-        flops: layers.iter().map(|l| l.flops).fold(0, u64::saturating_add),
-        bytes: layers.iter().map(|l| l.bytes).fold(0, u64::saturating_add),
-        layers,
-    }
+        flops: sum(|l| l.flops_before),
+        bytes: sum(|l| l.bytes_before),
+        flops_after: sum(|l| l.flops_after),
+        bytes_after: sum(|l| l.bytes_after),
+        cost_before: r.cost_before,
+        cost_after: r.cost_after,
+        egraph_nodes: r.egraph_nodes,
+        egraph_classes: r.egraph_classes,
+        iterations: r.iterations,
+        stop_reason: r.stop_reason,
+        saturation_ms: r.saturation_ms,
+        extraction_ms: r.extraction_ms,
+        fired: r.fired,
+        layers: r.layers,
+    })
+}
+
+/// The rewrite chain for one layer: `layer` is a layer name or a number `N`, meaning
+/// `layers.N.attn`.
+pub fn explain(
+    graph: &Graph,
+    layer: &str,
+    options: &OptimizeOptions,
+) -> Result<passes::Explanation> {
+    let name = match layer.parse::<u64>() {
+        Ok(n) => format!("layers.{n}.attn"),
+        Err(_) => layer.to_string(),
+    };
+    passes::explain(graph, &name, &options.passes()).map_err(|e| err(e.to_string()))
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -135,6 +248,12 @@ pub struct RunReport {
     /// Checked runs only: worst error over all outputs against the f64 interpreter.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_abs_err: Option<f64>,
+    /// Checked runs only: worst error of the optimized graph against the original,
+    /// both in the f64 interpreter (what the rewrites alone changed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opt_max_abs_err: Option<f64>,
+    /// Rules the optimizer applied, `(rule, applications)`.
+    pub fired: Vec<(String, usize)>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interp_ms: Option<f64>,
 }
@@ -144,6 +263,7 @@ pub struct RunReport {
 pub struct RunOptions {
     pub seed: u64,
     pub check: bool,
+    pub optimize: OptimizeOptions,
 }
 
 /// The tolerance `run --check` applies by default: f32 models must agree with the f64
@@ -224,7 +344,8 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<RunReport> {
     check_memory(graph, available_memory())?;
     let bindings: HashMap<String, Tensor> = attnc_ir::random_bindings(graph, options.seed);
     let t = Instant::now();
-    let model = backends::CompiledModel::new(graph).map_err(|e| err(e.to_string()))?;
+    let optimized = optimize(graph, &options.optimize)?;
+    let model = backends::CompiledModel::new(&optimized.graph).map_err(|e| err(e.to_string()))?;
     let compile_ms = ms_since(t);
     let t = Instant::now();
     let outputs = model.run(&bindings).map_err(|e| err(e.to_string()))?;
@@ -246,6 +367,8 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<RunReport> {
         ms,
         compile_ms,
         max_abs_err: None,
+        opt_max_abs_err: None,
+        fired: optimized.report.fired.clone(),
         interp_ms: None,
     };
     if options.check {
@@ -270,6 +393,16 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<RunReport> {
             worst = worst.max(e);
         }
         report.max_abs_err = Some(worst);
+        // The rewrites alone, without the backend: optimized vs original graph.
+        let rewritten = interp::eval(&optimized.graph, &bindings, interp::Precision::F64)
+            .map_err(|e| err(format!("interpreter (optimized graph): {e}")))?;
+        let opt_err = rewritten
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| a.max_abs_diff(b))
+            .fold(0.0, f64::max);
+        report.opt_max_abs_err = Some(opt_err);
+        report.max_abs_err = Some(worst.max(opt_err));
     }
     Ok(report)
 }

@@ -1,6 +1,6 @@
 //! The `attnc` command line.
 
-use attnc::{Emit, RunOptions};
+use attnc::{Emit, OptimizeOptions, RunOptions};
 use attnc_ir::spec::SpecSource;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::io::Write;
@@ -27,20 +27,35 @@ enum Command {
         /// What to write.
         #[arg(long, value_enum, default_value = "ir")]
         emit: EmitArg,
-        /// Target machine.
-        #[arg(long, value_enum, default_value = "cpu")]
-        target: Target,
+        #[command(flatten)]
+        opt: OptArgs,
         /// Output file (default: standard output).
         #[arg(short = 'o', long = "output", value_name = "OUT")]
         output: Option<PathBuf>,
     },
-    /// Show per-layer ops, FLOPs and bytes.
+    /// Per layer: the form before -> after, rules fired, FLOPs and bytes before/after.
     Inspect {
         #[command(flatten)]
         model: ModelArgs,
+        #[command(flatten)]
+        opt: OptArgs,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+        /// List the rules (name, family, identity) and exit.
+        #[arg(long)]
+        list_rules: bool,
+    },
+    /// The chain of rewrites that turns one layer's plain form into its optimized form.
+    Explain {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        opt: OptArgs,
+        /// The layer: a number N (the attention of layer N, `layers.N.attn`) or a
+        /// layer name such as `layers.3.ffn`.
+        #[arg(long, default_value = "0")]
+        layer: String,
     },
     /// Compile for the CPU and run on seeded random inputs and weights.
     Run {
@@ -56,8 +71,8 @@ enum Command {
         /// Seed of the random inputs and weights.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        #[arg(long, value_enum, default_value = "cpu")]
-        target: Target,
+        #[command(flatten)]
+        opt: OptArgs,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -76,22 +91,43 @@ struct ModelArgs {
     tiny: bool,
 }
 
+/// How the optimizer runs.
+#[derive(Args)]
+struct OptArgs {
+    /// Target whose cost model picks the optimized form: cpu, gpu (= h200), h100,
+    /// h200, or a target description .toml.
+    #[arg(long, default_value = "cpu")]
+    target: String,
+    /// Enable or disable rule families or rules: `-fusion`, `-merge-projections`,
+    /// `fusion` (only that family), `none`.
+    #[arg(long, value_name = "LIST")]
+    rules: Option<String>,
+}
+
+impl OptArgs {
+    fn options(&self) -> attnc::Result<OptimizeOptions> {
+        Ok(OptimizeOptions {
+            target: attnc::target(&self.target)?,
+            rules: match &self.rules {
+                Some(r) => attnc::rules(r)?,
+                None => attnc::passes::RuleSelection::all(),
+            },
+        })
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum EmitArg {
-    /// attnc IR text (`.air`).
+    /// attnc IR text (`.air`), as written.
     Ir,
+    /// attnc IR text after the optimizer.
+    OptIr,
     /// MLIR (linalg on tensors), before lowering.
     Mlir,
     /// LLVM IR, optimized for this CPU.
     Llvm,
     /// Graphviz DOT of the IR graph.
     Dot,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Target {
-    Cpu,
-    Gpu,
 }
 
 fn main() -> ExitCode {
@@ -117,12 +153,14 @@ fn in_file(model: &ModelArgs, e: attnc::Error) -> attnc::Error {
     attnc::Error(format!("{}: {e}", model.spec.display()))
 }
 
-fn cpu_only(target: Target) -> attnc::Result<()> {
-    match target {
-        Target::Cpu => Ok(()),
-        Target::Gpu => Err(attnc::Error(
-            "--target gpu is not available yet: this build has the CPU backend only".into(),
-        )),
+fn cpu_only(options: &OptimizeOptions) -> attnc::Result<()> {
+    match options.target.kind {
+        attnc::passes::TargetKind::Cpu => Ok(()),
+        attnc::passes::TargetKind::Gpu => Err(attnc::Error(format!(
+            "--target {} is not available to run yet: this build has the CPU backend only \
+             (the GPU cost model works with compile --emit opt-ir and inspect)",
+            options.target.name
+        ))),
     }
 }
 
@@ -131,56 +169,58 @@ fn real_main(cli: Cli) -> attnc::Result<()> {
         Command::Compile {
             model,
             emit,
-            target,
+            opt,
             output,
         } => {
-            cpu_only(target)?;
+            let options = opt.options()?;
             let graph = load(&model)?;
             let emit = match emit {
                 EmitArg::Ir => Emit::Ir,
+                EmitArg::OptIr => Emit::OptIr,
                 EmitArg::Mlir => Emit::Mlir,
                 EmitArg::Llvm => Emit::Llvm,
                 EmitArg::Dot => Emit::Dot,
             };
-            let text = attnc::compile(&graph, emit).map_err(|e| in_file(&model, e))?;
+            let text = attnc::compile(&graph, emit, &options).map_err(|e| in_file(&model, e))?;
             write_out(output.as_ref(), &text)
         }
-        Command::Inspect { model, json } => {
+        Command::Inspect {
+            model,
+            opt,
+            json,
+            list_rules,
+        } => {
+            if list_rules {
+                let mut s = String::new();
+                for r in attnc::passes::rules::all_rules() {
+                    s += &format!("{:<20} {:<8} {}\n", r.name, r.family, r.identity);
+                }
+                return write_out(None, &s);
+            }
+            let options = opt.options()?;
             let graph = load(&model)?;
-            let report = attnc::inspect(&graph);
+            let report = attnc::inspect(&graph, &options).map_err(|e| in_file(&model, e))?;
             if json {
                 return print_json(&report);
             }
-            let mut s = format!(
-                "{}: {} nodes, {} params ({} weights), {} FLOPs, {} bytes\n",
-                report.model,
-                report.nodes,
-                report.params,
-                human(report.param_elements as f64),
-                human(report.flops as f64),
-                human(report.bytes as f64)
-            );
-            s += &format!("{:<22} {:>10} {:>10}  ops\n", "layer", "FLOPs", "bytes");
-            for l in &report.layers {
-                s += &format!(
-                    "{:<22} {:>10} {:>10}  {}\n",
-                    l.name,
-                    human(l.flops as f64),
-                    human(l.bytes as f64),
-                    summarize_ops(&l.ops)
-                );
-            }
-            write_out(None, &s)
+            write_out(None, &inspect_text(&report))
+        }
+        Command::Explain { model, opt, layer } => {
+            let options = opt.options()?;
+            let graph = load(&model)?;
+            let e = attnc::explain(&graph, &layer, &options).map_err(|e| in_file(&model, e))?;
+            write_out(None, &explain_text(&e))
         }
         Command::Run {
             model,
             check,
             tol,
             seed,
-            target,
+            opt,
             json,
         } => {
-            cpu_only(target)?;
+            let optimize = opt.options()?;
+            cpu_only(&optimize)?;
             let graph = load(&model)?;
             let tol = match tol {
                 Some(t) if t.is_nan() || t < 0.0 => {
@@ -191,8 +231,12 @@ fn real_main(cli: Cli) -> attnc::Result<()> {
                 Some(t) => t,
                 None => attnc::default_tolerance(&graph),
             };
-            let report =
-                attnc::run(&graph, &RunOptions { seed, check }).map_err(|e| in_file(&model, e))?;
+            let options = RunOptions {
+                seed,
+                check,
+                optimize,
+            };
+            let report = attnc::run(&graph, &options).map_err(|e| in_file(&model, e))?;
             if json {
                 print_json(&report)?;
             } else {
@@ -211,6 +255,9 @@ fn real_main(cli: Cli) -> attnc::Result<()> {
                     }
                     s.push('\n');
                 }
+                if let Some(e) = report.opt_max_abs_err {
+                    s += &format!("  optimized vs original graph (interpreter): {e:.3e}\n");
+                }
                 write_out(None, &s)?;
             }
             match report.max_abs_err {
@@ -225,6 +272,74 @@ fn real_main(cli: Cli) -> attnc::Result<()> {
             }
         }
     }
+}
+
+fn inspect_text(r: &attnc::InspectReport) -> String {
+    let ns = |v: f64| attnc::passes::Cost(v).to_string();
+    let mut s = format!(
+        "{}: {} nodes, {} params ({} weights); target {}\n  FLOPs {} -> {}, bytes {} -> {}, estimated {} -> {}\n  e-graph: {} nodes in {} classes after {} iterations ({}), saturation {:.1} ms, extraction {:.1} ms\n",
+        r.model,
+        r.nodes,
+        r.params,
+        human(r.param_elements as f64),
+        r.target,
+        human(r.flops as f64),
+        human(r.flops_after as f64),
+        human(r.bytes as f64),
+        human(r.bytes_after as f64),
+        ns(r.cost_before),
+        ns(r.cost_after),
+        r.egraph_nodes,
+        r.egraph_classes,
+        r.iterations,
+        r.stop_reason,
+        r.saturation_ms,
+        r.extraction_ms,
+    );
+    for l in &r.layers {
+        s += &format!(
+            "{}\n  before: {}\n  after:  {}\n  FLOPs {} -> {}, bytes {} -> {}, estimated {} -> {}\n",
+            l.name,
+            summarize_ops(&l.before),
+            summarize_ops(&l.after),
+            human(l.flops_before as f64),
+            human(l.flops_after as f64),
+            human(l.bytes_before as f64),
+            human(l.bytes_after as f64),
+            ns(l.cost_before),
+            ns(l.cost_after),
+        );
+        if !l.rules.is_empty() {
+            s += &format!("  rules:  {}\n", l.rules.join(", "));
+        }
+    }
+    s
+}
+
+fn explain_text(e: &attnc::passes::Explanation) -> String {
+    let mut s = format!("layer {}\n", e.layer);
+    for (i, (before, after)) in e.outputs.iter().enumerate() {
+        s += &format!("output {i}\n  plain:     {before}\n  optimized: {after}\n");
+    }
+    if e.steps.is_empty() {
+        s += "no rewrite changed this layer\n";
+    }
+    for (i, step) in e.steps.iter().enumerate() {
+        let dir = if step.backward {
+            " (right to left)"
+        } else {
+            ""
+        };
+        s += &format!(
+            "{}. {}{dir}: {}\n     {}\n  => {}\n",
+            i + 1,
+            step.rule,
+            step.identity,
+            step.before,
+            step.after
+        );
+    }
+    s
 }
 
 /// `matmul×4 add×3 ...` in order of first appearance.

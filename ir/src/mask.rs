@@ -206,6 +206,19 @@ impl MaskExpr {
         out
     }
 
+    /// The coordinates the expression reads.
+    pub fn coords(&self) -> Vec<Coord> {
+        let mut out = Vec::new();
+        self.visit(&mut |e| {
+            if let MaskExpr::Coord(c) = e {
+                if !out.contains(c) {
+                    out.push(*c);
+                }
+            }
+        });
+        out
+    }
+
     fn visit(&self, f: &mut impl FnMut(&MaskExpr)) {
         f(self);
         match self {

@@ -25,8 +25,17 @@ pub struct Program {
 
 /// The e-graph of `graph`, which is verified first.
 pub fn to_egraph(graph: &Graph) -> Result<Program> {
+    to_egraph_with(graph, false)
+}
+
+/// [`to_egraph`], recording why classes merge when `explain` is set (egg explanations
+/// must be on before the first node is added).
+pub fn to_egraph_with(graph: &Graph, explain: bool) -> Result<Program> {
     verify(graph)?;
     let mut egraph = EGraph::new(TypeAnalysis::new(graph.dims.clone()));
+    if explain {
+        egraph = egraph.with_explanations_enabled();
+    }
     let mut class: Vec<Id> = Vec::with_capacity(graph.len());
     let mut sources = Vec::new();
     let mut layers = Vec::with_capacity(graph.len());
@@ -70,6 +79,25 @@ pub fn to_egraph(graph: &Graph) -> Result<Program> {
     })
 }
 
+impl Program {
+    /// The layer of every class (canonical id) that held an original node: the layer
+    /// of the first node added to it.
+    pub fn layer_map(&self) -> HashMap<Id, Option<String>> {
+        let mut layer_of: HashMap<Id, Option<String>> = HashMap::new();
+        for (id, layer) in &self.layers {
+            layer_of
+                .entry(self.egraph.find(*id))
+                .or_insert_with(|| layer.clone());
+        }
+        layer_of
+    }
+
+    /// The class of original node `%index`.
+    pub fn class_of_node(&self, index: usize) -> Option<Id> {
+        self.layers.get(index).map(|(id, _)| self.egraph.find(*id))
+    }
+}
+
 /// The cheapest graph in `program` by e-node count ([`AstSize`]).
 pub fn extract(program: &Program) -> Result<Graph> {
     extract_with(program, AstSize)
@@ -87,12 +115,9 @@ pub fn extract_with<CF: CostFunction<Attn>>(program: &Program, cost: CF) -> Resu
 /// layer, and the outputs in their order. A choice that forms a cycle is an error.
 pub fn build_graph<'a>(program: &'a Program, choose: impl Fn(Id) -> &'a Attn) -> Result<Graph> {
     let egraph = &program.egraph;
-    let mut layer_of: HashMap<Id, Option<String>> = HashMap::new();
-    for (id, layer) in &program.layers {
-        layer_of
-            .entry(egraph.find(*id))
-            .or_insert_with(|| layer.clone());
-    }
+    let layer_of = program.layer_map();
+    // A class a rewrite created has no layer of its own: it joins its first user's.
+    let mut inherited: HashMap<Id, Option<String>> = HashMap::new();
     let mut builder = GraphBuilder::new(program.name.clone(), egraph.analysis.dims.clone());
     let mut built: HashMap<Id, NodeId> = HashMap::new();
     let roots = program
@@ -118,8 +143,16 @@ pub fn build_graph<'a>(program: &'a Program, choose: impl Fn(Id) -> &'a Attn) ->
                     });
                 }
                 stack.push((id, true));
+                let layer = layer_of
+                    .get(&id)
+                    .or_else(|| inherited.get(&id))
+                    .cloned()
+                    .flatten();
                 for &o in node.operands().iter().rev() {
                     let o = egraph.find(o);
+                    if !layer_of.contains_key(&o) {
+                        inherited.entry(o).or_insert_with(|| layer.clone());
+                    }
                     if !built.contains_key(&o) {
                         stack.push((o, false));
                     }
@@ -141,7 +174,8 @@ pub fn build_graph<'a>(program: &'a Program, choose: impl Fn(Id) -> &'a Attn) ->
                 Attn::Source(s) => Some(s.ty.clone()),
                 _ => None,
             };
-            builder.set_layer(layer_of.get(&id).cloned().flatten());
+            let layer = layer_of.get(&id).or_else(|| inherited.get(&id));
+            builder.set_layer(layer.cloned().flatten());
             let nid = builder.add(op, &operands, declared)?;
             built.insert(id, nid);
             open.remove(&id);

@@ -11,14 +11,22 @@
 mod analysis;
 mod convert;
 mod cost;
+mod explain;
 mod extract;
 mod lang;
+mod optimize;
 pub mod rules;
 
 pub use {
     analysis::{attr_in, type_of, type_with, EGraph, TypeAnalysis},
-    convert::{build_graph, extract, extract_with, to_egraph, Program},
+    convert::{build_graph, extract, extract_with, to_egraph, to_egraph_with, Program},
     cost::{Cost, Target, TargetKind},
+    explain::{explain, layer_graph, Explanation, Step},
     extract::DagChoice,
     lang::{attr_of, Attn, Attr, Source, SourceKind, F64},
+    optimize::{
+        node_costs, optimize, LayerReport, Optimized, Options, Report, ITER_LIMIT, NODE_LIMIT,
+        TIME_LIMIT,
+    },
+    rules::RuleSelection,
 };

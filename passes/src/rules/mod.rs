@@ -12,7 +12,7 @@ pub mod fusion;
 
 use crate::{type_with, Attn, Attr, EGraph, Source, TypeAnalysis};
 use attnc_ir::{DType, Shape, TensorType};
-use egg::{ENodeOrVar, Id, Pattern, PatternAst, RecExpr, Rewrite, Subst, Symbol, Var};
+use egg::{ENodeOrVar, Id, Language, Pattern, PatternAst, RecExpr, Rewrite, Subst, Symbol, Var};
 use std::fmt;
 use std::str::FromStr;
 
@@ -172,6 +172,9 @@ pub struct Build<'e> {
     bindings: Vec<(Var, Id)>,
     types: Vec<Option<TensorType>>,
     attrs: Vec<Option<Attr>>,
+    /// The matched node the candidate replaces, when the searcher is not a pattern:
+    /// explanations then start from that node rather than from its class.
+    from: Option<Attn>,
 }
 
 /// A node index in a [`Build`].
@@ -186,7 +189,15 @@ impl<'e> Build<'e> {
             bindings: Vec::new(),
             types: Vec::new(),
             attrs: Vec::new(),
+            from: None,
         }
+    }
+
+    /// A build that replaces `node` (a node of the matched class).
+    pub fn replacing(egraph: &'e EGraph, node: &Attn) -> Build<'e> {
+        let mut b = Build::new(egraph);
+        b.from = Some(node.clone());
+        b
     }
 
     fn push(&mut self, n: ENodeOrVar<Attn>, ty: Option<TensorType>, attr: Option<Attr>) -> B {
@@ -253,8 +264,25 @@ impl<'e> Build<'e> {
         self.egraph
     }
 
-    fn finish(self) -> (PatternAst<Attn>, Vec<(Var, Id)>) {
-        (self.ast, self.bindings)
+    /// The candidate, its bindings, and the pattern of the node it replaces.
+    fn finish(self) -> (PatternAst<Attn>, Vec<(Var, Id)>, Option<PatternAst<Attn>>) {
+        let from = self.from.map(|node| {
+            let mut ast: PatternAst<Attn> = RecExpr::default();
+            let mut bindings = Vec::new();
+            let node = node.map_children(|c| {
+                let v = Var::from_str(&format!("?f{}", usize::from(c))).expect("a valid var name");
+                bindings.push((v, c));
+                ast.add(ENodeOrVar::Var(v))
+            });
+            ast.add(ENodeOrVar::ENode(node));
+            (ast, bindings)
+        });
+        let mut bindings = self.bindings;
+        let from = from.map(|(ast, b)| {
+            bindings.extend(b);
+            ast
+        });
+        (self.ast, bindings, from)
     }
 }
 
@@ -275,12 +303,13 @@ impl egg::Applier<Attn, TypeAnalysis> for Apply {
         searcher_ast: Option<&PatternAst<Attn>>,
         rule_name: Symbol,
     ) -> Vec<Id> {
-        let built: Vec<(PatternAst<Attn>, Vec<(Var, Id)>)> = (self.0)(egraph, eclass, subst)
+        type Finished = (PatternAst<Attn>, Vec<(Var, Id)>, Option<PatternAst<Attn>>);
+        let built: Vec<Finished> = (self.0)(egraph, eclass, subst)
             .into_iter()
             .map(Build::finish)
             .collect();
         let mut changed = Vec::new();
-        for (to, own) in built {
+        for (to, own, from_node) in built {
             // The searcher's bindings plus the build's own (`?bN` never clash).
             let mut all = subst.clone();
             for (var, id) in own {
@@ -293,7 +322,7 @@ impl egg::Applier<Attn, TypeAnalysis> for Apply {
                 r.add(ENodeOrVar::Var(root));
                 r
             };
-            let from = searcher_ast.unwrap_or(&root_ast);
+            let from = from_node.as_ref().or(searcher_ast).unwrap_or(&root_ast);
             let (id, did) = egraph.union_instantiations(from, &to, &all, rule_name);
             if did {
                 egraph.analysis.fired.push((rule_name, eclass));

@@ -1,0 +1,71 @@
+//! The whole optimizer on the shipped examples (shrunk with `--tiny`): the fused forms
+//! appear, and the optimized graph computes what the original does.
+
+use attnc_ir::interp::{eval, Precision};
+use attnc_ir::spec::{load_spec, lower, SpecSource};
+use attnc_ir::{random_bindings, Graph};
+use attnc_passes::{optimize, Options, Target};
+use std::path::Path;
+
+fn example(name: &str, tiny: bool, sets: &[&str]) -> Graph {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(format!("{name}.toml"));
+    let source = SpecSource {
+        sets: sets.iter().map(|s| s.to_string()).collect(),
+        tiny,
+    };
+    lower(&load_spec(&path, &source).unwrap()).unwrap()
+}
+
+/// Optimizes `g` for `target`, checks it against the original in the interpreter and
+/// returns the optimized graph's op names per layer.
+fn check(g: &Graph, target: &str) -> attnc_passes::Optimized {
+    let opt = optimize(g, &Options::new(Target::named(target).unwrap())).unwrap();
+    let bindings = random_bindings(g, 11);
+    let want = eval(g, &bindings, Precision::F64).unwrap();
+    let got = eval(&opt.graph, &bindings, Precision::F64).unwrap();
+    for (w, o) in want.iter().zip(&got) {
+        let err = w.max_abs_diff(o);
+        assert!(err < 1e-9, "{}: optimized differs by {err}", g.name);
+    }
+    opt
+}
+
+fn attention_layers(opt: &attnc_passes::Optimized) -> Vec<&attnc_passes::LayerReport> {
+    opt.report
+        .layers
+        .iter()
+        .filter(|l| l.name.ends_with(".attn"))
+        .collect()
+}
+
+#[test]
+fn every_example_fuses_its_attention_and_stays_equal() {
+    for name in ["gpt2", "llama3-8b", "mistral-7b", "deepseek-v2-lite"] {
+        let g = example(name, true, &[]);
+        let opt = check(&g, "cpu");
+        let layers = attention_layers(&opt);
+        assert!(!layers.is_empty());
+        for l in layers {
+            assert!(
+                l.after.contains(&"attention".to_string()),
+                "{name} {}: {:?}",
+                l.name,
+                l.after
+            );
+            assert!(
+                !l.after.contains(&"softmax".to_string()),
+                "{name} {}: {:?}",
+                l.name,
+                l.after
+            );
+            assert!(
+                l.rules.contains(&"attention-fuse".to_string()),
+                "{name}: {:?}",
+                l.rules
+            );
+        }
+        eprintln!("{name}: {:?}", opt.report.fired);
+    }
+}
