@@ -1,25 +1,94 @@
 //! One snapshot per pass per example model. Review changes with `cargo insta review`.
 //!
 //! The frontend's output (`--emit ir`) is recorded at full size: it is what users
-//! read, and every later pass is a diff against it.
+//! read, and every later pass is a diff against it. Each optimizer pass (rule family)
+//! is recorded alone, as `--emit opt-ir --rules FAMILY` prints it (SSA text, the
+//! rules that fired, the estimated cost on the cpu target), at full width with two
+//! layers: every layer makes the same decision, so two show it.
 
+use attnc::{Emit, OptimizeOptions};
 use attnc_ir::spec::SpecSource;
 use std::path::Path;
 
-fn ir_of(example: &str) -> String {
+fn load(example: &str, sets: &[&str]) -> attnc_ir::Graph {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("examples")
-        .join(example);
-    let graph = attnc::load(&path, &SpecSource::default()).unwrap();
-    attnc::compile(&graph, attnc::Emit::Ir).unwrap()
+        .join(format!("{example}.toml"));
+    let source = SpecSource {
+        sets: sets.iter().map(|s| s.to_string()).collect(),
+        tiny: false,
+    };
+    attnc::load(&path, &source).unwrap()
+}
+
+fn ir_of(example: &str) -> String {
+    attnc::compile(&load(example, &[]), Emit::Ir, &OptimizeOptions::default()).unwrap()
+}
+
+fn pass(example: &str, family: &str) -> String {
+    let options = OptimizeOptions {
+        rules: attnc::rules(family).unwrap(),
+        ..OptimizeOptions::default()
+    };
+    attnc::compile(&load(example, &["layers=2"]), Emit::OptIr, &options).unwrap()
 }
 
 #[test]
 fn gpt2_ir() {
-    insta::assert_snapshot!(ir_of("gpt2.toml"));
+    insta::assert_snapshot!(ir_of("gpt2"));
 }
 
 #[test]
 fn llama3_8b_ir() {
-    insta::assert_snapshot!(ir_of("llama3-8b.toml"));
+    insta::assert_snapshot!(ir_of("llama3-8b"));
+}
+
+#[test]
+fn mistral_7b_ir() {
+    insta::assert_snapshot!(ir_of("mistral-7b"));
+}
+
+#[test]
+fn deepseek_v2_lite_ir() {
+    insta::assert_snapshot!(ir_of("deepseek-v2-lite"));
+}
+
+#[test]
+fn gpt2_algebra() {
+    insta::assert_snapshot!(pass("gpt2", "algebra"));
+}
+
+#[test]
+fn gpt2_fusion() {
+    insta::assert_snapshot!(pass("gpt2", "fusion"));
+}
+
+#[test]
+fn llama3_8b_algebra() {
+    insta::assert_snapshot!(pass("llama3-8b", "algebra"));
+}
+
+#[test]
+fn llama3_8b_fusion() {
+    insta::assert_snapshot!(pass("llama3-8b", "fusion"));
+}
+
+#[test]
+fn mistral_7b_algebra() {
+    insta::assert_snapshot!(pass("mistral-7b", "algebra"));
+}
+
+#[test]
+fn mistral_7b_fusion() {
+    insta::assert_snapshot!(pass("mistral-7b", "fusion"));
+}
+
+#[test]
+fn deepseek_v2_lite_algebra() {
+    insta::assert_snapshot!(pass("deepseek-v2-lite", "algebra"));
+}
+
+#[test]
+fn deepseek_v2_lite_fusion() {
+    insta::assert_snapshot!(pass("deepseek-v2-lite", "fusion"));
 }

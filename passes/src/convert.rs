@@ -3,7 +3,7 @@
 //! Extraction picks one node per class with a cost function and rebuilds a `Graph`
 //! through `GraphBuilder`, which re-infers and checks every type.
 
-use crate::{attr_in, attr_of, Attn, EGraph, Source, TypeAnalysis};
+use crate::{attr_in, attr_of, Attn, EGraph, Source, SourceKind, TypeAnalysis};
 use attnc_ir::{verify, Graph, GraphBuilder, IrError, NodeId, Result};
 use egg::{AstSize, CostFunction, Extractor, Id};
 use std::collections::HashMap;
@@ -120,8 +120,36 @@ pub fn build_graph<'a>(program: &'a Program, choose: impl Fn(Id) -> &'a Attn) ->
     let mut inherited: HashMap<Id, Option<String>> = HashMap::new();
     let mut builder = GraphBuilder::new(program.name.clone(), egraph.analysis.dims.clone());
     let mut built: HashMap<Id, NodeId> = HashMap::new();
-    let roots = program
+    // What the outputs use, so nodes come out in the original order where they can.
+    let mut used: std::collections::HashSet<Id> = std::collections::HashSet::new();
+    let mut todo: Vec<Id> = program
+        .outputs
+        .iter()
+        .map(|(_, id)| egraph.find(*id))
+        .collect();
+    while let Some(id) = todo.pop() {
+        if used.insert(id) {
+            todo.extend(choose(id).operands().iter().map(|&o| egraph.find(o)));
+        }
+    }
+    // Inputs and params stay even when unused (their bindings are still expected);
+    // constants and masks nothing reads go.
+    let sources: std::collections::HashSet<Id> = program
         .sources
+        .iter()
+        .map(|&id| egraph.find(id))
+        .filter(|&id| {
+            matches!(choose(id), Attn::Source(s)
+                if matches!(s.kind, SourceKind::Input(_) | SourceKind::Param(_)))
+        })
+        .collect();
+    let originals: Vec<Id> = program
+        .layers
+        .iter()
+        .map(|(id, _)| egraph.find(*id))
+        .filter(|id| used.contains(id) || sources.contains(id))
+        .collect();
+    let roots = originals
         .iter()
         .chain(program.outputs.iter().map(|(_, id)| id));
     // Post-order without recursion: models are deep. `(class, operands done)`.

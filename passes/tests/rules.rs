@@ -1,0 +1,521 @@
+//! Every rule, both sides in the interpreter: a small graph holding the rule's left
+//! side is saturated with that rule alone, and the extraction is forced onto the
+//! rewritten nodes (original nodes cost 10⁶× more), so the right side is what runs.
+//! The rule must fire and both graphs must agree on seeded random inputs.
+
+use attnc_ir::interp::{eval, Precision};
+use attnc_ir::{
+    random_bindings, Attention, BinaryOp, DType, Dim, Dims, Graph, GraphBuilder, NodeId, Op,
+    ReduceKind, Shape, UnaryOp,
+};
+use attnc_passes::rules::{all_rules, RuleSelection};
+use attnc_passes::{build_graph, to_egraph, Cost, DagChoice, Target};
+use std::collections::HashSet;
+
+/// Saturates `g` with `rule` only, extracts preferring rewritten nodes, and checks the
+/// result against `g`. Returns the extracted graph.
+fn check_rule(rule: &str, g: &Graph) -> Graph {
+    let mut program = to_egraph(g).unwrap();
+    let original: HashSet<String> = program
+        .egraph
+        .classes()
+        .flat_map(|c| c.nodes.iter().map(|n| format!("{n:?}")))
+        .collect();
+    let rules = RuleSelection::parse(rule).unwrap().rules();
+    assert_eq!(rules.len(), 1, "{rule}");
+    let runner = egg::Runner::default()
+        .with_iter_limit(4)
+        .with_egraph(std::mem::take(&mut program.egraph))
+        .run(rules.iter().map(|r| &r.rewrite));
+    program.egraph = runner.egraph;
+    let eg = &program.egraph;
+    assert!(
+        eg.analysis.fired.iter().any(|(r, _)| r.as_str() == rule),
+        "{rule} did not fire"
+    );
+    let target = Target::cpu();
+    let choice = DagChoice::new(eg, |id, n| {
+        let c = target.node_cost(eg, id, n);
+        let weight = if original.contains(&format!("{n:?}")) {
+            1e6
+        } else {
+            1.0
+        };
+        Cost(c.ns() * weight + 1.0)
+    });
+    let out = build_graph(&program, |id| choice.node(eg, id).unwrap()).unwrap();
+    let bindings = random_bindings(g, 5);
+    let want = eval(g, &bindings, Precision::F64).unwrap();
+    let got = eval(&out, &bindings, Precision::F64).unwrap();
+    for (w, o) in want.iter().zip(&got) {
+        let err = w.max_abs_diff(o);
+        assert!(
+            err < 1e-9,
+            "{rule}: sides differ by {err}\n{}",
+            attnc_ir::print(&out)
+        );
+    }
+    out
+}
+
+fn ops(g: &Graph) -> Vec<&'static str> {
+    g.node_ids().map(|id| g.node(id).op.name()).collect()
+}
+
+fn builder() -> GraphBuilder {
+    let mut dims = Dims::new();
+    dims.bind("window", 3);
+    GraphBuilder::new("t", dims)
+}
+
+fn input(b: &mut GraphBuilder, name: &str, shape: &[u64]) -> NodeId {
+    let shape = Shape(shape.iter().map(|&n| Dim::Const(n)).collect());
+    b.input(name, shape, DType::F32).unwrap()
+}
+
+fn param(b: &mut GraphBuilder, name: &str, shape: &[u64]) -> NodeId {
+    let shape = Shape(shape.iter().map(|&n| Dim::Const(n)).collect());
+    b.param(name, shape, DType::F32).unwrap()
+}
+
+fn bin(b: &mut GraphBuilder, op: BinaryOp, x: NodeId, y: NodeId) -> NodeId {
+    b.op(Op::Binary(op), &[x, y]).unwrap()
+}
+
+fn c(b: &mut GraphBuilder, v: f64) -> NodeId {
+    b.constant(v, DType::F32).unwrap()
+}
+
+fn done(mut b: GraphBuilder, out: NodeId) -> Graph {
+    b.output("out", out).unwrap();
+    b.finish().unwrap()
+}
+
+fn transpose(b: &mut GraphBuilder, x: NodeId, perm: &[usize]) -> NodeId {
+    b.op(
+        Op::Transpose {
+            perm: perm.to_vec(),
+        },
+        &[x],
+    )
+    .unwrap()
+}
+
+#[test]
+fn mul_scalar_right() {
+    let mut b = builder();
+    let x = input(&mut b, "x", &[3, 4]);
+    let k = c(&mut b, 0.5);
+    let y = bin(&mut b, BinaryOp::Mul, k, x);
+    check_rule("mul-scalar-right", &done(b, y));
+}
+
+#[test]
+fn matmul_scale_lhs_and_rhs() {
+    for (rule, lhs) in [("matmul-scale-lhs", true), ("matmul-scale-rhs", false)] {
+        let mut b = builder();
+        let x = input(&mut b, "x", &[3, 4]);
+        let w = param(&mut b, "w", &[4, 5]);
+        let k = c(&mut b, 0.25);
+        let y = if lhs {
+            let xs = bin(&mut b, BinaryOp::Mul, x, k);
+            b.op(Op::MatMul, &[xs, w]).unwrap()
+        } else {
+            let ws = bin(&mut b, BinaryOp::Mul, w, k);
+            b.op(Op::MatMul, &[x, ws]).unwrap()
+        };
+        check_rule(rule, &done(b, y));
+    }
+}
+
+#[test]
+fn scalars_through_layout_and_rope() {
+    for rule in [
+        "transpose-scale",
+        "scale-into-transpose",
+        "scale-into-reshape",
+        "scale-into-rope",
+    ] {
+        let mut b = builder();
+        let x = input(&mut b, "x", &[2, 3, 4]);
+        let k = c(&mut b, 3.0);
+        let y = match rule {
+            "transpose-scale" => {
+                let xs = bin(&mut b, BinaryOp::Mul, x, k);
+                transpose(&mut b, xs, &[0, 2, 1])
+            }
+            "scale-into-transpose" => {
+                let t = transpose(&mut b, x, &[2, 0, 1]);
+                bin(&mut b, BinaryOp::Mul, t, k)
+            }
+            "scale-into-reshape" => {
+                let shape = Shape(vec![Dim::Const(6), Dim::Const(4)]);
+                let r = b.op(Op::Reshape { shape }, &[x]).unwrap();
+                bin(&mut b, BinaryOp::Mul, r, k)
+            }
+            _ => {
+                let r = b.op(Op::Rope { theta: 100.0 }, &[x]).unwrap();
+                bin(&mut b, BinaryOp::Mul, r, k)
+            }
+        };
+        check_rule(rule, &done(b, y));
+    }
+}
+
+#[test]
+fn scale_into_weight() {
+    let mut b = builder();
+    let x = input(&mut b, "x", &[2, 3, 4]);
+    let w = param(&mut b, "wq", &[4, 6]);
+    let m = b.op(Op::MatMul, &[x, w]).unwrap();
+    let k = c(&mut b, 0.125);
+    let y = bin(&mut b, BinaryOp::Mul, m, k);
+    let out = check_rule("scale-into-weight", &done(b, y));
+    // The scale now multiplies the weight, not the activations.
+    assert!(
+        ops(&out).iter().position(|&o| o == "mul") < ops(&out).iter().position(|&o| o == "matmul")
+    );
+}
+
+#[test]
+fn scale_scale_and_div_to_mul() {
+    let mut b = builder();
+    let x = input(&mut b, "x", &[5]);
+    let (k1, k2) = (c(&mut b, 3.0), c(&mut b, -0.5));
+    let y = bin(&mut b, BinaryOp::Mul, x, k1);
+    let y = bin(&mut b, BinaryOp::Mul, y, k2);
+    check_rule("scale-scale", &done(b, y));
+
+    let mut b = builder();
+    let x = input(&mut b, "x", &[5]);
+    let k = c(&mut b, 8.0);
+    let y = bin(&mut b, BinaryOp::Div, x, k);
+    check_rule("div-to-mul", &done(b, y));
+}
+
+/// `exp(x − max) / sum(exp(x − max))` (or without the max) along `axis`.
+fn written_softmax(shift: bool, axis: usize) -> Graph {
+    let mut b = builder();
+    let x = input(&mut b, "x", &[3, 4, 5]);
+    let reduce = |kind| Op::Reduce {
+        kind,
+        axes: vec![axis],
+        keep_dims: true,
+    };
+    let z = if shift {
+        let m = b.op(reduce(ReduceKind::Max), &[x]).unwrap();
+        bin(&mut b, BinaryOp::Sub, x, m)
+    } else {
+        x
+    };
+    let e = b.op(Op::Unary(UnaryOp::Exp), &[z]).unwrap();
+    let s = b.op(reduce(ReduceKind::Sum), &[e]).unwrap();
+    let y = bin(&mut b, BinaryOp::Div, e, s);
+    done(b, y)
+}
+
+#[test]
+fn softmax_written_out() {
+    for axis in [1, 2] {
+        let out = check_rule("softmax-expanded", &written_softmax(true, axis));
+        assert!(ops(&out).contains(&"softmax"));
+        let out = check_rule("softmax-unshifted", &written_softmax(false, axis));
+        assert!(ops(&out).contains(&"softmax"));
+    }
+}
+
+#[test]
+fn layout_pairs_cancel() {
+    let mut b = builder();
+    let x = input(&mut b, "x", &[2, 3, 4]);
+    let t = transpose(&mut b, x, &[1, 2, 0]);
+    let t = transpose(&mut b, t, &[2, 0, 1]);
+    let y = bin(&mut b, BinaryOp::Add, t, x);
+    let out = check_rule("transpose-transpose", &done(b, y));
+    assert!(!ops(&out).contains(&"transpose"));
+
+    let mut b = builder();
+    let x = input(&mut b, "x", &[2, 3, 4]);
+    let t = transpose(&mut b, x, &[1, 0, 2]);
+    let t = transpose(&mut b, t, &[0, 2, 1]);
+    check_rule("transpose-transpose", &done(b, t));
+
+    let mut b = builder();
+    let x = input(&mut b, "x", &[2, 3, 4]);
+    let r = b
+        .op(
+            Op::Reshape {
+                shape: Shape(vec![Dim::Const(6), Dim::Const(4)]),
+            },
+            &[x],
+        )
+        .unwrap();
+    let r = b
+        .op(
+            Op::Reshape {
+                shape: Shape(vec![Dim::Const(4), Dim::Const(6)]),
+            },
+            &[r],
+        )
+        .unwrap();
+    check_rule("reshape-reshape", &done(b, r));
+
+    let mut b = builder();
+    let x = input(&mut b, "x", &[2, 3]);
+    let r = b
+        .op(
+            Op::Reshape {
+                shape: Shape(vec![Dim::Const(2), Dim::Const(3)]),
+            },
+            &[x],
+        )
+        .unwrap();
+    let y = bin(&mut b, BinaryOp::Add, r, x);
+    check_rule("reshape-identity", &done(b, y));
+}
+
+#[test]
+fn projections_sharing_an_input_merge() {
+    let mut b = builder();
+    let x = input(&mut b, "x", &[2, 3, 4]);
+    let wq = param(&mut b, "wq", &[4, 6]);
+    let wk = param(&mut b, "wk", &[4, 2]);
+    let wv = param(&mut b, "wv", &[4, 2]);
+    let q = b.op(Op::MatMul, &[x, wq]).unwrap();
+    let k = b.op(Op::MatMul, &[x, wk]).unwrap();
+    let v = b.op(Op::MatMul, &[x, wv]).unwrap();
+    let kv = bin(&mut b, BinaryOp::Mul, k, v);
+    let out = b.op(Op::Concat { axis: 2 }, &[q, kv]).unwrap();
+    let out = check_rule("merge-projections", &done(b, out));
+    assert_eq!(ops(&out).iter().filter(|&&o| o == "matmul").count(), 1);
+}
+
+/// Plain attention as the lowering writes it, with each optional stage.
+struct Plain {
+    heads: u64,
+    kv_heads: u64,
+    scale: bool,
+    softcap: bool,
+    bias: bool,
+    mask: Option<&'static str>,
+    additive_mask: bool,
+}
+
+fn plain_attention(p: &Plain) -> Graph {
+    let (bs, s, d) = (2, 5, 3);
+    let mut b = builder();
+    let q = input(&mut b, "q", &[bs, p.heads, s, d]);
+    let mut k = input(&mut b, "k", &[bs, p.kv_heads, s, d]);
+    let mut v = input(&mut b, "v", &[bs, p.kv_heads, s, d]);
+    if p.heads != p.kv_heads {
+        let g = p.heads / p.kv_heads;
+        let n = |xs: &[u64]| Shape(xs.iter().map(|&x| Dim::Const(x)).collect());
+        for t in [&mut k, &mut v] {
+            let r = b
+                .op(
+                    Op::Reshape {
+                        shape: n(&[bs, p.kv_heads, 1, s, d]),
+                    },
+                    &[*t],
+                )
+                .unwrap();
+            let r = b
+                .op(
+                    Op::Broadcast {
+                        shape: n(&[bs, p.kv_heads, g, s, d]),
+                    },
+                    &[r],
+                )
+                .unwrap();
+            *t = b
+                .op(
+                    Op::Reshape {
+                        shape: n(&[bs, p.heads, s, d]),
+                    },
+                    &[r],
+                )
+                .unwrap();
+        }
+    }
+    let kt = transpose(&mut b, k, &[0, 1, 3, 2]);
+    let mut sc = b.op(Op::MatMul, &[q, kt]).unwrap();
+    if p.scale {
+        let k = c(&mut b, 0.6);
+        sc = bin(&mut b, BinaryOp::Mul, sc, k);
+    }
+    if p.softcap {
+        let cap = c(&mut b, 1.5);
+        let t = bin(&mut b, BinaryOp::Div, sc, cap);
+        let t = b.op(Op::Unary(UnaryOp::Tanh), &[t]).unwrap();
+        sc = bin(&mut b, BinaryOp::Mul, t, cap);
+    }
+    if p.bias {
+        let bias = input(&mut b, "bias", &[p.heads, 1, s]);
+        sc = bin(&mut b, BinaryOp::Add, sc, bias);
+    }
+    if let Some(expr) = p.mask {
+        let expr = attnc_ir::MaskExpr::parse(expr).unwrap();
+        let uses_h = expr.coords().contains(&attnc_ir::Coord::H);
+        let shape: Vec<u64> = if uses_h {
+            vec![p.heads, s, s]
+        } else {
+            vec![s, s]
+        };
+        let ty = attnc_ir::TensorType::new(
+            Shape(shape.iter().map(|&x| Dim::Const(x)).collect()),
+            DType::Bool,
+        );
+        let m = b.add(Op::Mask { expr }, &[], Some(ty)).unwrap();
+        let ninf = c(&mut b, f64::NEG_INFINITY);
+        if p.additive_mask {
+            let zero = c(&mut b, 0.0);
+            let add = b.op(Op::Select, &[m, zero, ninf]).unwrap();
+            sc = bin(&mut b, BinaryOp::Add, sc, add);
+        } else {
+            sc = b.op(Op::Select, &[m, sc, ninf]).unwrap();
+        }
+    }
+    let pr = b.op(Op::Softmax { axis: 3 }, &[sc]).unwrap();
+    let o = b.op(Op::MatMul, &[pr, v]).unwrap();
+    done(b, o)
+}
+
+fn attention_of(g: &Graph) -> Vec<Attention> {
+    g.node_ids()
+        .filter_map(|id| match &g.node(id).op {
+            Op::Attention(a) => Some(a.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn attention_fuses_every_written_form() {
+    let base = Plain {
+        heads: 2,
+        kv_heads: 2,
+        scale: true,
+        softcap: false,
+        bias: false,
+        mask: None,
+        additive_mask: false,
+    };
+    let forms = [
+        Plain { ..base },
+        Plain {
+            scale: false,
+            ..base
+        },
+        Plain {
+            mask: Some("k <= q"),
+            ..base
+        },
+        Plain {
+            mask: Some("k <= q"),
+            additive_mask: true,
+            ..base
+        },
+        Plain {
+            mask: Some("k <= q && q - k < window"),
+            softcap: true,
+            ..base
+        },
+        Plain {
+            mask: Some("h == 0 || k <= q"),
+            bias: true,
+            ..base
+        },
+        Plain {
+            softcap: true,
+            bias: true,
+            ..base
+        },
+    ];
+    for p in &forms {
+        let out = check_rule("attention-fuse", &plain_attention(p));
+        let fused = attention_of(&out);
+        assert_eq!(fused.len(), 1, "{}", attnc_ir::print(&out));
+        assert!(!ops(&out).contains(&"softmax"));
+        assert_eq!(fused[0].mask.is_some(), p.mask.is_some());
+        assert_eq!(fused[0].softcap.is_some(), p.softcap);
+        assert_eq!(fused[0].bias, p.bias);
+    }
+}
+
+#[test]
+fn gqa_and_mqa_read_each_kv_head_once() {
+    for kv_heads in [1, 2] {
+        let p = Plain {
+            heads: 4,
+            kv_heads,
+            scale: true,
+            softcap: false,
+            bias: false,
+            mask: Some("k <= q"),
+            additive_mask: false,
+        };
+        let g = plain_attention(&p);
+        // Fuse first (alone), then group.
+        let fused = check_rule("attention-fuse", &g);
+        let out = check_rule("attention-gqa", &fused);
+        let a = attention_of(&out);
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].groups, 4 / kv_heads);
+        assert!(
+            !ops(&out).contains(&"broadcast"),
+            "{}",
+            attnc_ir::print(&out)
+        );
+    }
+}
+
+#[test]
+fn mla_absorbs_the_up_projections() {
+    use attnc_ir::spec::{lower, parse_spec, Format, SpecSource};
+    let spec = r#"
+        name = "mla"
+        arch = "decoder"
+        vocab = 11
+        d_model = 12
+        layers = 1
+        norm = "rmsnorm"
+        position = "rope"
+        [dims]
+        batch = 2
+        seq = 5
+        [attention]
+        heads = 2
+        kv_lora_rank = 6
+        qk_nope_head_dim = 4
+        qk_rope_head_dim = 2
+        v_head_dim = 3
+        [ffn]
+        kind = "swiglu"
+        hidden = 8
+    "#;
+    let source = SpecSource {
+        sets: vec![],
+        tiny: false,
+    };
+    let g = lower(&parse_spec(spec, Format::Toml, &source).unwrap()).unwrap();
+    let fused = check_rule("attention-fuse", &g);
+    let out = check_rule("mla-absorb", &fused);
+    let a = attention_of(&out);
+    assert_eq!(a.len(), 1);
+    assert_eq!(
+        a[0].groups, 2,
+        "the latent is one KV head shared by both query heads"
+    );
+}
+
+#[test]
+fn every_rule_is_tested_here() {
+    let source = include_str!("rules.rs");
+    for rule in all_rules() {
+        assert!(
+            source.contains(&format!("\"{}\"", rule.name)),
+            "no test names `{}`",
+            rule.name
+        );
+    }
+}
