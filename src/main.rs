@@ -98,8 +98,8 @@ struct OptArgs {
     /// h200, or a target description .toml.
     #[arg(long, default_value = "cpu")]
     target: String,
-    /// Enable or disable rule families or rules: `-fusion`, `-merge-projections`,
-    /// `fusion` (only that family), `none`.
+    /// Enable or disable rule families or rules: `--rules=-fusion`,
+    /// `--rules=-merge-projections`, `--rules fusion` (only that family), `none`.
     #[arg(long, value_name = "LIST")]
     rules: Option<String>,
 }
@@ -157,8 +157,8 @@ fn cpu_only(options: &OptimizeOptions) -> attnc::Result<()> {
     match options.target.kind {
         attnc::passes::TargetKind::Cpu => Ok(()),
         attnc::passes::TargetKind::Gpu => Err(attnc::Error(format!(
-            "--target {} is not available to run yet: this build has the CPU backend only \
-             (the GPU cost model works with compile --emit opt-ir and inspect)",
+            "--target {} is a gpu target, which this build cannot run yet: it has the CPU \
+             backend only (the gpu cost model works with compile --emit opt-ir and inspect)",
             options.target.name
         ))),
     }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{attnc, fails_with, stderr, stdout, temp_file};
+use common::{attnc, fails_with, stderr, stdout, succeeds, temp_file};
 
 fn run_json(args: &[&str]) -> serde_json::Value {
     let o = attnc(args);
@@ -89,17 +89,156 @@ fn inspect_reports_layers_flops_and_bytes() {
     assert_eq!(layers.len(), 26);
     let attn = &layers[1];
     assert_eq!(attn["name"], "layers.0.attn");
-    assert!(attn["ops"]
+    let has = |key: &str, op: &str| attn[key].as_array().unwrap().iter().any(|o| o == op);
+    assert!(has("before", "softmax"));
+    assert!(has("after", "attention") && !has("after", "softmax"));
+    assert!(attn["rules"]
         .as_array()
         .unwrap()
         .iter()
-        .any(|o| o == "softmax"));
+        .any(|r| r == "attention-fuse"));
     // Q·Kᵀ and P·V alone: 2 · 2·s²·d = 4 · 1024² · 768 FLOPs.
-    assert!(attn["flops"].as_u64().unwrap() > 4 * 1024 * 1024 * 768);
-    assert!(attn["bytes"].as_u64().unwrap() > 0);
+    assert!(attn["flops_before"].as_u64().unwrap() > 4 * 1024 * 1024 * 768);
+    // Fused: the 12 × 1024² scores are never written or read.
+    let (b, a) = (
+        attn["bytes_before"].as_u64().unwrap(),
+        attn["bytes_after"].as_u64().unwrap(),
+    );
+    assert!(a + 12 * 1024 * 1024 * 4 * 4 < b, "{b} -> {a}");
+    assert!(r["egraph_nodes"].as_u64().unwrap() > 0);
+    assert!(r["saturation_ms"].as_f64().is_some());
     let o = attnc(&["inspect", "examples/llama3-8b.toml"]);
     assert!(o.status.success());
     assert!(stdout(&o).contains("layers.31.ffn"));
+}
+
+#[test]
+fn llama3_attention_is_fused_and_grouped_in_every_layer() {
+    let o = attnc(&["inspect", "examples/llama3-8b.toml", "--json"]);
+    let r: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let attn: Vec<&serde_json::Value> = r["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["name"].as_str().unwrap().ends_with(".attn"))
+        .collect();
+    assert_eq!(attn.len(), 32);
+    for l in attn {
+        let after = l["after"].as_array().unwrap();
+        assert!(after.iter().any(|o| o == "attention"), "{l}");
+        assert!(
+            !after.iter().any(|o| o == "softmax" || o == "broadcast"),
+            "{l}"
+        );
+        assert!(l["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "attention-gqa"));
+    }
+    let ir = succeeds(&["compile", "examples/llama3-8b.toml", "--emit", "opt-ir"]);
+    assert_eq!(ir.matches("groups = 4").count(), 32);
+}
+
+#[test]
+fn explain_prints_the_rewrite_chain() {
+    let out = succeeds(&["explain", "examples/gpt2.toml", "--layer", "0"]);
+    assert!(out.contains("layer layers.0.attn"), "{out}");
+    assert!(out.contains("1. attention-fuse"), "{out}");
+    let out = succeeds(&["explain", "examples/llama3-8b.toml", "--layer", "3"]);
+    assert!(
+        out.contains("attention-fuse") && out.contains("attention-gqa"),
+        "{out}"
+    );
+    fails_with(
+        &["explain", "examples/gpt2.toml", "--layer", "12"],
+        &["layers.12.attn", "layers.11.attn"],
+    );
+}
+
+#[test]
+fn rules_and_targets_select_what_runs() {
+    // Without the fusion family nothing fuses.
+    let ir = succeeds(&[
+        "compile",
+        "examples/gpt2.toml",
+        "--tiny",
+        "--emit",
+        "opt-ir",
+        "--rules=-fusion",
+    ]);
+    assert!(
+        ir.contains("softmax") && !ir.contains("= attention"),
+        "{ir}"
+    );
+    let ir = succeeds(&[
+        "compile",
+        "examples/gpt2.toml",
+        "--tiny",
+        "--emit",
+        "opt-ir",
+        "--rules",
+        "attention-fuse",
+    ]);
+    assert!(ir.contains("= attention"));
+    fails_with(
+        &["inspect", "examples/gpt2.toml", "--rules=-fusoin"],
+        &["fusoin", "did you mean `fusion`"],
+    );
+    fails_with(
+        &["inspect", "examples/gpt2.toml", "--target", "tpu"],
+        &["unknown target `tpu`", "h100"],
+    );
+    let ir = succeeds(&[
+        "compile",
+        "examples/deepseek-v2-lite.toml",
+        "--emit",
+        "opt-ir",
+        "--target",
+        "h100",
+    ]);
+    assert!(ir.starts_with("# optimized for h100"));
+    let rules = succeeds(&["inspect", "examples/gpt2.toml", "--list-rules"]);
+    assert!(rules.contains("mla-absorb") && rules.contains("merge-projections"));
+}
+
+/// The cost model decides MLA's form: with DeepSeek-V2-Lite's ranks the absorbed
+/// attention runs over 576/512-wide latent heads and loses to the plain form; with a
+/// small latent (rank 64) absorption wins.
+#[test]
+fn mla_form_follows_the_cost_model() {
+    let groups = |sets: &[&str]| {
+        let mut args = vec![
+            "compile",
+            "examples/deepseek-v2-lite.toml",
+            "--emit",
+            "opt-ir",
+            "--set",
+            "layers=1",
+        ];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let ir = succeeds(&args);
+        let line = ir
+            .lines()
+            .find(|l| l.contains("= attention"))
+            .unwrap()
+            .to_string();
+        line.contains("groups = 16")
+    };
+    assert!(!groups(&["seq=512"]));
+    assert!(!groups(&["seq=32768"]));
+    assert!(groups(&["seq=512", "kv_lora_rank=64"]));
+}
+
+#[test]
+fn run_check_mistral_and_deepseek_tiny() {
+    for m in ["examples/mistral-7b.toml", "examples/deepseek-v2-lite.toml"] {
+        let r = run_json(&["run", m, "--tiny", "--check", "--json"]);
+        assert!(r["max_abs_err"].as_f64().unwrap() < 1e-4, "{m}: {r}");
+        assert!(r["opt_max_abs_err"].as_f64().unwrap() < 1e-9, "{m}: {r}");
+    }
 }
 
 #[test]
