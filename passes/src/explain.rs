@@ -43,12 +43,16 @@ pub fn layer_graph(graph: &Graph, layer: &str) -> Result<Graph> {
         any = true;
         let mut operands = Vec::new();
         for o in graph.operands(id) {
-            if !map.contains_key(&o) {
-                let ty = graph.node(o).ty.clone();
-                let input = b.input(format!("%{}", o.index()), ty.shape, ty.dtype)?;
-                map.insert(o, input);
-            }
-            operands.push(map[&o]);
+            let value = match map.get(&o) {
+                Some(&v) => v,
+                None => {
+                    let ty = graph.node(o).ty.clone();
+                    let input = b.input(format!("%{}", o.index()), ty.shape, ty.dtype)?;
+                    map.insert(o, input);
+                    input
+                }
+            };
+            operands.push(value);
         }
         let node = graph.node(id);
         let declared = node.op.is_source().then(|| node.ty.clone());

@@ -111,8 +111,8 @@ impl DagChoice {
         // unknown is only revisited when that child changes; sweep until stable.
         for _ in 0..MAX_SWEEPS {
             let mut changed = false;
-            for i in 0..ids.len() {
-                let Some(candidate) = choice.evaluate(egraph, ids[i], i, &cost) else {
+            for (i, &id) in ids.iter().enumerate() {
+                let Some(candidate) = choice.evaluate(egraph, id, i, &cost) else {
                     continue;
                 };
                 let better = match &choice.best[i] {

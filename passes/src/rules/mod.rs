@@ -177,6 +177,10 @@ pub struct Build<'e> {
     from: Option<Attn>,
 }
 
+/// A finished candidate: its pattern, the classes its variables stand for, and the
+/// pattern of the node it replaces (if not the searcher's).
+type Finished = (PatternAst<Attn>, Vec<(Var, Id)>, Option<PatternAst<Attn>>);
+
 /// A node index in a [`Build`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct B(Id);
@@ -265,7 +269,7 @@ impl<'e> Build<'e> {
     }
 
     /// The candidate, its bindings, and the pattern of the node it replaces.
-    fn finish(self) -> (PatternAst<Attn>, Vec<(Var, Id)>, Option<PatternAst<Attn>>) {
+    fn finish(self) -> Finished {
         let from = self.from.map(|node| {
             let mut ast: PatternAst<Attn> = RecExpr::default();
             let mut bindings = Vec::new();
@@ -303,7 +307,6 @@ impl egg::Applier<Attn, TypeAnalysis> for Apply {
         searcher_ast: Option<&PatternAst<Attn>>,
         rule_name: Symbol,
     ) -> Vec<Id> {
-        type Finished = (PatternAst<Attn>, Vec<(Var, Id)>, Option<PatternAst<Attn>>);
         let built: Vec<Finished> = (self.0)(egraph, eclass, subst)
             .into_iter()
             .map(Build::finish)
@@ -334,8 +337,10 @@ impl egg::Applier<Attn, TypeAnalysis> for Apply {
 }
 
 /// A searcher written in Rust: the substitutions that match at one class.
+type SearchFn = dyn Fn(&EGraph, Id) -> Vec<Subst> + Send + Sync;
+
 struct Search {
-    f: Box<dyn Fn(&EGraph, Id) -> Vec<Subst> + Send + Sync>,
+    f: Box<SearchFn>,
 }
 
 impl egg::Searcher<Attn, TypeAnalysis> for Search {
