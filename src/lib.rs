@@ -158,7 +158,6 @@ pub fn compile(graph: &Graph, emit: Emit, options: &OptimizeOptions) -> Result<S
 #[derive(Clone, Debug, Serialize)]
 pub struct InspectReport {
     pub model: String,
-    pub target: String,
     pub nodes: usize,
     pub params: usize,
     pub param_elements: u64,
@@ -166,29 +165,18 @@ pub struct InspectReport {
     pub bytes: u64,
     pub flops_after: u64,
     pub bytes_after: u64,
-    /// Estimated time on the target before and after, nanoseconds.
-    pub cost_before: f64,
-    pub cost_after: f64,
-    pub layers: Vec<passes::LayerReport>,
-    pub egraph_nodes: usize,
-    pub egraph_classes: usize,
-    pub iterations: usize,
-    pub stop_reason: String,
-    pub saturation_ms: f64,
-    pub extraction_ms: f64,
-    /// `(rule, applications)` over the whole model.
-    pub fired: Vec<(String, usize)>,
+    /// The optimizer's report: per-layer forms, rules, costs, e-graph size, timings.
+    #[serde(flatten)]
+    pub optimizer: passes::Report,
 }
 
 pub fn inspect(graph: &Graph, options: &OptimizeOptions) -> Result<InspectReport> {
-    let opt = optimize(graph, options)?;
-    let r = opt.report;
+    let r = optimize(graph, options)?.report;
     let params = graph.params();
     let sum =
         |f: fn(&passes::LayerReport) -> u64| r.layers.iter().map(f).fold(0, u64::saturating_add);
     Ok(InspectReport {
         model: graph.name.clone(),
-        target: r.target.clone(),
         nodes: graph.len(),
         params: params.len(),
         param_elements: params
@@ -199,16 +187,7 @@ pub fn inspect(graph: &Graph, options: &OptimizeOptions) -> Result<InspectReport
         bytes: sum(|l| l.bytes_before),
         flops_after: sum(|l| l.flops_after),
         bytes_after: sum(|l| l.bytes_after),
-        cost_before: r.cost_before,
-        cost_after: r.cost_after,
-        egraph_nodes: r.egraph_nodes,
-        egraph_classes: r.egraph_classes,
-        iterations: r.iterations,
-        stop_reason: r.stop_reason,
-        saturation_ms: r.saturation_ms,
-        extraction_ms: r.extraction_ms,
-        fired: r.fired,
-        layers: r.layers,
+        optimizer: r,
     })
 }
 

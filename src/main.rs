@@ -274,19 +274,20 @@ fn real_main(cli: Cli) -> attnc::Result<()> {
     }
 }
 
-fn inspect_text(r: &attnc::InspectReport) -> String {
+fn inspect_text(report: &attnc::InspectReport) -> String {
     let ns = |v: f64| attnc::passes::Cost(v).to_string();
+    let (m, r) = (report, &report.optimizer);
     let mut s = format!(
         "{}: {} nodes, {} params ({} weights); target {}\n  FLOPs {} -> {}, bytes {} -> {}, estimated {} -> {}\n  e-graph: {} nodes in {} classes after {} iterations ({}), saturation {:.1} ms, extraction {:.1} ms\n",
-        r.model,
-        r.nodes,
-        r.params,
-        human(r.param_elements as f64),
+        m.model,
+        m.nodes,
+        m.params,
+        human(m.param_elements as f64),
         r.target,
-        human(r.flops as f64),
-        human(r.flops_after as f64),
-        human(r.bytes as f64),
-        human(r.bytes_after as f64),
+        human(m.flops as f64),
+        human(m.flops_after as f64),
+        human(m.bytes as f64),
+        human(m.bytes_after as f64),
         ns(r.cost_before),
         ns(r.cost_after),
         r.egraph_nodes,

@@ -36,33 +36,15 @@ pub fn to_egraph_with(graph: &Graph, explain: bool) -> Result<Program> {
     if explain {
         egraph = egraph.with_explanations_enabled();
     }
-    let mut class: Vec<Id> = Vec::with_capacity(graph.len());
+    let class = add_nodes(graph, graph.len(), |enode| egraph.add(enode))?;
     let mut sources = Vec::new();
     let mut layers = Vec::with_capacity(graph.len());
     for nid in graph.node_ids() {
         let node = graph.node(nid);
-        let id = match Source::of(&node.op, &node.ty) {
-            Some(source) => {
-                let id = egraph.add(Attn::Source(source));
-                sources.push(id);
-                id
-            }
-            None => {
-                let mut children: Vec<Id> = attr_of(&node.op)
-                    .map(|a| egraph.add(Attn::Attr(a)))
-                    .into_iter()
-                    .collect();
-                children.extend(graph.operands(nid).iter().map(|o| class[o.index()]));
-                let enode = Attn::of_op(&node.op, &children).ok_or_else(|| IrError::Type {
-                    layer: node.layer.clone(),
-                    op: node.op.name().to_string(),
-                    message: format!("%{}: operands do not fit the op", nid.index()),
-                })?;
-                egraph.add(enode)
-            }
-        };
-        layers.push((id, node.layer.clone()));
-        class.push(id);
+        if node.op.is_source() {
+            sources.push(class[nid.index()]);
+        }
+        layers.push((class[nid.index()], node.layer.clone()));
     }
     egraph.rebuild();
     let outputs = graph
@@ -79,6 +61,37 @@ pub fn to_egraph_with(graph: &Graph, explain: bool) -> Result<Program> {
     })
 }
 
+/// Adds the first `count` nodes of `graph` as e-nodes through `add` (an e-graph's or
+/// a `RecExpr`'s), operands before users; returns the id each node got.
+pub(crate) fn add_nodes(
+    graph: &Graph,
+    count: usize,
+    mut add: impl FnMut(Attn) -> Id,
+) -> Result<Vec<Id>> {
+    let mut ids: Vec<Id> = Vec::with_capacity(count);
+    for nid in graph.node_ids().take(count) {
+        let node = graph.node(nid);
+        let id = match Source::of(&node.op, &node.ty) {
+            Some(source) => add(Attn::Source(source)),
+            None => {
+                let mut children: Vec<Id> = attr_of(&node.op)
+                    .map(|a| add(Attn::Attr(a)))
+                    .into_iter()
+                    .collect();
+                children.extend(graph.operands(nid).iter().map(|o| ids[o.index()]));
+                let enode = Attn::of_op(&node.op, &children).ok_or_else(|| IrError::Type {
+                    layer: node.layer.clone(),
+                    op: node.op.name().to_string(),
+                    message: format!("%{}: operands do not fit the op", nid.index()),
+                })?;
+                add(enode)
+            }
+        };
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
 impl Program {
     /// The layer of every class (canonical id) that held an original node: the layer
     /// of the first node added to it.
@@ -90,11 +103,6 @@ impl Program {
                 .or_insert_with(|| layer.clone());
         }
         layer_of
-    }
-
-    /// The class of original node `%index`.
-    pub fn class_of_node(&self, index: usize) -> Option<Id> {
-        self.layers.get(index).map(|(id, _)| self.egraph.find(*id))
     }
 }
 

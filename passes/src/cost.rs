@@ -148,16 +148,13 @@ impl Target {
 
     /// Roofline time of `op` on operands `args` giving `out`, sizes resolved.
     pub fn op_cost(&self, op: &Op, args: &[(&[usize], DType)], out: (&[usize], DType)) -> Cost {
-        if op.is_source() {
+        // Sources are bound, not computed; a reshape is a view: no kernel, no traffic.
+        if op.is_source() || matches!(op, Op::Reshape { .. }) {
             return Cost(0.0);
         }
         let sizes: Vec<&[usize]> = args.iter().map(|a| a.0).collect();
         let flops = op_flops(op, &sizes, out.0) as f64;
         let bytes = op_bytes(op, args, out) as f64;
-        // A reshape is a view: no kernel, no traffic.
-        if matches!(op, Op::Reshape { .. }) {
-            return Cost(0.0);
-        }
         let half = matches!(out.1, DType::F16 | DType::BF16);
         let peak = match op {
             Op::MatMul | Op::Attention(_) if half => {

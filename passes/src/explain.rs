@@ -2,10 +2,10 @@
 //! optimized form, from egg's explanations, printed as one step per rule with the
 //! sub-term it rewrote before and after.
 
-use crate::rules::all_rules;
-use crate::{to_egraph_with, Attn, DagChoice, Options, SourceKind};
+use crate::optimize::{extract_cheapest, saturate};
+use crate::{to_egraph_with, Attn, Options, SourceKind};
 use attnc_ir::{Graph, GraphBuilder, IrError, NodeId, Op, Result};
-use egg::{FlatTerm, Id, RecExpr, Runner};
+use egg::{FlatTerm, Id, RecExpr};
 use std::collections::HashMap;
 
 /// Sub-terms deeper than this print as `…`: a step shows where it happened, not the
@@ -79,28 +79,10 @@ pub fn layer_graph(graph: &Graph, layer: &str) -> Result<Graph> {
 }
 
 /// The expression of `graph`'s node `root`, shared sub-terms kept shared.
-fn expr_of(graph: &Graph, root: NodeId) -> RecExpr<Attn> {
+fn expr_of(graph: &Graph, root: NodeId) -> Result<RecExpr<Attn>> {
     let mut expr = RecExpr::default();
-    let mut at: HashMap<NodeId, Id> = HashMap::new();
-    for id in graph.node_ids().take(root.index() + 1) {
-        let node = graph.node(id);
-        let e = match crate::Source::of(&node.op, &node.ty) {
-            Some(s) => expr.add(Attn::Source(s)),
-            None => {
-                let mut children: Vec<Id> = crate::attr_of(&node.op)
-                    .map(|a| expr.add(Attn::Attr(a)))
-                    .into_iter()
-                    .collect();
-                children.extend(graph.operands(id).iter().map(|o| at[o]));
-                match Attn::of_op(&node.op, &children) {
-                    Some(n) => expr.add(n),
-                    None => continue,
-                }
-            }
-        };
-        at.insert(id, e);
-    }
-    expr
+    crate::convert::add_nodes(graph, root.index() + 1, |n| expr.add(n))?;
+    Ok(expr)
 }
 
 /// Explain how `layer` of `graph` was optimized under `options`.
@@ -108,33 +90,17 @@ pub fn explain(graph: &Graph, layer: &str, options: &Options) -> Result<Explanat
     let sub = layer_graph(graph, layer)?;
     let mut program = to_egraph_with(&sub, true)?;
     let rules = options.rules.rules();
-    let runner = Runner::default()
-        .with_egraph(std::mem::take(&mut program.egraph))
-        .with_node_limit(options.node_limit)
-        .with_iter_limit(options.iter_limit)
-        .with_time_limit(options.time_limit)
-        .run(rules.iter().map(|r| &r.rewrite));
-    program.egraph = runner.egraph;
-    let target = &options.target;
-    let optimized = {
-        let egraph = &program.egraph;
-        let choice = DagChoice::new(egraph, |id, node| target.node_cost(egraph, id, node));
-        crate::build_graph(&program, |id| {
-            choice
-                .node(egraph, id)
-                .unwrap_or_else(|| &egraph[egraph.find(id)].nodes[0])
-        })?
-    };
-    let identities: HashMap<&str, &str> =
-        all_rules().iter().map(|r| (r.name, r.identity)).collect();
+    saturate(&mut program, &rules, options);
+    let optimized = extract_cheapest(&program, &options.target)?;
+    let identities: HashMap<&str, &str> = rules.iter().map(|r| (r.name, r.identity)).collect();
     let mut out = Explanation {
         layer: layer.to_string(),
         outputs: Vec::new(),
         steps: Vec::new(),
     };
     for ((_, a), (_, b)) in sub.outputs().iter().zip(optimized.outputs()) {
-        let before = expr_of(&sub, *a);
-        let after = expr_of(&optimized, *b);
+        let before = expr_of(&sub, *a)?;
+        let after = expr_of(&optimized, *b)?;
         out.outputs.push((show_expr(&before), show_expr(&after)));
         let mut explanation = program.egraph.explain_equivalence(&before, &after);
         let flat = explanation.make_flat_explanation().clone();
@@ -180,14 +146,11 @@ fn rewritten<'a>(
 fn label(node: &Attn, attr: Option<&crate::Attr>) -> String {
     match node {
         Attn::Source(s) => match &s.kind {
-            SourceKind::Param(n) => n
-                .rsplit('.')
-                .take(2)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect::<Vec<_>>()
-                .join("."),
+            // `layers.0.attn.wq` → `attn.wq`: the layer is named above the steps.
+            SourceKind::Param(n) => {
+                let cut = n.rmatch_indices('.').nth(1).map_or(0, |(i, _)| i + 1);
+                n[cut..].to_string()
+            }
             SourceKind::Input(n) => n.clone(),
             SourceKind::Const(v) => v.to_string(),
             SourceKind::Iota(a) => format!("iota{a}"),

@@ -192,17 +192,4 @@ impl DagChoice {
         let b = self.best_of(egraph, id)?;
         Some(&egraph[egraph.find(id)].nodes[b.node])
     }
-
-    /// The DAG cost of everything `roots` use, each class counted once.
-    pub fn cost_of(&self, egraph: &EGraph, roots: &[Id]) -> Cost {
-        let mut all = ClassSet::empty(self.best.len());
-        for &r in roots {
-            if let Some(b) = self.best_of(egraph, r) {
-                all.union_with(&b.uses);
-            }
-        }
-        all.members()
-            .filter_map(|m| self.best[m].as_ref().map(|b| b.own))
-            .sum()
-    }
 }

@@ -1,8 +1,8 @@
 //! The optimizer pipeline: Graph → e-graph → saturate → DAG-extract → Graph, with a
 //! report of what happened per layer.
 
-use crate::rules::RuleSelection;
-use crate::{build_graph, to_egraph_with, DagChoice, Target};
+use crate::rules::{Rule, RuleSelection};
+use crate::{build_graph, to_egraph_with, DagChoice, Program, Target};
 use attnc_ir::{layer_stats, DType, Graph, NodeId, Result};
 use egg::{Runner, StopReason};
 use serde::Serialize;
@@ -99,30 +99,36 @@ pub fn node_costs(graph: &Graph, target: &Target) -> Vec<f64> {
         .collect()
 }
 
-/// Estimated time per layer (in first-appearance order), nanoseconds.
-fn layer_costs(graph: &Graph, target: &Target) -> HashMap<String, f64> {
+/// Estimated time per layer and in all, nanoseconds.
+fn layer_costs(graph: &Graph, target: &Target) -> (HashMap<String, f64>, f64) {
     let mut out: HashMap<String, f64> = HashMap::new();
+    let mut total = 0.0;
     for (i, c) in node_costs(graph, target).into_iter().enumerate() {
         let node = graph.node(NodeId::new(i));
         let name = node.layer.clone().unwrap_or_else(|| "(none)".into());
         *out.entry(name).or_default() += c;
+        total += c;
     }
-    out
+    (out, total)
 }
 
-/// Optimize `graph` for `options.target`.
-pub fn optimize(graph: &Graph, options: &Options) -> Result<Optimized> {
-    let mut program = to_egraph_with(graph, false)?;
-    let rules = options.rules.rules();
-    let rewrites: Vec<_> = rules.iter().map(|r| &r.rewrite).collect();
+/// How saturation went.
+pub(crate) struct Saturation {
+    pub stop_reason: String,
+    pub iterations: usize,
+    pub ms: f64,
+}
+
+/// Runs `rules` on `program` under the limits of `options`.
+pub(crate) fn saturate(program: &mut Program, rules: &[Rule], options: &Options) -> Saturation {
     let t = Instant::now();
     let runner = Runner::default()
         .with_egraph(std::mem::take(&mut program.egraph))
         .with_node_limit(options.node_limit)
         .with_iter_limit(options.iter_limit)
         .with_time_limit(options.time_limit)
-        .run(rewrites);
-    let saturation_ms = t.elapsed().as_secs_f64() * 1e3;
+        .run(rules.iter().map(|r| &r.rewrite));
+    let ms = t.elapsed().as_secs_f64() * 1e3;
     let stop_reason = match &runner.stop_reason {
         Some(StopReason::Saturated) | None => "saturated".to_string(),
         Some(StopReason::IterationLimit(n)) => format!("iteration limit ({n})"),
@@ -132,17 +138,36 @@ pub fn optimize(graph: &Graph, options: &Options) -> Result<Optimized> {
     };
     let iterations = runner.iterations.len();
     program.egraph = runner.egraph;
-    let egraph = &program.egraph;
+    Saturation {
+        stop_reason,
+        iterations,
+        ms,
+    }
+}
 
-    let t = Instant::now();
-    let target = &options.target;
+/// The cheapest graph in `program` on `target` (DAG cost). Every original node has a
+/// finite, acyclic choice, so the fallback to a class's first node is never needed
+/// for what the outputs reach.
+pub(crate) fn extract_cheapest(program: &Program, target: &Target) -> Result<Graph> {
+    let egraph = &program.egraph;
     let choice = DagChoice::new(egraph, |id, node| target.node_cost(egraph, id, node));
-    let optimized = build_graph(&program, |id| {
+    build_graph(program, |id| {
         choice
             .node(egraph, id)
             .unwrap_or_else(|| &egraph[egraph.find(id)].nodes[0])
-    })?;
+    })
+}
+
+/// Optimize `graph` for `options.target`.
+pub fn optimize(graph: &Graph, options: &Options) -> Result<Optimized> {
+    let mut program = to_egraph_with(graph, false)?;
+    let rules = options.rules.rules();
+    let saturation = saturate(&mut program, &rules, options);
+    let target = &options.target;
+    let t = Instant::now();
+    let optimized = extract_cheapest(&program, target)?;
     let extraction_ms = t.elapsed().as_secs_f64() * 1e3;
+    let egraph = &program.egraph;
 
     // What fired, per layer and overall.
     let layer_of = program.layer_map();
@@ -167,7 +192,8 @@ pub fn optimize(graph: &Graph, options: &Options) -> Result<Optimized> {
         .collect();
 
     let (before, after) = (layer_stats(graph), layer_stats(&optimized));
-    let (cost_b, cost_a) = (layer_costs(graph, target), layer_costs(&optimized, target));
+    let (cost_b, total_b) = layer_costs(graph, target);
+    let (cost_a, total_a) = layer_costs(&optimized, target);
     let mut layers: Vec<LayerReport> = Vec::new();
     for l in &before {
         let a = after.iter().find(|a| a.name == l.name);
@@ -205,12 +231,12 @@ pub fn optimize(graph: &Graph, options: &Options) -> Result<Optimized> {
         target: target.name.clone(),
         egraph_nodes: egraph.total_number_of_nodes(),
         egraph_classes: egraph.number_of_classes(),
-        iterations,
-        stop_reason,
-        saturation_ms,
+        iterations: saturation.iterations,
+        stop_reason: saturation.stop_reason,
+        saturation_ms: saturation.ms,
         extraction_ms,
-        cost_before: node_costs(graph, target).iter().sum(),
-        cost_after: node_costs(&optimized, target).iter().sum(),
+        cost_before: total_b,
+        cost_after: total_a,
         fired,
         layers,
     };

@@ -4,7 +4,7 @@
 //! cancel, and projections that share an input merge into one matmul.
 
 use super::{
-    bound, class_rule, const_value, pattern_rule, sizes, type_in, Build, Candidates, Family, Rule,
+    bound, class_rule, pattern_rule, scalar, sizes, type_in, Build, Candidates, Family, Rule,
 };
 use crate::{Attn, Attr, EGraph, SourceKind};
 use attnc_ir::{BinaryOp, Dim, Op, ReduceKind, Shape};
@@ -17,11 +17,6 @@ const MAX_MERGED_PROJECTIONS: usize = 4;
 
 fn mul() -> Op {
     Op::Binary(BinaryOp::Mul)
-}
-
-/// Whether class `id` is a scalar constant.
-fn is_scalar_const(egraph: &EGraph, id: Id) -> bool {
-    const_value(egraph, id).is_some() && type_in(egraph, id).is_some_and(|t| t.rank() == 0)
 }
 
 /// The classes bound to `names`, if every one is bound.
@@ -55,7 +50,7 @@ fn scalar_rule(
         let Some(c) = bound(subst, "?c") else {
             return Vec::new();
         };
-        if !is_scalar_const(eg, c) {
+        if scalar(eg, c).is_none() {
             return Vec::new();
         }
         let mut b = Build::new(eg);
@@ -121,7 +116,7 @@ pub fn rules() -> Vec<Rule> {
             "(binary mul (rope ?p ?x) ?c)", |b, s| {
             let p = b.class(bound(s, "?p")?);
             let (x, c) = (var_class(b, s, "?x")?, var_class(b, s, "?c")?);
-            let theta = match b_attr(b, p)? { Attr::Theta(t) => t.get(), _ => return None };
+            let theta = match b.attr_at(p)? { Attr::Theta(t) => t.get(), _ => return None };
             let xc = scaled(b, x, c)?;
             b.op(&Op::Rope { theta }, &[xc])
         }),
@@ -210,10 +205,6 @@ pub fn rules() -> Vec<Rule> {
     ]
 }
 
-fn b_attr<'a>(b: &'a Build, p: super::B) -> Option<&'a Attr> {
-    b.attr_at(p)
-}
-
 fn attr_perm(b: &Build, p: super::B) -> Option<Vec<usize>> {
     match b.attr_at(p)? {
         Attr::Perm(perm) => Some(perm.clone()),
@@ -233,13 +224,6 @@ fn is_param(b: &Build, id: Id) -> bool {
         .nodes
         .iter()
         .any(|n| matches!(n, Attn::Source(s) if matches!(s.kind, SourceKind::Param(_))))
-}
-
-/// A scalar constant's value.
-fn scalar(egraph: &EGraph, id: Id) -> Option<f64> {
-    is_scalar_const(egraph, id)
-        .then(|| const_value(egraph, id))
-        .flatten()
 }
 
 /// `softmax(x)` when `?s` sums (and `?m`, if `max` is asked for, maxes) over the same

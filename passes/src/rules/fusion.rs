@@ -6,7 +6,7 @@
 //! it; `attention-gqa` drops `repeat_kv`; `mla-absorb` moves MLA's K and V
 //! up-projections out of the attention, which then runs on the shared latent.
 
-use super::{class_rule, const_value, sizes, type_in, Build, Candidates, Family, Rule, B};
+use super::{class_rule, scalar, sizes, type_in, Build, Candidates, Family, Rule, B};
 use crate::{Attn, Attr, EGraph, SourceKind};
 use attnc_ir::{Attention, BinaryOp, Coord, Dim, MaskExpr, Op, Shape, UnaryOp};
 use egg::{Id, Subst};
@@ -68,14 +68,7 @@ struct Fusion {
 }
 
 fn is_const(eg: &EGraph, id: Id, value: f64) -> bool {
-    const_value(eg, id).is_some_and(|v| v == value || (v.is_nan() && value.is_nan()))
-        && type_in(eg, id).is_some_and(|t| t.rank() == 0)
-}
-
-fn scalar(eg: &EGraph, id: Id) -> Option<f64> {
-    type_in(eg, id)
-        .filter(|t| t.rank() == 0)
-        .and(const_value(eg, id))
+    scalar(eg, id) == Some(value)
 }
 
 fn binary(eg: &EGraph, node: &Attn, op: BinaryOp) -> Option<(Id, Id)> {

@@ -110,8 +110,8 @@ impl RuleSelection {
                 names.extend(known.iter().map(|r| r.name));
                 let hint = names
                     .iter()
-                    .min_by_key(|n| strsim_distance(n, name))
-                    .filter(|n| strsim_distance(n, name) <= 3)
+                    .min_by_key(|n| strsim::levenshtein(n, name))
+                    .filter(|n| strsim::levenshtein(n, name) <= 3)
                     .map(|n| format!("; did you mean `{n}`?"))
                     .unwrap_or_default();
                 return Err(format!(
@@ -141,22 +141,6 @@ impl RuleSelection {
             .filter(|r| self.enabled(r))
             .collect()
     }
-}
-
-/// Edit distance for "did you mean" hints.
-fn strsim_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, &cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + (ca != cb) as usize)
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 // ---------------------------------------------------------------------------------
@@ -375,14 +359,7 @@ pub fn pattern_rule(
     let lhs: Pattern<Attn> = lhs
         .parse()
         .unwrap_or_else(|e| panic!("rule `{name}`: bad pattern: {e}"));
-    let rewrite = Rewrite::new(name, lhs, Apply(Box::new(build)))
-        .unwrap_or_else(|e| panic!("rule `{name}`: {e}"));
-    Rule {
-        name,
-        family,
-        identity,
-        rewrite,
-    }
+    rule(name, family, identity, lhs, build)
 }
 
 /// A rule whose left side is found by a Rust function over one class.
@@ -396,7 +373,17 @@ pub fn class_rule(
     let search = Search {
         f: Box::new(search),
     };
-    let rewrite = Rewrite::new(name, search, Apply(Box::new(build)))
+    rule(name, family, identity, search, build)
+}
+
+fn rule(
+    name: &'static str,
+    family: Family,
+    identity: &'static str,
+    searcher: impl egg::Searcher<Attn, TypeAnalysis> + Send + Sync + 'static,
+    build: impl for<'e> Fn(&'e EGraph, Id, &Subst) -> Candidates<'e> + Send + Sync + 'static,
+) -> Rule {
+    let rewrite = Rewrite::new(name, searcher, Apply(Box::new(build)))
         .unwrap_or_else(|e| panic!("rule `{name}`: {e}"));
     Rule {
         name,
@@ -419,8 +406,11 @@ pub fn bound(subst: &Subst, name: &str) -> Option<Id> {
     subst.get(var(name)).copied()
 }
 
-/// The value of a scalar constant in class `id`, if it holds one.
-pub fn const_value(egraph: &EGraph, id: Id) -> Option<f64> {
+/// The value of class `id` if it is a scalar constant.
+pub fn scalar(egraph: &EGraph, id: Id) -> Option<f64> {
+    if egraph[id].data.as_ref()?.rank() != 0 {
+        return None;
+    }
     egraph[id].nodes.iter().find_map(|n| match n {
         Attn::Source(Source {
             kind: crate::SourceKind::Const(v),
@@ -439,23 +429,4 @@ pub fn sizes(egraph: &EGraph, id: Id) -> Option<Vec<u64>> {
 /// The type of class `id`.
 pub fn type_in(egraph: &EGraph, id: Id) -> Option<&TensorType> {
     egraph[id].data.as_ref()
-}
-
-/// The nodes of class `id` for which `f` gives `Some`.
-pub fn nodes_where<'a, T>(
-    egraph: &'a EGraph,
-    id: Id,
-    f: impl Fn(&'a Attn) -> Option<T> + 'a,
-) -> impl Iterator<Item = T> + 'a {
-    egraph[id].nodes.iter().filter_map(f)
-}
-
-/// The attribute of `node` (resolved through its attribute class).
-pub fn node_attr<'a>(egraph: &'a EGraph, node: &Attn) -> Option<&'a Attr> {
-    node.attr().and_then(|a| crate::attr_in(egraph, a))
-}
-
-/// The first child ids of `node`, canonical.
-pub fn operands(egraph: &EGraph, node: &Attn) -> Vec<Id> {
-    node.operands().iter().map(|&c| egraph.find(c)).collect()
 }
