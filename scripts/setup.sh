@@ -5,7 +5,7 @@
 # what is missing.
 set -euo pipefail
 
-packages=(llvm-22-dev libmlir-22-dev libpolly-22-dev clang-22 zlib1g-dev libzstd-dev libffi-dev)
+packages=(llvm-22-dev libmlir-22-dev libpolly-22-dev clang-22 zlib1g-dev libzstd-dev libffi-dev libomp-22-dev libopenblas-dev)
 
 missing=()
 for p in "${packages[@]}"; do

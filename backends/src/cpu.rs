@@ -27,11 +27,15 @@ pub const CPU_PIPELINE: &str = "builtin.module(\
 one-shot-bufferize, \
 buffer-deallocation-pipeline, \
 func.func(convert-linalg-to-loops), \
-convert-scf-to-cf, \
+convert-vector-to-scf, \
+convert-scf-to-openmp, \
 expand-strided-metadata, \
 lower-affine, \
 func.func(arith-expand{include-bf16=true}), \
 finalize-memref-to-llvm, \
+convert-scf-to-cf, \
+convert-vector-to-llvm, \
+convert-openmp-to-llvm, \
 convert-math-to-llvm, \
 convert-math-to-libm, \
 convert-arith-to-llvm, \
@@ -78,6 +82,12 @@ fn to_llvm_dialect(session: &Session, module: &mut Module) -> Result<()> {
     Ok(())
 }
 
+/// Host buffers for one call of a [`CompiledModel`]: inputs and params converted to
+/// their element types, outputs, status flags.
+pub struct Prepared {
+    buffers: Vec<HostBuffer>,
+}
+
 /// A graph compiled for this CPU: call [`CompiledModel::run`] any number of times.
 pub struct CompiledModel {
     // Declared first so it is dropped before the context it was compiled in.
@@ -116,9 +126,17 @@ impl CompiledModel {
     /// and return one tensor per graph output, in order. Every binding is checked
     /// against the graph before compiled code runs.
     pub fn run(&self, bindings: &HashMap<String, Tensor>) -> Result<Vec<Tensor>> {
+        let mut prepared = self.prepare(bindings)?;
+        self.run_prepared(&mut prepared)?;
+        Ok(self.outputs(&prepared))
+    }
+
+    /// Check `bindings` and convert them to the buffers compiled code reads, with
+    /// fresh output buffers: what [`CompiledModel::run_prepared`] runs on, any number
+    /// of times (benchmarks time only the compiled code this way).
+    pub fn prepare(&self, bindings: &HashMap<String, Tensor>) -> Result<Prepared> {
         let sig = &self.signature;
         let mut buffers = Vec::new();
-        let mut sizes: Vec<&[usize]> = Vec::new();
         for b in &sig.inputs {
             let t = bindings
                 .get(&b.name)
@@ -128,19 +146,38 @@ impl CompiledModel {
                 })?;
             check_binding(b, t)?;
             buffers.push(HostBuffer::from_tensor(t));
-            sizes.push(&b.sizes);
         }
         for b in &sig.outputs {
             buffers.push(HostBuffer::zeroed(b.dtype, b.sizes.iter().product()));
-            sizes.push(&b.sizes);
         }
         for _ in &sig.checks {
             buffers.push(HostBuffer::Bytes(vec![0]));
-            sizes.push(&[]);
         }
-        self.call(&mut buffers, &sizes)?;
+        Ok(Prepared { buffers })
+    }
 
+    /// Run the compiled code on buffers made by [`CompiledModel::prepare`]; the
+    /// outputs are overwritten, a failed run-time check is an error.
+    pub fn run_prepared(&self, prepared: &mut Prepared) -> Result<()> {
+        let sig = &self.signature;
+        let sizes: Vec<&[usize]> = sig
+            .inputs
+            .iter()
+            .chain(&sig.outputs)
+            .map(|b| b.sizes.as_slice())
+            .chain(sig.checks.iter().map(|_| &[][..]))
+            .collect();
+        let buffers = &mut prepared.buffers;
+        if buffers.len() != sizes.len() {
+            return Err(BackendError::InvalidGraph {
+                message: "internal: buffers prepared for another model".into(),
+            });
+        }
         let first_flag = sig.inputs.len() + sig.outputs.len();
+        for flag in &mut buffers[first_flag..] {
+            *flag = HostBuffer::Bytes(vec![0]);
+        }
+        self.call(buffers, &sizes)?;
         for (check, flag) in sig.checks.iter().zip(&buffers[first_flag..]) {
             if flag.first_byte() != 0 {
                 return Err(BackendError::Runtime {
@@ -151,13 +188,18 @@ impl CompiledModel {
                 });
             }
         }
-        let outputs = &buffers[sig.inputs.len()..first_flag];
-        Ok(sig
-            .outputs
+        Ok(())
+    }
+
+    /// The outputs of the last run on `prepared`, in order, as tensors.
+    pub fn outputs(&self, prepared: &Prepared) -> Vec<Tensor> {
+        let sig = &self.signature;
+        let first = sig.inputs.len();
+        sig.outputs
             .iter()
-            .zip(outputs)
+            .zip(&prepared.buffers[first..])
             .map(|(b, buf)| buf.to_tensor(b.dtype, b.sizes.clone()))
-            .collect())
+            .collect()
     }
 
     /// Call `@forward` with one descriptor per buffer.

@@ -38,15 +38,18 @@ impl Engine {
     /// `name` right away so a missing symbol is a compile error, not a run error.
     pub fn new(module: &Module, opt_level: i32, name: &str) -> Result<Engine> {
         let _guard = llvm_lock();
+        // The engine hands the path to `dlopen` as a C string: it must end in NUL.
+        let path = format!("{}\0", crate::OPENMP_RUNTIME);
+        let libs = [string_ref(&path[..path.len() - 1])];
         // SAFETY: the module is a valid, verified module in the LLVM dialect; the engine
-        // copies what it needs (the module may be dropped afterwards). No shared
-        // libraries are passed (count 0, null array).
+        // copies what it needs (the module may be dropped afterwards). The one shared
+        // library is passed as a string reference with its length.
         let raw = unsafe {
             mlirExecutionEngineCreate(
                 module.to_raw(),
                 opt_level,
-                0,
-                std::ptr::null(),
+                libs.len() as i32,
+                libs.as_ptr(),
                 false,
                 false,
             )

@@ -36,9 +36,14 @@ mod cpu;
 mod engine;
 mod error;
 mod host;
+mod kernels;
 mod llvm;
 mod lower;
 mod mlir;
 
-pub use cpu::{emit_llvm_ir, emit_mlir, CompiledModel, CPU_PIPELINE};
+/// LLVM's OpenMP runtime, which the parallel loops of compiled code call
+/// (`libomp-22-dev`).
+pub const OPENMP_RUNTIME: &str = "/usr/lib/llvm-22/lib/libomp.so";
+
+pub use cpu::{emit_llvm_ir, emit_mlir, CompiledModel, Prepared, CPU_PIPELINE};
 pub use error::{BackendError, Result};

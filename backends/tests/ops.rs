@@ -255,6 +255,48 @@ fn matmul_plain_batched_and_broadcast() {
     }
 }
 
+/// Sizes that are not multiples of the GEMM's register tile (8×32) or blocks (K by
+/// 256, M by 256, N by 4096) — where generated code breaks — and operands that are
+/// views (a slice along the last axis) rather than fresh buffers.
+#[test]
+fn matmul_odd_sizes_and_views() {
+    let cases: [(&[u64], &[u64]); 6] = [
+        (&[50, 783], &[783, 37]),
+        (&[257, 300], &[300, 33]),
+        (&[4097, 3], &[3, 5]),
+        (&[9, 16], &[16, 4097]),
+        (&[2, 7, 513], &[513, 31]),
+        (&[1, 1], &[1, 1]),
+    ];
+    for (sa, sb) in cases {
+        check(&graph(|b| {
+            let x = b.input("a", shape(sa), F32)?;
+            let y = b.param("b", shape(sb), F32)?;
+            Ok(vec![b.op(Op::MatMul, &[x, y])?])
+        }));
+    }
+    // The right half of a wider tensor: a view with a row stride of 2·K.
+    check(&graph(|b| {
+        let x = b.input("a", shape(&[33, 2, 40]), F32)?;
+        let x = b.op(
+            Op::Reshape {
+                shape: shape(&[33, 80]),
+            },
+            &[x],
+        )?;
+        let half = b.op(
+            Op::Slice {
+                axis: 1,
+                start: attnc_ir::Dim::Const(40),
+                end: attnc_ir::Dim::Const(80),
+            },
+            &[x],
+        )?;
+        let y = b.param("b", shape(&[40, 47]), F32)?;
+        Ok(vec![b.op(Op::MatMul, &[half, y])?])
+    }));
+}
+
 #[test]
 fn reshapes_including_to_and_from_scalars() {
     let cases: [(&[u64], &[u64]); 6] = [

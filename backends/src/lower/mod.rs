@@ -37,9 +37,11 @@
 mod attention;
 mod elementwise;
 mod emit;
+mod kernel_call;
 mod layout;
 mod reduce;
 
+use crate::kernels::KernelSet;
 use crate::{BackendError, Result};
 use attnc_ir::{BinaryOp, DType, Graph, NodeId, Op};
 use emit::{memref_type, tensor_type, Elem, Emitter, Generic, Map, Val};
@@ -99,6 +101,7 @@ pub(crate) fn lower(graph: &Graph) -> Result<Lowered> {
         functions: String::new(),
         distinct: HashMap::new(),
         buffers: 0,
+        kernels: KernelSet::default(),
     };
     l.declare_sources();
     l.declare_outputs();
@@ -282,6 +285,8 @@ struct Lowering<'g> {
     distinct: HashMap<String, String>,
     /// How many buffers (`%bN`) `@forward` allocates so far.
     buffers: usize,
+    /// The hand-scheduled kernels (GEMM, attention) the layer functions call.
+    kernels: KernelSet,
 }
 
 impl Lowering<'_> {
@@ -343,6 +348,9 @@ impl Lowering<'_> {
         }
         let sizes = graph.sizes(id);
         let elem = Elem::of(node.ty.dtype);
+        if let Some(val) = self.lower_with_kernel(&node.op, &ops, &sizes) {
+            return Ok(val);
+        }
         let em = &mut self.em;
         Ok(match &node.op {
             // Arguments of `@forward`, entered where they are read (`lower_segment`).
@@ -397,6 +405,21 @@ impl Lowering<'_> {
                 })
             }
         })
+    }
+
+    /// The ops a hand-scheduled kernel computes: float matmuls (and, below, fused
+    /// attention). `None` for everything else.
+    fn lower_with_kernel(&mut self, op: &Op, ops: &[Val], sizes: &[usize]) -> Option<Val> {
+        match op {
+            Op::MatMul if ops[0].elem.is_float() => Some(kernel_call::matmul(
+                &mut self.em,
+                &mut self.kernels,
+                &ops[0],
+                &ops[1],
+                sizes,
+            )),
+            _ => None,
+        }
     }
 
     /// `gather` / `embedding`: read with clamped indices and check that none needed
@@ -665,6 +688,7 @@ impl Lowering<'_> {
         }
         let mut text = String::new();
         let _ = writeln!(text, "module {{");
+        text.push_str(self.kernels.text());
         text.push_str(&self.functions);
         let _ = writeln!(
             text,

@@ -1,0 +1,396 @@
+//! f32 GEMM `C = A·B` in the BLIS/GotoBLAS structure, specialized to its shapes.
+//!
+//! Loops, outermost first (the cache each level targets in brackets):
+//! - `jc` over N by [`NC`] columns and `pc` over K by [`KC`] (B's packed panel: L3);
+//! - pack `B[pc.., jc..]` into `NR`-wide column panels, `Bp[jp][k][0..NR]`
+//!   (zero-padded past N), in parallel over the panels;
+//! - `ic` over M by [`MC`] rows: pack `A[ic.., pc..]` into `MR`-tall row panels,
+//!   `Ap[ip][k][0..MR]` (zero-padded past M), in parallel (the block: L2);
+//! - in parallel over (`jp`, `ip`), `ip` inner so a thread keeps one B panel in L1
+//!   against the A panels of the block: the micro-kernel, an `MR×NR` register tile
+//!   (`MR·NR/16` accumulators, each an AVX-512 vector), one broadcast of A and
+//!   `NR/16` loads of B per FMA row, then `C += tile`, masked at the edges of C.
+//!
+//! Packing makes the micro-kernel's loads unit-stride and conflict-free whatever the
+//! leading dimensions (a power-of-two stride otherwise maps every row of a panel to
+//! one L1 set), and its zero padding is what handles sizes that are not multiples of
+//! the tile: the micro-kernel always runs full tiles; only the update of C is masked.
+//!
+//! Operands may carry batch dimensions (`[.., M, K] × [.., K, N]`, broadcast as
+//! numpy does): one GEMM per batch index, over 2-D views of the operands.
+
+use super::{function, strided_type, Code, KernelSet, LANES};
+
+/// Register tile: rows of A broadcast per k.
+pub(crate) const MR: usize = 8;
+/// Register tile: columns of B, `NR / LANES` vectors.
+pub(crate) const NR: usize = 32;
+/// Depth of one packed panel.
+pub(crate) const KC: usize = 256;
+/// Rows of A packed at once.
+pub(crate) const MC: usize = 256;
+/// Columns of B packed at once.
+pub(crate) const NC: usize = 4096;
+
+// Blocks are whole register tiles.
+const _: () = assert!(MC.is_multiple_of(MR) && NC.is_multiple_of(NR) && NR.is_multiple_of(LANES));
+
+/// The shapes of one GEMM: `a` is `[.., M, K]`, `b` is `[.., K, N]`, `c` the
+/// broadcast result `[.., M, N]`.
+#[derive(Clone, Debug)]
+pub(crate) struct Gemm {
+    pub a: Vec<usize>,
+    pub b: Vec<usize>,
+    pub c: Vec<usize>,
+}
+
+impl Gemm {
+    fn key(&self) -> String {
+        let dims = |s: &[usize]| {
+            s.iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join("x")
+        };
+        format!("gemm.{}.{}", dims(&self.a), dims(&self.b))
+    }
+
+    pub fn operand_types(&self) -> [String; 3] {
+        [
+            strided_type(&self.a, "f32"),
+            strided_type(&self.b, "f32"),
+            strided_type(&self.c, "f32"),
+        ]
+    }
+}
+
+/// The kernel for `g` (written once per shape); returns its symbol.
+pub(crate) fn gemm(set: &mut KernelSet, g: &Gemm) -> String {
+    set.get(g.key(), |name| write_gemm(name, g))
+}
+
+fn write_gemm(name: &str, g: &Gemm) -> String {
+    let [ta, tb, tc] = g.operand_types();
+    let nb = g.c.len() - 2;
+    let (m, n) = (g.c[nb], g.c[nb + 1]);
+    let k = g.a[g.a.len() - 1];
+    let mut c = Code::new();
+    let zero = c.f32(0.0);
+    c.line(format_args!(
+        "linalg.fill ins({zero} : f32) outs(%c : {tc})"
+    ));
+    let kc = KC.min(k);
+    let nc = NC.min(n).div_ceil(NR) * NR;
+    let ap = c.let_(format_args!(
+        "memref.alloc() {{alignment = 64 : i64}} : memref<{}x{kc}x{MR}xf32>",
+        MC.min(m.div_ceil(MR) * MR) / MR
+    ));
+    let bp = c.let_(format_args!(
+        "memref.alloc() {{alignment = 64 : i64}} : memref<{}x{kc}x{NR}xf32>",
+        nc / NR
+    ));
+    let dims = Dims { m, n, k, kc, nc };
+    let views = View2 {
+        ap: (
+            ap,
+            format!("memref<{}x{kc}x{MR}xf32>", MC.min(m.div_ceil(MR) * MR) / MR),
+        ),
+        bp: (bp, format!("memref<{}x{kc}x{NR}xf32>", nc / NR)),
+    };
+    batch_loops(&mut c, g, 0, &mut Vec::new(), &|c, idx| {
+        let a2 = view(c, "%a", &g.a, &ta, idx, nb);
+        let b2 = view(c, "%b", &g.b, &tb, idx, nb);
+        let c2 = view(c, "%c", &g.c, &tc, idx, nb);
+        gemm_2d(c, &dims, &views, [&a2, &b2, &c2]);
+    });
+    let params = [
+        ("%a".to_string(), ta),
+        ("%b".to_string(), tb),
+        ("%c".to_string(), tc),
+    ];
+    function(name, &params, c.finish())
+}
+
+struct Dims {
+    m: usize,
+    n: usize,
+    k: usize,
+    /// Depth of the packed panels: `min(KC, K)`.
+    kc: usize,
+    /// Columns packed at once, a multiple of `NR`.
+    nc: usize,
+}
+
+/// The packing buffers (value, type).
+struct View2 {
+    ap: (String, String),
+    bp: (String, String),
+}
+
+/// One `scf.for` per batch dimension of C, innermost calling `body` with the indices.
+fn batch_loops(
+    c: &mut Code,
+    g: &Gemm,
+    d: usize,
+    idx: &mut Vec<String>,
+    body: &dyn Fn(&mut Code, &[String]),
+) {
+    let nb = g.c.len() - 2;
+    if d == nb {
+        body(c, idx);
+        return;
+    }
+    if g.c[d] == 1 {
+        let zero = c.idx(0);
+        idx.push(zero);
+        batch_loops(c, g, d + 1, idx, body);
+        idx.pop();
+        return;
+    }
+    let (lb, ub) = (c.idx(0), c.idx(g.c[d]));
+    c.for_range(&lb, &ub, 1, |c, iv| {
+        let mut idx2 = idx.clone();
+        idx2.push(iv.to_string());
+        batch_loops(c, g, d + 1, &mut idx2, body);
+    });
+}
+
+/// The 2-D view `[rows, cols]` of operand `v` (sizes `sizes`) at batch indices `idx`
+/// of the result (numpy broadcasting: missing leading dims, size-1 dims read 0).
+fn view(c: &mut Code, v: &str, sizes: &[usize], ty: &str, idx: &[String], nb: usize) -> String {
+    let r = sizes.len();
+    if r == 2 {
+        return v.to_string();
+    }
+    let lead = nb - (r - 2);
+    let mut offsets = Vec::new();
+    for (d, &size) in sizes[..r - 2].iter().enumerate() {
+        offsets.push(if size == 1 {
+            "0".to_string()
+        } else {
+            idx[lead + d].clone()
+        });
+    }
+    offsets.extend(["0".to_string(), "0".to_string()]);
+    let mut lens = vec!["1".to_string(); r - 2];
+    lens.extend([sizes[r - 2].to_string(), sizes[r - 1].to_string()]);
+    let ones = vec!["1"; r];
+    let out = strided_type(&sizes[r - 2..], "f32");
+    c.let_(format_args!(
+        "memref.subview {v}[{}] [{}] [{}] : {ty} to {out}",
+        offsets.join(", "),
+        lens.join(", "),
+        ones.join(", ")
+    ))
+}
+
+fn gemm_2d(c: &mut Code, d: &Dims, p: &View2, [a, b, cc]: [&str; 3]) {
+    let ta = strided_type(&[d.m, d.k], "f32");
+    let tb = strided_type(&[d.k, d.n], "f32");
+    let tc = strided_type(&[d.m, d.n], "f32");
+    let (zero, mv, nv, kv) = (c.idx(0), c.idx(d.m), c.idx(d.n), c.idx(d.k));
+    let (ap, tap) = (&p.ap.0, &p.ap.1);
+    let (bp, tbp) = (&p.bp.0, &p.bp.1);
+    let pad = c.f32(0.0);
+    // Vectors that may run past N need masking; rows past M are zero-padded by packing.
+    let n_ragged = !d.n.is_multiple_of(NR);
+    let m_ragged = !d.m.is_multiple_of(MR);
+    let in_bounds_n = if d.n.is_multiple_of(LANES) && !n_ragged {
+        "true"
+    } else {
+        "false"
+    };
+
+    let ncv = c.idx(d.nc);
+    c.for_range(&zero, &nv, d.nc, |c, jc| {
+        let rest = c.ix("subi", &nv, jc);
+        let ncur = c.min(&ncv, &rest);
+        let np = ceil_div(c, &ncur, NR);
+        let kcv = c.idx(d.kc);
+        c.for_range(&zero, &kv, d.kc, |c, pc| {
+            let rest = c.ix("subi", &kv, pc);
+            let kc = c.min(&kcv, &rest);
+            // Pack B: Bp[jp][k][..] = B[pc + k, jc + jp·NR + ..].
+            c.parallel(&[&np], |c, ivs| {
+                let jp = &ivs[0];
+                let col0 = c.mad(jc, jp, NR);
+                let zero = c.idx(0);
+                c.for_range(&zero, &kc, 1, |c, kk| {
+                    let row = c.ix("addi", pc, kk);
+                    for v in 0..NR / LANES {
+                        let col = c.add_const(&col0, v * LANES);
+                        let x = c.let_(format_args!(
+                            "vector.transfer_read {b}[{row}, {col}], {pad} {{in_bounds = [{in_bounds_n}]}} : {tb}, vector<{LANES}xf32>"
+                        ));
+                        let off = c.idx(v * LANES);
+                        c.line(format_args!(
+                            "vector.store {x}, {bp}[{jp}, {kk}, {off}] : {tbp}, vector<{LANES}xf32>"
+                        ));
+                    }
+                });
+            });
+            let mcv = c.idx(MC);
+            c.for_range(&zero, &mv, MC, |c, ic| {
+                let rest = c.ix("subi", &mv, ic);
+                let mcur = c.min(&mcv, &rest);
+                let mp = ceil_div(c, &mcur, MR);
+                // Pack A: Ap[ip][k][r] = A[ic + ip·MR + r, pc + k] (0 past M).
+                c.parallel(&[&mp], |c, ivs| {
+                    let ip = &ivs[0];
+                    let row0 = c.mad(ic, ip, MR);
+                    let zero = c.idx(0);
+                    let last = c.idx(d.m - 1);
+                    let rows: Vec<(String, Option<String>)> = (0..MR)
+                        .map(|r| {
+                            let row = c.add_const(&row0, r);
+                            if m_ragged {
+                                let inside = c.let_(format_args!("arith.cmpi ult, {row}, {mv} : index"));
+                                let clamped = c.min(&row, &last);
+                                (clamped, Some(inside))
+                            } else {
+                                (row, None)
+                            }
+                        })
+                        .collect();
+                    c.for_range(&zero, &kc, 1, |c, kk| {
+                        let col = c.ix("addi", pc, kk);
+                        let mut elems = Vec::new();
+                        for (row, inside) in &rows {
+                            let x = c.let_(format_args!("memref.load {a}[{row}, {col}] : {ta}"));
+                            elems.push(match inside {
+                                Some(inside) => c.let_(format_args!("arith.select {inside}, {x}, {pad} : f32")),
+                                None => x,
+                            });
+                        }
+                        let vec = c.let_(format_args!(
+                            "vector.from_elements {} : vector<{MR}xf32>",
+                            elems.join(", ")
+                        ));
+                        let zero = c.idx(0);
+                        c.line(format_args!(
+                            "vector.store {vec}, {ap}[{ip}, {kk}, {zero}] : {tap}, vector<{MR}xf32>"
+                        ));
+                    });
+                });
+                // The micro-kernels of this block.
+                c.parallel(&[&np, &mp], |c, ivs| {
+                    let (jp, ip) = (&ivs[0], &ivs[1]);
+                    micro_kernel(c, d, (ap, tap), (bp, tbp), jp, ip, &kc, |c, tile| {
+                        let row0 = c.mad(ic, ip, MR);
+                        let col0 = c.mad(jc, jp, NR);
+                        update_c(c, d, cc, &tc, &row0, &col0, tile, (m_ragged, n_ragged));
+                    });
+                });
+            });
+        });
+    });
+}
+
+fn ceil_div(c: &mut Code, x: &str, by: usize) -> String {
+    let up = c.add_const(x, by - 1);
+    let byv = c.idx(by);
+    c.ix("divui", &up, &byv)
+}
+
+/// The `MR×NR` tile of `Ap[ip] · Bp[jp]` over `kc`, in `MR·NR/LANES` vectors (row-major),
+/// handed to `then`.
+#[allow(clippy::too_many_arguments)]
+fn micro_kernel(
+    c: &mut Code,
+    _d: &Dims,
+    (ap, tap): (&str, &str),
+    (bp, tbp): (&str, &str),
+    jp: &str,
+    ip: &str,
+    kc: &str,
+    then: impl FnOnce(&mut Code, &[String]),
+) {
+    let vt = format!("vector<{LANES}xf32>");
+    let zero_v = c.splat(0.0);
+    let iters: Vec<(String, String)> = (0..MR * NR / LANES)
+        .map(|_| (zero_v.clone(), vt.clone()))
+        .collect();
+    let zero = c.idx(0);
+    let one = c.idx(1);
+    let tile = c.for_((&zero, kc, &one), &iters, |c, kk, acc| {
+        let bs: Vec<String> = (0..NR / LANES)
+            .map(|v| {
+                let off = c.idx(v * LANES);
+                c.let_(format_args!(
+                    "vector.load {bp}[{jp}, {kk}, {off}] : {tbp}, {vt}"
+                ))
+            })
+            .collect();
+        let mut next = Vec::new();
+        for r in 0..MR {
+            let ri = c.idx(r);
+            let s = c.let_(format_args!("memref.load {ap}[{ip}, {kk}, {ri}] : {tap}"));
+            let bc = c.let_(format_args!("vector.broadcast {s} : f32 to {vt}"));
+            for (v, bv) in bs.iter().enumerate() {
+                let acc = &acc[r * (NR / LANES) + v];
+                next.push(c.vop("vector.fma", &[&bc, bv, acc]));
+            }
+        }
+        next
+    });
+    then(c, &tile);
+}
+
+/// `C[row0.., col0..] += tile`: plain vector loads and stores for a tile inside C;
+/// rows past M skipped and columns past N masked otherwise.
+#[allow(clippy::too_many_arguments)]
+fn update_c(
+    c: &mut Code,
+    d: &Dims,
+    cc: &str,
+    tc: &str,
+    row0: &str,
+    col0: &str,
+    tile: &[String],
+    (m_ragged, n_ragged): (bool, bool),
+) {
+    let vt = format!("vector<{LANES}xf32>");
+    let fast = |c: &mut Code| {
+        for r in 0..MR {
+            let row = c.add_const(row0, r);
+            for v in 0..NR / LANES {
+                let col = c.add_const(col0, v * LANES);
+                let old = c.let_(format_args!("vector.load {cc}[{row}, {col}] : {tc}, {vt}"));
+                let new = c.vop("arith.addf", &[&old, &tile[r * (NR / LANES) + v]]);
+                c.line(format_args!(
+                    "vector.store {new}, {cc}[{row}, {col}] : {tc}, {vt}"
+                ));
+            }
+        }
+    };
+    if !m_ragged && !n_ragged {
+        fast(c);
+        return;
+    }
+    let mv = c.idx(d.m);
+    let nv = c.idx(d.n);
+    let row_end = c.add_const(row0, MR);
+    let col_end = c.add_const(col0, NR);
+    let rows_in = c.let_(format_args!("arith.cmpi ule, {row_end}, {mv} : index"));
+    let cols_in = c.let_(format_args!("arith.cmpi ule, {col_end}, {nv} : index"));
+    let full = c.let_(format_args!("arith.andi {rows_in}, {cols_in} : i1"));
+    c.if_else(&full, fast, |c| {
+        let pad = c.f32(0.0);
+        for r in 0..MR {
+            let row = c.add_const(row0, r);
+            let inside = c.let_(format_args!("arith.cmpi ult, {row}, {mv} : index"));
+            c.if_(&inside, |c| {
+                for v in 0..NR / LANES {
+                    let col = c.add_const(col0, v * LANES);
+                    let old = c.let_(format_args!(
+                        "vector.transfer_read {cc}[{row}, {col}], {pad} {{in_bounds = [false]}} : {tc}, {vt}"
+                    ));
+                    let new = c.vop("arith.addf", &[&old, &tile[r * (NR / LANES) + v]]);
+                    c.line(format_args!(
+                        "vector.transfer_write {new}, {cc}[{row}, {col}] {{in_bounds = [false]}} : {vt}, {tc}"
+                    ));
+                }
+            });
+        }
+    });
+}

@@ -1,0 +1,309 @@
+//! Hand-scheduled kernels, written at the memref level in `scf` + `vector` +
+//! `memref` + `arith` + `math`: the ops whose speed decides a model's (matmuls and
+//! fused attention). Each kernel is specialized to its static shapes — every loop
+//! bound, tail and stride the generator can know is a constant for LLVM — and emitted
+//! once per distinct shape as a private function the layer functions call.
+//!
+//! Parallel loops are `scf.parallel`, which the CPU pipeline turns into OpenMP
+//! work-sharing loops (`convert-scf-to-openmp`); the runtime is LLVM's libomp.
+//!
+//! Tensors reach a kernel through `bufferization.to_buffer` as memrefs with a
+//! dynamic layout whose innermost stride is 1 (slices and reshapes of contiguous
+//! buffers), so no copy is made to call one; the result is a fresh buffer.
+
+pub(crate) mod gemm;
+
+use std::collections::HashMap;
+use std::fmt::{Display, Write};
+
+/// The vector width in f32 lanes the kernels are written for (AVX-512; on narrower
+/// hosts LLVM splits each vector in two, which keeps them correct and fast).
+pub(crate) const LANES: usize = 16;
+
+/// The kernels a module needs, each written once.
+#[derive(Default)]
+pub(crate) struct KernelSet {
+    text: String,
+    by_key: HashMap<String, String>,
+}
+
+impl KernelSet {
+    /// The function named after `key`, written by `write` the first time it is asked
+    /// for. `write` receives the symbol (without `@`) and returns the function's text.
+    pub fn get(&mut self, key: String, write: impl FnOnce(&str) -> String) -> String {
+        if let Some(name) = self.by_key.get(&key) {
+            return name.clone();
+        }
+        let name = format!("attnc.{key}");
+        let text = write(&name);
+        self.text.push_str(&text);
+        self.by_key.insert(key, name.clone());
+        name
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+/// `memref<2x8x16xf32, strided<[?, ?, 1], offset: ?>>`: the type a kernel takes an
+/// operand in (any layout with unit innermost stride).
+pub(crate) fn strided_type(sizes: &[usize], elem: &str) -> String {
+    let mut s = String::from("memref<");
+    for n in sizes {
+        let _ = write!(s, "{n}x");
+    }
+    s.push_str(elem);
+    if !sizes.is_empty() {
+        let mut strides = vec!["?"; sizes.len() - 1];
+        strides.push("1");
+        let _ = write!(s, ", strided<[{}], offset: ?>", strides.join(", "));
+    }
+    s.push('>');
+    s
+}
+
+/// Writes one kernel function: fresh SSA names, indentation, structured loops.
+pub(crate) struct Code {
+    out: String,
+    next: usize,
+    indent: usize,
+    consts: Vec<HashMap<String, String>>,
+}
+
+impl Code {
+    pub fn new() -> Code {
+        Code {
+            out: String::new(),
+            next: 0,
+            indent: 2,
+            consts: vec![HashMap::new()],
+        }
+    }
+
+    pub fn finish(self) -> String {
+        self.out
+    }
+
+    pub fn fresh(&mut self) -> String {
+        self.next += 1;
+        format!("%x{}", self.next)
+    }
+
+    pub fn line(&mut self, text: impl Display) {
+        let _ = writeln!(self.out, "{:indent$}{text}", "", indent = self.indent);
+    }
+
+    /// `%xN = <rhs>`; returns `%xN`.
+    pub fn let_(&mut self, rhs: impl Display) -> String {
+        let v = self.fresh();
+        self.line(format_args!("{v} = {rhs}"));
+        v
+    }
+
+    /// A constant, defined once per region it is first used in (and visible in the
+    /// regions nested in it).
+    pub fn constant(&mut self, literal: impl Display, ty: &str) -> String {
+        let key = format!("{literal}:{ty}");
+        for scope in self.consts.iter().rev() {
+            if let Some(v) = scope.get(&key) {
+                return v.clone();
+            }
+        }
+        let v = self.let_(format_args!("arith.constant {literal} : {ty}"));
+        if let Some(scope) = self.consts.last_mut() {
+            scope.insert(key, v.clone());
+        }
+        v
+    }
+
+    pub fn idx(&mut self, n: usize) -> String {
+        self.constant(n, "index")
+    }
+
+    pub fn f32(&mut self, value: f32) -> String {
+        self.constant(format_args!("0x{:08X}", value.to_bits()), "f32")
+    }
+
+    pub fn splat(&mut self, value: f32) -> String {
+        let s = self.f32(value);
+        let key = format!("splat:{s}");
+        for scope in self.consts.iter().rev() {
+            if let Some(v) = scope.get(&key) {
+                return v.clone();
+            }
+        }
+        let v = self.let_(format_args!(
+            "vector.broadcast {s} : f32 to vector<{LANES}xf32>"
+        ));
+        if let Some(scope) = self.consts.last_mut() {
+            scope.insert(key, v.clone());
+        }
+        v
+    }
+
+    /// An index op: `arith.<op> a, b : index`.
+    pub fn ix(&mut self, op: &str, a: &str, b: &str) -> String {
+        self.let_(format_args!("arith.{op} {a}, {b} : index"))
+    }
+
+    /// `a + b·c` on indices (`c` a constant).
+    pub fn mad(&mut self, a: &str, b: &str, c: usize) -> String {
+        if c == 0 {
+            return a.to_string();
+        }
+        let c = self.idx(c);
+        let p = self.ix("muli", b, &c);
+        self.ix("addi", a, &p)
+    }
+
+    pub fn add_const(&mut self, a: &str, c: usize) -> String {
+        if c == 0 {
+            return a.to_string();
+        }
+        let c = self.idx(c);
+        self.ix("addi", a, &c)
+    }
+
+    /// `min(a, b)` on indices.
+    pub fn min(&mut self, a: &str, b: &str) -> String {
+        self.ix("minsi", a, b)
+    }
+
+    /// A vector op on `vector<LANES x f32>`.
+    pub fn vop(&mut self, op: &str, args: &[&str]) -> String {
+        self.let_(format_args!(
+            "{op} {} : vector<{LANES}xf32>",
+            args.join(", ")
+        ))
+    }
+
+    fn open(&mut self, header: impl Display) {
+        self.line(header);
+        self.indent += 2;
+        self.consts.push(HashMap::new());
+    }
+
+    fn close(&mut self, footer: impl Display) {
+        self.consts.pop();
+        self.indent -= 2;
+        self.line(footer);
+    }
+
+    /// `scf.for` from `lb` to `ub` by `step` carrying `iters` (value, type); `body`
+    /// gets the induction variable and the carried values and returns the values to
+    /// yield. Returns the loop's results.
+    pub fn for_(
+        &mut self,
+        (lb, ub, step): (&str, &str, &str),
+        iters: &[(String, String)],
+        body: impl FnOnce(&mut Code, &str, &[String]) -> Vec<String>,
+    ) -> Vec<String> {
+        let iv = self.fresh();
+        let args: Vec<String> = iters.iter().map(|_| self.fresh()).collect();
+        let results: Vec<String> = iters.iter().map(|_| self.fresh()).collect();
+        let types: Vec<&str> = iters.iter().map(|(_, t)| t.as_str()).collect();
+        if iters.is_empty() {
+            self.open(format_args!("scf.for {iv} = {lb} to {ub} step {step} {{"));
+        } else {
+            let inits: Vec<String> = iters
+                .iter()
+                .zip(&args)
+                .map(|((v, _), a)| format!("{a} = {v}"))
+                .collect();
+            let lhs = if results.len() == 1 {
+                results[0].clone()
+            } else {
+                format!("{}:{}", results[0], results.len())
+            };
+            self.open(format_args!(
+                "{lhs} = scf.for {iv} = {lb} to {ub} step {step} iter_args({}) -> ({}) {{",
+                inits.join(", "),
+                types.join(", ")
+            ));
+        }
+        let yields = body(self, &iv, &args);
+        if yields.is_empty() {
+            self.close("}");
+        } else {
+            self.line(format_args!(
+                "scf.yield {} : {}",
+                yields.join(", "),
+                types.join(", ")
+            ));
+            self.close("}");
+        }
+        if results.len() == 1 {
+            return results;
+        }
+        (0..results.len())
+            .map(|i| format!("{}#{i}", results[0]))
+            .collect()
+    }
+
+    /// `scf.for` with constant bounds and no carried values.
+    pub fn for_range(
+        &mut self,
+        lb: &str,
+        ub: &str,
+        step: usize,
+        body: impl FnOnce(&mut Code, &str),
+    ) {
+        let step = self.idx(step);
+        self.for_((lb, ub, &step), &[], |c, iv, _| {
+            body(c, iv);
+            Vec::new()
+        });
+    }
+
+    /// `scf.parallel` over `[0, ub_i)` for each bound (run by OpenMP's threads).
+    pub fn parallel(&mut self, ubs: &[&str], body: impl FnOnce(&mut Code, &[String])) {
+        let ivs: Vec<String> = ubs.iter().map(|_| self.fresh()).collect();
+        let zero = self.idx(0);
+        let one = self.idx(1);
+        let lbs = vec![zero.as_str(); ubs.len()];
+        let steps = vec![one.as_str(); ubs.len()];
+        self.open(format_args!(
+            "scf.parallel ({}) = ({}) to ({}) step ({}) {{",
+            ivs.join(", "),
+            lbs.join(", "),
+            ubs.join(", "),
+            steps.join(", ")
+        ));
+        body(self, &ivs);
+        self.line("scf.reduce");
+        self.close("}");
+    }
+
+    /// `scf.if cond { then }` with no results.
+    pub fn if_(&mut self, cond: &str, then: impl FnOnce(&mut Code)) {
+        self.open(format_args!("scf.if {cond} {{"));
+        then(self);
+        self.close("}");
+    }
+
+    /// `scf.if cond { then } else { other }` with no results.
+    pub fn if_else(
+        &mut self,
+        cond: &str,
+        then: impl FnOnce(&mut Code),
+        other: impl FnOnce(&mut Code),
+    ) {
+        self.open(format_args!("scf.if {cond} {{"));
+        then(self);
+        self.close("} else {");
+        self.indent += 2;
+        self.consts.push(HashMap::new());
+        other(self);
+        self.close("}");
+    }
+}
+
+/// A kernel function's text around its body.
+pub(crate) fn function(name: &str, params: &[(String, String)], body: String) -> String {
+    let params: Vec<String> = params.iter().map(|(n, t)| format!("{n}: {t}")).collect();
+    format!(
+        "func.func private @{name}({}) attributes {{passthrough = [\"noinline\"], llvm.linkage = #llvm.linkage<internal>}} {{\n{body}  return\n}}\n",
+        params.join(", ")
+    )
+}

@@ -1,0 +1,67 @@
+//! Calls of the hand-scheduled kernels (`crate::kernels`) from tensor-level code.
+//!
+//! A kernel takes its operands as memrefs (`bufferization.to_buffer ... read_only`,
+//! no copy) and writes a fresh buffer, entered back as a tensor. Half-precision
+//! operands are widened to f32 first and the result narrowed once at the end — what
+//! the interpreter computes (f32 accumulation, one rounding).
+
+use super::elementwise::cast;
+use super::emit::{memref_type, Elem, Emitter, Val};
+use crate::kernels::gemm::{gemm, Gemm};
+use crate::kernels::{strided_type, KernelSet};
+
+/// `[.., m, k] × [.., k, n]` (float) through the GEMM kernel.
+pub(super) fn matmul(
+    em: &mut Emitter,
+    kernels: &mut KernelSet,
+    a: &Val,
+    b: &Val,
+    out: &[usize],
+) -> Val {
+    let elem = a.elem;
+    let a32 = cast(em, a, Elem::F32);
+    let b32 = cast(em, b, Elem::F32);
+    let g = Gemm {
+        a: a32.sizes.clone(),
+        b: b32.sizes.clone(),
+        c: out.to_vec(),
+    };
+    let name = gemm(kernels, &g);
+    let c = call(em, &name, &[&a32, &b32], out);
+    cast(em, &c, elem)
+}
+
+/// `func.call @name(inputs.., result)` on f32 operands; returns the result tensor.
+pub(super) fn call(em: &mut Emitter, name: &str, inputs: &[&Val], out: &[usize]) -> Val {
+    let mut args = Vec::new();
+    let mut types = Vec::new();
+    for v in inputs {
+        let ty = strided_type(&v.sizes, v.elem.mlir());
+        let m = em.op(format_args!(
+            "bufferization.to_buffer {} read_only : {} to {ty}",
+            v.name,
+            v.ty()
+        ));
+        args.push(m);
+        types.push(ty);
+    }
+    let plain = memref_type(out, Elem::F32);
+    let buffer = em.op(format_args!(
+        "memref.alloc() {{alignment = 64 : i64}} : {plain}"
+    ));
+    let ty = strided_type(out, "f32");
+    let view = em.op(format_args!("memref.cast {buffer} : {plain} to {ty}"));
+    args.push(view);
+    types.push(ty);
+    em.stmt(format_args!(
+        "func.call @{name}({}) : ({}) -> ()",
+        args.join(", "),
+        types.join(", ")
+    ));
+    let tensor = super::emit::tensor_type(out, Elem::F32);
+    em.tensor_op(
+        format_args!("bufferization.to_tensor {buffer} restrict writable : {plain} to {tensor}"),
+        out,
+        Elem::F32,
+    )
+}
