@@ -34,7 +34,7 @@ lower-affine, \
 func.func(arith-expand{include-bf16=true}), \
 finalize-memref-to-llvm, \
 convert-scf-to-cf, \
-convert-vector-to-llvm, \
+convert-vector-to-llvm{enable-x86vector=true}, \
 convert-openmp-to-llvm, \
 convert-math-to-llvm, \
 convert-math-to-libm, \

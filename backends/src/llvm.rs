@@ -45,6 +45,11 @@ fn translate<'ctx>(context: &'ctx Context, module: &Module) -> Result<LlvmModule
     }
 }
 
+/// The host CPU's features as LLVM names them (`+avx2,+avx512f,...`).
+pub(crate) fn host_features() -> String {
+    TargetMachine::get_host_cpu_features().to_string()
+}
+
 /// A target machine for the host CPU with all its features, at O3.
 fn host_target_machine() -> Result<TargetMachine> {
     let _guard = llvm_lock();

@@ -113,10 +113,3 @@ fn emit_llvm_ir_is_optimized_for_the_host() {
     assert!(text.contains("\"target-cpu\""), "{text}");
     assert!(text.contains("target triple"), "{text}");
 }
-#[test]
-fn tmp_declares() {
-    let ir = attnc_backends::emit_llvm_ir(&gpt2_mlp()).unwrap();
-    for l in ir.lines().filter(|l| l.starts_with("declare")) {
-        eprintln!("{l}");
-    }
-}

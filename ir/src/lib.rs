@@ -26,7 +26,7 @@ pub use dtype::DType;
 pub use error::{IrError, Result};
 pub use graph::{Graph, GraphBuilder, Node, NodeId};
 pub use infer::{broadcast_shapes, infer};
-pub use mask::{Coord, MaskBinOp, MaskError, MaskExpr, MaskKind, MAX_MASK_DEPTH};
+pub use mask::{Coord, Coverage, MaskBinOp, MaskError, MaskExpr, MaskKind, MAX_MASK_DEPTH};
 pub use op::{Attention, BinaryOp, CmpOp, Op, ReduceKind, TopKOutput, UnaryOp};
 pub use random::{random_bindings, Rng};
 pub use shape::{num_elements, Dim, Dims, Shape, TensorType, MAX_ELEMENTS};

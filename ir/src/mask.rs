@@ -303,6 +303,151 @@ impl MaskExpr {
     }
 }
 
+/// Where a mask holds over a box of coordinates (a block of the score matrix).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Coverage {
+    /// Nowhere: the block is skipped.
+    Empty,
+    /// Everywhere: the block is computed without evaluating the mask.
+    Full,
+    /// Possibly somewhere: the mask is evaluated per element.
+    Partial,
+}
+
+/// A closed interval of i64 values.
+type Range = (i64, i64);
+
+const ANY: Range = (i64::MIN, i64::MAX);
+
+fn fit(lo: i128, hi: i128) -> Range {
+    if lo < i64::MIN as i128 || hi > i64::MAX as i128 {
+        // Arithmetic wraps: past i64 the value can be anything.
+        ANY
+    } else {
+        (lo as i64, hi as i64)
+    }
+}
+
+/// The truth of a value range: `Some(false)` if it is exactly 0, `Some(true)` if it
+/// excludes 0, `None` if it may be either.
+fn truth((lo, hi): Range) -> Option<bool> {
+    if lo == 0 && hi == 0 {
+        Some(false)
+    } else if lo > 0 || hi < 0 {
+        Some(true)
+    } else {
+        None
+    }
+}
+
+fn boolean(t: Option<bool>) -> Range {
+    match t {
+        Some(true) => (1, 1),
+        Some(false) => (0, 0),
+        None => (0, 1),
+    }
+}
+
+impl MaskExpr {
+    /// An interval holding every value the expression takes when each coordinate
+    /// `b, h, q, k` ranges over `bounds[i]` (inclusive): sound interval arithmetic
+    /// (with [`MaskExpr::eval`]'s wrapping and division rules), tight for the affine
+    /// masks (causal, windows, prefixes, blocks), conservative elsewhere.
+    pub fn range(&self, bounds: [Range; 4], dims: &Dims) -> Range {
+        use MaskBinOp::*;
+        match self {
+            MaskExpr::Int(n) => (*n, *n),
+            MaskExpr::Coord(c) => bounds[*c as usize],
+            MaskExpr::Dim(d) => {
+                let v = dims.get(d).map_or(0, |v| v as i64);
+                (v, v)
+            }
+            MaskExpr::Neg(e) => {
+                let (lo, hi) = e.range(bounds, dims);
+                fit(-(hi as i128), -(lo as i128))
+            }
+            MaskExpr::Not(e) => boolean(truth(e.range(bounds, dims)).map(|t| !t)),
+            MaskExpr::Bin(op, l, r) => {
+                let a = l.range(bounds, dims);
+                let b = r.range(bounds, dims);
+                let (a0, a1, b0, b1) = (a.0 as i128, a.1 as i128, b.0 as i128, b.1 as i128);
+                let corners = |f: fn(i128, i128) -> i128| {
+                    let c = [f(a0, b0), f(a0, b1), f(a1, b0), f(a1, b1)];
+                    fit(*c.iter().min().unwrap(), *c.iter().max().unwrap())
+                };
+                let cmp = |t: bool, f: bool| {
+                    boolean(if t {
+                        Some(true)
+                    } else if f {
+                        Some(false)
+                    } else {
+                        None
+                    })
+                };
+                match op {
+                    Add => fit(a0 + b0, a1 + b1),
+                    Sub => fit(a0 - b1, a1 - b0),
+                    Mul => corners(|x, y| x * y),
+                    Div if b0 > 0 || b1 < 0 => corners(|x, y| x / y),
+                    Div => {
+                        // The divisor may be 0 (giving 0): |a / b| <= |a|.
+                        let m = a0.abs().max(a1.abs());
+                        fit(-m, m)
+                    }
+                    Rem => rem_range(a, b),
+                    Lt => cmp(a1 < b0, a0 >= b1),
+                    Le => cmp(a1 <= b0, a0 > b1),
+                    Gt => cmp(a0 > b1, a1 <= b0),
+                    Ge => cmp(a0 >= b1, a1 < b0),
+                    Eq => cmp(a0 == a1 && b0 == b1 && a0 == b0, a1 < b0 || b1 < a0),
+                    Ne => cmp(a1 < b0 || b1 < a0, a0 == a1 && b0 == b1 && a0 == b0),
+                    And => boolean(match (truth(a), truth(b)) {
+                        (Some(false), _) | (_, Some(false)) => Some(false),
+                        (Some(true), Some(true)) => Some(true),
+                        _ => None,
+                    }),
+                    Or => boolean(match (truth(a), truth(b)) {
+                        (Some(true), _) | (_, Some(true)) => Some(true),
+                        (Some(false), Some(false)) => Some(false),
+                        _ => None,
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Whether the mask holds everywhere, nowhere or somewhere in the box `bounds`.
+    pub fn coverage(&self, bounds: [Range; 4], dims: &Dims) -> Coverage {
+        match truth(self.range(bounds, dims)) {
+            Some(true) => Coverage::Full,
+            Some(false) => Coverage::Empty,
+            None => Coverage::Partial,
+        }
+    }
+}
+
+/// `a % b` (sign of `a`, 0 for `b == 0`) over intervals.
+fn rem_range(a: Range, b: Range) -> Range {
+    let (a0, a1) = (a.0 as i128, a.1 as i128);
+    let m = (b.0 as i128).abs().max((b.1 as i128).abs()) - 1;
+    if m < 0 {
+        return (0, 0);
+    }
+    if b.0 == b.1 && b.0 != 0 {
+        // A constant divisor: exact while `a` stays between two multiples of it.
+        let c = (b.0 as i128).abs();
+        if a0 >= 0 && a0 / c == a1 / c {
+            return fit(a0 % c, a1 % c);
+        }
+        if a1 <= 0 && a0 / c == a1 / c {
+            return fit(a0 % c, a1 % c);
+        }
+    }
+    let lo = if a0 >= 0 { 0 } else { -m.min(a0.abs()) };
+    let hi = if a1 <= 0 { 0 } else { m.min(a1) };
+    fit(lo, hi)
+}
+
 impl fmt::Display for MaskExpr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.fmt_prec(f, 0)
@@ -581,6 +726,58 @@ impl Parser {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Block coverage agrees with evaluating every element of the block.
+    #[test]
+    fn coverage_matches_evaluation() {
+        let mut dims = Dims::new();
+        dims.bind("window", 5);
+        let masks = [
+            "k <= q",
+            "k <= q && q - k < window",
+            "k < 3 || k <= q",
+            "(q / 4) == (k / 4)",
+            "k % 3 == 0",
+            "h % 2 == 0 || k <= q",
+            "!(k > q)",
+            "q * 2 - k * 3 >= 1",
+        ];
+        for text in masks {
+            let m = MaskExpr::parse(text).unwrap();
+            for (q0, k0, bq, bk) in [
+                (0, 0, 4, 4),
+                (8, 0, 4, 4),
+                (0, 8, 4, 4),
+                (5, 3, 3, 7),
+                (12, 9, 1, 1),
+            ] {
+                let bounds = [(0, 1), (0, 3), (q0, q0 + bq - 1), (k0, k0 + bk - 1)];
+                let mut any = false;
+                let mut all = true;
+                for b in 0..2 {
+                    for h in 0..4 {
+                        for q in q0..q0 + bq {
+                            for k in k0..k0 + bk {
+                                let v = m.holds(b, h, q, k, &dims);
+                                any |= v;
+                                all &= v;
+                            }
+                        }
+                    }
+                }
+                match m.coverage(bounds, &dims) {
+                    Coverage::Empty => assert!(!any, "{text} at {bounds:?}: said empty"),
+                    Coverage::Full => assert!(all, "{text} at {bounds:?}: said full"),
+                    Coverage::Partial => {}
+                }
+            }
+        }
+        let causal = MaskExpr::parse("k <= q").unwrap();
+        let at = |q0: i64, k0: i64| [(0, 0), (0, 0), (q0, q0 + 63), (k0, k0 + 63)];
+        assert_eq!(causal.coverage(at(64, 0), &dims), Coverage::Full);
+        assert_eq!(causal.coverage(at(0, 64), &dims), Coverage::Empty);
+        assert_eq!(causal.coverage(at(64, 64), &dims), Coverage::Partial);
+    }
 
     fn dims() -> Dims {
         let mut d = Dims::new();

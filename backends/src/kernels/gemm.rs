@@ -275,7 +275,7 @@ fn gemm_2d(c: &mut Code, d: &Dims, p: &View2, [a, b, cc]: [&str; 3]) {
                 // The micro-kernels of this block.
                 c.parallel(&[&np, &mp], |c, ivs| {
                     let (jp, ip) = (&ivs[0], &ivs[1]);
-                    micro_kernel(c, d, (ap, tap), (bp, tbp), jp, ip, &kc, |c, tile| {
+                    micro_kernel(c, (ap, tap), (bp, tbp), jp, ip, &kc, |c, tile| {
                         let row0 = c.mad(ic, ip, MR);
                         let col0 = c.mad(jc, jp, NR);
                         update_c(c, d, cc, &tc, &row0, &col0, tile, (m_ragged, n_ragged));
@@ -297,7 +297,6 @@ fn ceil_div(c: &mut Code, x: &str, by: usize) -> String {
 #[allow(clippy::too_many_arguments)]
 fn micro_kernel(
     c: &mut Code,
-    _d: &Dims,
     (ap, tap): (&str, &str),
     (bp, tbp): (&str, &str),
     jp: &str,

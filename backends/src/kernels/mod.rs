@@ -11,6 +11,7 @@
 //! dynamic layout whose innermost stride is 1 (slices and reshapes of contiguous
 //! buffers), so no copy is made to call one; the result is a fresh buffer.
 
+pub(crate) mod attention;
 pub(crate) mod gemm;
 
 use std::collections::HashMap;
@@ -21,10 +22,21 @@ use std::fmt::{Display, Write};
 pub(crate) const LANES: usize = 16;
 
 /// The kernels a module needs, each written once.
-#[derive(Default)]
 pub(crate) struct KernelSet {
     text: String,
     by_key: HashMap<String, String>,
+    /// Whether the host has AVX-512 (`vscalefps` in `exp2`).
+    pub avx512: bool,
+}
+
+impl Default for KernelSet {
+    fn default() -> KernelSet {
+        KernelSet {
+            text: String::new(),
+            by_key: HashMap::new(),
+            avx512: crate::llvm::host_features().contains("+avx512f"),
+        }
+    }
 }
 
 impl KernelSet {

@@ -7,8 +7,10 @@
 
 use super::elementwise::cast;
 use super::emit::{memref_type, Elem, Emitter, Val};
+use crate::kernels::attention::{attention as attention_kernel, AttentionKernel};
 use crate::kernels::gemm::{gemm, Gemm};
 use crate::kernels::{strided_type, KernelSet};
+use attnc_ir::{Attention, Dims};
 
 /// `[.., m, k] × [.., k, n]` (float) through the GEMM kernel.
 pub(super) fn matmul(
@@ -29,6 +31,39 @@ pub(super) fn matmul(
     let name = gemm(kernels, &g);
     let c = call(em, &name, &[&a32, &b32], out);
     cast(em, &c, elem)
+}
+
+/// Fused attention (float) through the FlashAttention kernel.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attention(
+    em: &mut Emitter,
+    kernels: &mut KernelSet,
+    op: &Attention,
+    q: &Val,
+    k: &Val,
+    v: &Val,
+    bias: Option<&Val>,
+    dims: &Dims,
+) -> Val {
+    let elem = q.elem;
+    let q32 = cast(em, q, Elem::F32);
+    let k32 = cast(em, k, Elem::F32);
+    let v32 = cast(em, v, Elem::F32);
+    let b32 = bias.map(|b| cast(em, b, Elem::F32));
+    let spec = AttentionKernel {
+        op,
+        q: q32.sizes.clone(),
+        k: k32.sizes.clone(),
+        v: v32.sizes.clone(),
+        bias: b32.as_ref().map(|b| b.sizes.clone()),
+        dims,
+    };
+    let name = attention_kernel(kernels, &spec);
+    let out = [q.sizes[0], q.sizes[1], q.sizes[2], v.sizes[3]];
+    let mut inputs = vec![&q32, &k32, &v32];
+    inputs.extend(b32.as_ref());
+    let o = call(em, &name, &inputs, &out);
+    cast(em, &o, elem)
 }
 
 /// `func.call @name(inputs.., result)` on f32 operands; returns the result tensor.

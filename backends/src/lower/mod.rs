@@ -418,6 +418,16 @@ impl Lowering<'_> {
                 &ops[1],
                 sizes,
             )),
+            Op::Attention(a) if ops[0].elem.is_float() => Some(kernel_call::attention(
+                &mut self.em,
+                &mut self.kernels,
+                a,
+                &ops[0],
+                &ops[1],
+                &ops[2],
+                ops.get(3),
+                &self.graph.dims,
+            )),
             _ => None,
         }
     }

@@ -1,0 +1,895 @@
+//! Fused attention on the CPU, FlashAttention-2 style: one task per (batch, KV head,
+//! query block, query head of the group) holds a `BQ`-row block of queries and
+//! streams the keys and values past it in `BK`-key blocks, keeping a running row
+//! max `m`, row sum `l` and an unnormalized output `O` (rescaled by `2^(m_old -
+//! m_new)` when the max grows). Nothing of size `Sq × Sk` is ever allocated: the
+//! scratch of a task is `BQ × (BK + Dv)` floats on its stack, and the only
+//! allocation is K repacked per block (`O(Sk · Dk)`).
+//!
+//! - Scores `S = Q·Kᵀ` of a block: `RS`-row register tiles over the `BK` keys of the
+//!   block (`RS·BK/16` accumulators), K packed transposed per block (`Kp[d][j]`,
+//!   zero-padded past Sk) so each step is `BK/16` vector loads and `RS` broadcasts.
+//! - Softmax in base 2: scores are scaled by `scale·log2 e` (the modifiers — softcap,
+//!   bias, mask — work on the natural scores first), `2^x` is a vectorized polynomial
+//!   (exact 0 for masked `-inf` scores). A row fully masked so far keeps `m = -inf`
+//!   and contributes nothing; a row masked everywhere ends `0/0 = NaN`, as the
+//!   interpreter's softmax does.
+//! - `O += P·V`: `RP`-row register tiles over Dv, loaded and rescaled once per block.
+//! - Blocks: the mask's [`Coverage`] of each (query block, key block), computed at
+//!   compile time from the mask expression, is a constant table: empty blocks (above
+//!   the causal diagonal, outside a window) are skipped, full ones never evaluate the
+//!   mask, only partial ones do, 16 keys at a time.
+//! - GQA: the query heads of a group are adjacent tasks, so a thread streams one KV
+//!   head's blocks for all of them while they are in cache; K/V are never repeated.
+//! - Load balance: query blocks are visited in a zigzag (first, last, second, ...), so
+//!   OpenMP's static chunks get as many long causal rows as short ones.
+
+use super::{function, strided_type, Code, KernelSet, LANES};
+use attnc_ir::{Attention, Coverage, Dims, MaskBinOp, MaskExpr};
+use std::collections::hash_map::DefaultHasher;
+use std::fmt::Write;
+use std::hash::{Hash, Hasher};
+
+/// Query rows per task.
+pub(crate) const BQ: usize = 64;
+/// Keys per block.
+pub(crate) const BK: usize = 64;
+/// Rows of a score register tile.
+const RS: usize = 4;
+
+const LOG2E: f64 = std::f64::consts::LOG2_E;
+
+/// One fused attention: the op and its operand shapes.
+pub(crate) struct AttentionKernel<'a> {
+    pub op: &'a Attention,
+    pub q: Vec<usize>,
+    pub k: Vec<usize>,
+    pub v: Vec<usize>,
+    pub bias: Option<Vec<usize>>,
+    pub dims: &'a Dims,
+}
+
+impl AttentionKernel<'_> {
+    fn out(&self) -> Vec<usize> {
+        vec![self.q[0], self.q[1], self.q[2], self.v[3]]
+    }
+
+    fn key(&self) -> String {
+        let mut h = DefaultHasher::new();
+        let a = self.op;
+        (a.scale.to_bits(), a.softcap.map(f64::to_bits), a.groups).hash(&mut h);
+        a.mask.as_ref().map(|m| m.to_string()).hash(&mut h);
+        (&self.q, &self.k, &self.v, &self.bias).hash(&mut h);
+        if let Some(m) = &a.mask {
+            for name in m.dim_names() {
+                (self.dims.get(&name)).hash(&mut h);
+            }
+        }
+        format!("attention.{:016x}", h.finish())
+    }
+
+    /// Operand types: q, k, v, [bias], out.
+    pub fn operand_types(&self) -> Vec<String> {
+        let mut t = vec![
+            strided_type(&self.q, "f32"),
+            strided_type(&self.k, "f32"),
+            strided_type(&self.v, "f32"),
+        ];
+        if let Some(b) = &self.bias {
+            t.push(strided_type(b, "f32"));
+        }
+        t.push(strided_type(&self.out(), "f32"));
+        t
+    }
+}
+
+/// The kernel for `a` (written once per distinct op and shapes); returns its symbol.
+pub(crate) fn attention(set: &mut KernelSet, a: &AttentionKernel) -> String {
+    let avx512 = set.avx512;
+    set.get(a.key(), |name| write_attention(name, a, avx512))
+}
+
+/// Shapes and derived sizes.
+struct Shape {
+    b: usize,
+    hk: usize,
+    groups: usize,
+    sq: usize,
+    sk: usize,
+    dk: usize,
+    dv: usize,
+    nqb: usize,
+    nkb: usize,
+    /// Vectors per output row.
+    nvd: usize,
+    /// Rows of an output register tile.
+    rp: usize,
+}
+
+fn write_attention(name: &str, a: &AttentionKernel, avx512: bool) -> String {
+    let (b, h, sq, dk) = (a.q[0], a.q[1], a.q[2], a.q[3]);
+    let (hk, sk, dv) = (a.k[1], a.k[2], a.v[3]);
+    let nvd = dv.div_ceil(LANES);
+    let rp = [8, 4, 2, 1]
+        .into_iter()
+        .find(|r| r * nvd <= 16)
+        .unwrap_or(1);
+    let s = Shape {
+        b,
+        hk,
+        groups: h / hk.max(1),
+        sq,
+        sk,
+        dk,
+        dv,
+        nqb: sq.div_ceil(BQ),
+        nkb: sk.div_ceil(BK),
+        nvd,
+        rp,
+    };
+    let types = a.operand_types();
+    let mut names = vec!["%q", "%k", "%v"];
+    if a.bias.is_some() {
+        names.push("%bias");
+    }
+    names.push("%o");
+    let params: Vec<(String, String)> = names
+        .iter()
+        .map(|n| n.to_string())
+        .zip(types.iter().cloned())
+        .collect();
+    let (tq, tk, tv, to) = (&types[0], &types[1], &types[2], types.last().unwrap());
+    let tbias = a.bias.as_ref().map(|_| types[3].clone());
+
+    let mut prelude = String::new();
+    let table = a.op.mask.as_ref().map(|m| {
+        let global = format!("{name}.blocks");
+        let _ = writeln!(
+            prelude,
+            "memref.global \"private\" constant @{global} : memref<{}x{}xi8> = dense<\"0x{}\">",
+            s.nqb,
+            s.nkb,
+            block_table(m, &s, a.dims)
+        );
+        global
+    });
+
+    let mut c = Code::new();
+    // K, transposed per block: Kp[b][hk][kb][d][j] = K[b][hk][kb·BK + j][d] (0 past Sk).
+    let tkp = format!("memref<{}x{}x{}x{}x{BK}xf32>", s.b, s.hk, s.nkb, s.dk);
+    let kp = c.let_(format_args!(
+        "memref.alloc() {{alignment = 64 : i64}} : {tkp}"
+    ));
+    let (bv, hkv, nkbv) = (c.idx(s.b), c.idx(s.hk), c.idx(s.nkb));
+    c.parallel(&[&bv, &hkv, &nkbv], |c, ivs| {
+        let (ib, ihk, kb) = (&ivs[0], &ivs[1], &ivs[2]);
+        let zero = c.idx(0);
+        let bkv = c.idx(BK);
+        let last = c.idx(s.sk - 1);
+        let skv = c.idx(s.sk);
+        let pad = c.f32(0.0);
+        let k0 = c.mad(&zero, kb, BK);
+        c.for_range(&zero, &bkv, 1, |c, j| {
+            let key = c.ix("addi", &k0, j);
+            let inside = c.let_(format_args!("arith.cmpi ult, {key}, {skv} : index"));
+            let clamped = c.min(&key, &last);
+            let zero = c.idx(0);
+            let dkv = c.idx(s.dk);
+            c.for_range(&zero, &dkv, 1, |c, d| {
+                let x = c.let_(format_args!(
+                    "memref.load %k[{ib}, {ihk}, {clamped}, {d}] : {tk}"
+                ));
+                let x = c.let_(format_args!("arith.select {inside}, {x}, {pad} : f32"));
+                c.line(format_args!(
+                    "memref.store {x}, {kp}[{ib}, {ihk}, {kb}, {d}, {j}] : {tkp}"
+                ));
+            });
+        });
+    });
+
+    let table = table.map(|g| {
+        let t = format!("memref<{}x{}xi8>", s.nqb, s.nkb);
+        (c.let_(format_args!("memref.get_global @{g} : {t}")), t)
+    });
+    let gv = c.idx(s.groups);
+    let nqbv = c.idx(s.nqb);
+    c.parallel(&[&bv, &hkv, &nqbv, &gv], |c, ivs| {
+        let (ib, ihk, qz, g) = (&ivs[0], &ivs[1], &ivs[2], &ivs[3]);
+        let ctx = Task {
+            s: &s,
+            a,
+            ib: ib.clone(),
+            ihk: ihk.clone(),
+            ih: c.mad(g, ihk, s.groups),
+            qb: zigzag(c, qz, s.nqb),
+            kp: (kp.clone(), tkp.clone()),
+            tq: tq.clone(),
+            tv: tv.clone(),
+            to: to.clone(),
+            tbias: tbias.clone(),
+            avx512,
+        };
+        task(c, &ctx, table.as_ref());
+    });
+    prelude + &function(name, &params, c.finish())
+}
+
+/// The Coverage of every (query block, key block) as hex bytes: 0 empty, 1 full,
+/// 2 partial (the mask, or the end of the keys, cuts through it).
+fn block_table(m: &MaskExpr, s: &Shape, dims: &Dims) -> String {
+    let mut hex = String::with_capacity(2 * s.nqb * s.nkb);
+    let hq = (s.hk * s.groups) as i64;
+    for qb in 0..s.nqb {
+        for kb in 0..s.nkb {
+            let q = ((qb * BQ) as i64, ((qb * BQ + BQ).min(s.sq) - 1) as i64);
+            let k = ((kb * BK) as i64, ((kb * BK + BK).min(s.sk) - 1) as i64);
+            let bounds = [(0, s.b as i64 - 1), (0, hq - 1), q, k];
+            let ragged = (kb + 1) * BK > s.sk;
+            let kind = match m.coverage(bounds, dims) {
+                Coverage::Empty => 0,
+                Coverage::Full if !ragged => 1,
+                _ => 2,
+            };
+            let _ = write!(hex, "{kind:02X}");
+        }
+    }
+    hex
+}
+
+/// `qz`-th query block in zigzag order: 0, n-1, 1, n-2, ...
+fn zigzag(c: &mut Code, qz: &str, n: usize) -> String {
+    let two = c.idx(2);
+    let half = c.ix("divui", qz, &two);
+    let odd = c.ix("remui", qz, &two);
+    let last = c.idx(n - 1);
+    let from_end = c.ix("subi", &last, &half);
+    let one = c.idx(1);
+    let is_odd = c.let_(format_args!("arith.cmpi eq, {odd}, {one} : index"));
+    c.let_(format_args!(
+        "arith.select {is_odd}, {from_end}, {half} : index"
+    ))
+}
+
+/// What one task's code refers to.
+struct Task<'a> {
+    s: &'a Shape,
+    a: &'a AttentionKernel<'a>,
+    ib: String,
+    ihk: String,
+    ih: String,
+    qb: String,
+    kp: (String, String),
+    tq: String,
+    tv: String,
+    to: String,
+    tbias: Option<String>,
+    avx512: bool,
+}
+
+fn task(c: &mut Code, t: &Task, table: Option<&(String, String)>) {
+    let s = t.s;
+    let vt = format!("vector<{LANES}xf32>");
+    let ow = s.nvd * LANES;
+    let ts = format!("memref<{BQ}x{BK}xf32>");
+    let tob = format!("memref<{BQ}x{ow}xf32>");
+    let trow = format!("memref<{BQ}xf32>");
+    let sbuf = c.let_(format_args!(
+        "memref.alloca() {{alignment = 64 : i64}} : {ts}"
+    ));
+    let obuf = c.let_(format_args!(
+        "memref.alloca() {{alignment = 64 : i64}} : {tob}"
+    ));
+    let mbuf = c.let_(format_args!(
+        "memref.alloca() {{alignment = 64 : i64}} : {trow}"
+    ));
+    let lbuf = c.let_(format_args!(
+        "memref.alloca() {{alignment = 64 : i64}} : {trow}"
+    ));
+    let abuf = c.let_(format_args!(
+        "memref.alloca() {{alignment = 64 : i64}} : {trow}"
+    ));
+    // Row sums of a block, until a vector pass folds them into l.
+    let sums = c.let_(format_args!(
+        "memref.alloca() {{alignment = 64 : i64}} : {trow}"
+    ));
+    let zero = c.idx(0);
+    let bqv = c.idx(BQ);
+    let q0 = c.mad(&zero, &t.qb, BQ);
+    let sqv = c.idx(s.sq);
+    let rest = c.ix("subi", &sqv, &q0);
+    let rows = c.min(&bqv, &rest);
+    // m = -inf, l = 0, O = 0.
+    let minus_inf = c.f32(f32::NEG_INFINITY);
+    let fzero = c.f32(0.0);
+    let zv = c.splat(0.0);
+    c.for_range(&zero, &bqv, 1, |c, i| {
+        c.line(format_args!(
+            "memref.store {minus_inf}, {mbuf}[{i}] : {trow}"
+        ));
+        c.line(format_args!("memref.store {fzero}, {lbuf}[{i}] : {trow}"));
+        for v in 0..s.nvd {
+            let off = c.idx(v * LANES);
+            c.line(format_args!(
+                "vector.store {zv}, {obuf}[{i}, {off}] : {tob}, {vt}"
+            ));
+        }
+    });
+    let nkbv = c.idx(s.nkb);
+    // The modifiers (softcap, bias) work on natural scores `q·k·scale`, so the tile
+    // is scaled; otherwise the tile keeps raw dot products and the scale (with
+    // `log2 e`) is folded into the exponent's FMA — the row max commutes with a
+    // positive scale.
+    let modifiers = t.a.op.softcap.is_some() || t.a.bias.is_some() || t.a.op.scale <= 0.0;
+    let (tile_scale, exp_scale) = if modifiers {
+        (Some(t.a.op.scale), LOG2E)
+    } else {
+        (None, t.a.op.scale * LOG2E)
+    };
+    let ragged = !s.sk.is_multiple_of(BK);
+    let masked = t.a.op.mask.is_some() || ragged;
+    c.for_range(&zero, &nkbv, 1, |c, kb| {
+        let kind = match table {
+            Some((tab, tt)) => {
+                let k8 = c.let_(format_args!("memref.load {tab}[{}, {kb}] : {tt}", t.qb));
+                c.let_(format_args!("arith.index_cast {k8} : i8 to index"))
+            }
+            None if ragged => {
+                let last = c.idx(s.nkb - 1);
+                let is_last = c.let_(format_args!("arith.cmpi eq, {kb}, {last} : index"));
+                let (one, two) = (c.idx(1), c.idx(2));
+                c.let_(format_args!("arith.select {is_last}, {two}, {one} : index"))
+            }
+            None => c.idx(1),
+        };
+        let zero = c.idx(0);
+        let live = c.let_(format_args!("arith.cmpi ne, {kind}, {zero} : index"));
+        c.if_(&live, |c| {
+            let k0 = c.mad(&zero, kb, BK);
+            scores(c, t, &sbuf, &ts, kb, &q0, tile_scale);
+            let softmax = |c: &mut Code, partial: bool| {
+                softmax_rows(
+                    c,
+                    t,
+                    (&sbuf, &ts),
+                    (&mbuf, &lbuf, &abuf, &sums, &trow),
+                    &q0,
+                    &k0,
+                    partial,
+                    exp_scale,
+                );
+            };
+            if masked {
+                let two = c.idx(2);
+                let partial = c.let_(format_args!("arith.cmpi eq, {kind}, {two} : index"));
+                c.if_else(&partial, |c| softmax(c, true), |c| softmax(c, false));
+            } else {
+                softmax(c, false);
+            }
+            accumulate(c, t, (&sbuf, &ts), (&obuf, &tob), (&abuf, &trow), &k0);
+        });
+    });
+    // out = O / l for the rows of the block.
+    let zero = c.idx(0);
+    let one_f = c.f32(1.0);
+    c.for_range(&zero, &rows, 1, |c, i| {
+        let l = c.let_(format_args!("memref.load {lbuf}[{i}] : {trow}"));
+        let inv = c.let_(format_args!("arith.divf {one_f}, {l} : f32"));
+        let invv = c.let_(format_args!("vector.broadcast {inv} : f32 to {vt}"));
+        let row = c.ix("addi", &q0, i);
+        for v in 0..s.nvd {
+            let off = c.idx(v * LANES);
+            let o = c.let_(format_args!("vector.load {obuf}[{i}, {off}] : {tob}, {vt}"));
+            let o = c.vop("arith.mulf", &[&o, &invv]);
+            let in_bounds = s.dv.is_multiple_of(LANES);
+            c.line(format_args!(
+                "vector.transfer_write {o}, %o[{}, {}, {row}, {off}] {{in_bounds = [{in_bounds}]}} : {vt}, {}",
+                t.ib, t.ih, t.to
+            ));
+        }
+    });
+}
+
+/// `S[i][j] = q_i · k_j` (times `tile_scale` if given) for the block's keys, in
+/// `RS`-row tiles.
+fn scores(
+    c: &mut Code,
+    t: &Task,
+    sbuf: &str,
+    ts: &str,
+    kb: &str,
+    q0: &str,
+    tile_scale: Option<f64>,
+) {
+    let s = t.s;
+    let vt = format!("vector<{LANES}xf32>");
+    let (kp, tkp) = (&t.kp.0, &t.kp.1);
+    let zero = c.idx(0);
+    let tiles = c.idx(BQ / RS);
+    let last_q = c.idx(s.sq - 1);
+    c.for_range(&zero, &tiles, 1, |c, rt| {
+        let zero = c.idx(0);
+        let r0 = c.mad(&zero, rt, RS);
+        let qrows: Vec<String> = (0..RS)
+            .map(|r| {
+                let i = c.add_const(&r0, r);
+                let q = c.ix("addi", q0, &i);
+                c.min(&q, &last_q)
+            })
+            .collect();
+        let zv = c.splat(0.0);
+        let iters: Vec<(String, String)> = (0..RS * BK / LANES)
+            .map(|_| (zv.clone(), vt.clone()))
+            .collect();
+        let (dkv, one) = (c.idx(s.dk), c.idx(1));
+        let acc = c.for_((&zero, &dkv, &one), &iters, |c, d, acc| {
+            let ks: Vec<String> = (0..BK / LANES)
+                .map(|v| {
+                    let off = c.idx(v * LANES);
+                    c.let_(format_args!(
+                        "vector.load {kp}[{}, {}, {kb}, {d}, {off}] : {tkp}, {vt}",
+                        t.ib, t.ihk
+                    ))
+                })
+                .collect();
+            let mut next = Vec::new();
+            for qrow in &qrows {
+                let x = c.let_(format_args!(
+                    "memref.load %q[{}, {}, {qrow}, {d}] : {}",
+                    t.ib, t.ih, t.tq
+                ));
+                let xb = c.let_(format_args!("vector.broadcast {x} : f32 to {vt}"));
+                for kv in &ks {
+                    let a = &acc[next.len()];
+                    next.push(c.vop("vector.fma", &[&xb, kv, a]));
+                }
+            }
+            next
+        });
+        let scalev = tile_scale.map(|x| c.splat(x as f32));
+        for r in 0..RS {
+            let i = c.add_const(&r0, r);
+            for v in 0..BK / LANES {
+                let x = &acc[r * (BK / LANES) + v];
+                let x = match &scalev {
+                    Some(sv) => c.vop("arith.mulf", &[x, sv]),
+                    None => x.clone(),
+                };
+                let off = c.idx(v * LANES);
+                c.line(format_args!(
+                    "vector.store {x}, {sbuf}[{i}, {off}] : {ts}, {vt}"
+                ));
+            }
+        }
+    });
+}
+
+/// Per row of the block: modifiers and mask, the new running max `m` (base 2),
+/// `P = 2^(x·c - m)` written over S, and the row sum; then, 16 rows at a time,
+/// `α = 2^(m_old - m_new)` and `l = l·α + ΣP` (`c` = `exp_scale`, positive).
+#[allow(clippy::too_many_arguments)]
+fn softmax_rows(
+    c: &mut Code,
+    t: &Task,
+    (sbuf, ts): (&str, &str),
+    (mbuf, lbuf, abuf, sums, trow): (&str, &str, &str, &str, &str),
+    q0: &str,
+    k0: &str,
+    partial: bool,
+    exp_scale: f64,
+) {
+    let a = t.a;
+    let vt = format!("vector<{LANES}xf32>");
+    let zero = c.idx(0);
+    let bqv = c.idx(BQ);
+    let cs = c.f32(exp_scale as f32);
+    let csv = c.splat(exp_scale as f32);
+    c.for_range(&zero, &bqv, 1, |c, i| {
+        let mut xs: Vec<String> = (0..BK / LANES)
+            .map(|v| {
+                let off = c.idx(v * LANES);
+                c.let_(format_args!("vector.load {sbuf}[{i}, {off}] : {ts}, {vt}"))
+            })
+            .collect();
+        let q = c.ix("addi", q0, i);
+        if let Some(cap) = a.op.softcap {
+            for x in xs.iter_mut() {
+                *x = softcap(c, x, cap, t.avx512);
+            }
+        }
+        if let (Some(bias), Some(tb)) = (&a.bias, &t.tbias) {
+            for (v, x) in xs.iter_mut().enumerate() {
+                let k = c.add_const(k0, v * LANES);
+                let bv = bias_vector(c, t, bias, tb, &q, &k);
+                *x = c.vop("arith.addf", &[x, &bv]);
+            }
+        }
+        if partial {
+            let minus_inf = c.splat(f32::NEG_INFINITY);
+            for (v, x) in xs.iter_mut().enumerate() {
+                let k = c.add_const(k0, v * LANES);
+                let holds = mask_vector(c, t, &q, &k);
+                *x = c.let_(format_args!(
+                    "arith.select {holds}, {x}, {minus_inf} : vector<{LANES}xi1>, {vt}"
+                ));
+            }
+        }
+        // Reductions as trees (`reassoc`) and `max` as one `vmaxps` (`nnan`): a NaN
+        // score still makes the row NaN through its `P` and the row sum.
+        let mut mx = xs[0].clone();
+        for x in &xs[1..] {
+            mx = c.let_(format_args!(
+                "arith.maxnumf {mx}, {x} fastmath<nnan> : {vt}"
+            ));
+        }
+        let row_max = c.let_(format_args!(
+            "vector.reduction <maxnumf>, {mx} fastmath<nnan,reassoc> : {vt} into f32"
+        ));
+        let row_max = c.let_(format_args!("arith.mulf {row_max}, {cs} : f32"));
+        let m_old = c.let_(format_args!("memref.load {mbuf}[{i}] : {trow}"));
+        let m_new = c.let_(format_args!("arith.maxnumf {m_old}, {row_max} : f32"));
+        let minus_inf = c.f32(f32::NEG_INFINITY);
+        let none = c.let_(format_args!("arith.cmpf oeq, {m_new}, {minus_inf} : f32"));
+        let fzero = c.f32(0.0);
+        // A row with nothing unmasked yet subtracts 0: its scores stay -inf → P = 0.
+        let m_use = c.let_(format_args!("arith.select {none}, {fzero}, {m_new} : f32"));
+        let neg = c.let_(format_args!("arith.negf {m_use} : f32"));
+        let negv = c.let_(format_args!("vector.broadcast {neg} : f32 to {vt}"));
+        let mut sum: Option<String> = None;
+        for (v, x) in xs.iter().enumerate() {
+            let d = c.vop("vector.fma", &[x, &csv, &negv]);
+            // `-inf` only where masked (or in a bias); finite scores need no clamp.
+            let p = exp2(
+                c,
+                &d,
+                Exp2 {
+                    neg_inf: partial || a.bias.is_some(),
+                    positive: false,
+                    avx512: t.avx512,
+                },
+            );
+            let off = c.idx(v * LANES);
+            c.line(format_args!(
+                "vector.store {p}, {sbuf}[{i}, {off}] : {ts}, {vt}"
+            ));
+            sum = Some(match sum {
+                None => p,
+                Some(acc) => c.vop("arith.addf", &[&acc, &p]),
+            });
+        }
+        let sum = sum.unwrap_or_default();
+        let row_sum = c.let_(format_args!(
+            "vector.reduction <add>, {sum} fastmath<reassoc> : {vt} into f32"
+        ));
+        let dm = c.let_(format_args!("arith.subf {m_old}, {m_use} : f32"));
+        c.line(format_args!("memref.store {row_sum}, {sums}[{i}] : {trow}"));
+        c.line(format_args!("memref.store {m_new}, {mbuf}[{i}] : {trow}"));
+        c.line(format_args!("memref.store {dm}, {abuf}[{i}] : {trow}"));
+    });
+    // α = 2^(m_old - m_use), l = l·α + row sum: 16 rows per step.
+    for v in 0..BQ / LANES {
+        let off = c.idx(v * LANES);
+        let dm = c.let_(format_args!("vector.load {abuf}[{off}] : {trow}, {vt}"));
+        let alpha = exp2(
+            c,
+            &dm,
+            Exp2 {
+                neg_inf: true,
+                positive: false,
+                avx512: t.avx512,
+            },
+        );
+        let l = c.let_(format_args!("vector.load {lbuf}[{off}] : {trow}, {vt}"));
+        let rs = c.let_(format_args!("vector.load {sums}[{off}] : {trow}, {vt}"));
+        let l = c.vop("vector.fma", &[&l, &alpha, &rs]);
+        c.line(format_args!(
+            "vector.store {l}, {lbuf}[{off}] : {trow}, {vt}"
+        ));
+        c.line(format_args!(
+            "vector.store {alpha}, {abuf}[{off}] : {trow}, {vt}"
+        ));
+    }
+}
+
+/// `O[i] = O[i]·α_i + Σ_j P[i][j]·V[k0 + j]` over the block's keys, `RP`-row tiles.
+fn accumulate(
+    c: &mut Code,
+    t: &Task,
+    (sbuf, ts): (&str, &str),
+    (obuf, tob): (&str, &str),
+    (abuf, trow): (&str, &str),
+    k0: &str,
+) {
+    let s = t.s;
+    let vt = format!("vector<{LANES}xf32>");
+    let zero = c.idx(0);
+    let bkv = c.idx(BK);
+    let skv = c.idx(s.sk);
+    let rest = c.ix("subi", &skv, k0);
+    let jn = c.min(&bkv, &rest);
+    let tiles = c.idx(BQ / s.rp);
+    let pad = c.f32(0.0);
+    let in_bounds = s.dv.is_multiple_of(LANES);
+    c.for_range(&zero, &tiles, 1, |c, rt| {
+        let zero = c.idx(0);
+        let r0 = c.mad(&zero, rt, s.rp);
+        let mut iters = Vec::new();
+        let rowsi: Vec<String> = (0..s.rp).map(|r| c.add_const(&r0, r)).collect();
+        for i in &rowsi {
+            let al = c.let_(format_args!("memref.load {abuf}[{i}] : {trow}"));
+            let alv = c.let_(format_args!("vector.broadcast {al} : f32 to {vt}"));
+            for v in 0..s.nvd {
+                let off = c.idx(v * LANES);
+                let o = c.let_(format_args!("vector.load {obuf}[{i}, {off}] : {tob}, {vt}"));
+                iters.push((c.vop("arith.mulf", &[&o, &alv]), vt.clone()));
+            }
+        }
+        let one = c.idx(1);
+        let acc = c.for_((&zero, &jn, &one), &iters, |c, j, acc| {
+            let key = c.ix("addi", k0, j);
+            let vs: Vec<String> = (0..s.nvd)
+                .map(|v| {
+                    let off = c.idx(v * LANES);
+                    c.let_(format_args!(
+                        "vector.transfer_read %v[{}, {}, {key}, {off}], {pad} {{in_bounds = [{in_bounds}]}} : {}, {vt}",
+                        t.ib, t.ihk, t.tv
+                    ))
+                })
+                .collect();
+            let mut next = Vec::new();
+            for i in &rowsi {
+                let p = c.let_(format_args!("memref.load {sbuf}[{i}, {j}] : {ts}"));
+                let pb = c.let_(format_args!("vector.broadcast {p} : f32 to {vt}"));
+                for vv in &vs {
+                    let a = &acc[next.len()];
+                    next.push(c.vop("vector.fma", &[&pb, vv, a]));
+                }
+            }
+            next
+        });
+        for (r, i) in rowsi.iter().enumerate() {
+            for v in 0..s.nvd {
+                let off = c.idx(v * LANES);
+                c.line(format_args!(
+                    "vector.store {}, {obuf}[{i}, {off}] : {tob}, {vt}",
+                    acc[r * s.nvd + v]
+                ));
+            }
+        }
+    });
+}
+
+/// `c·tanh(x/c)`, with `tanh(y) = 1 - 2/(2^(2y·log2 e) + 1)` (exact at ±inf).
+fn softcap(c: &mut Code, x: &str, cap: f64, avx512: bool) -> String {
+    let inv = c.splat((2.0 * LOG2E / cap) as f32);
+    let y = c.vop("arith.mulf", &[x, &inv]);
+    let e = exp2(
+        c,
+        &y,
+        Exp2 {
+            neg_inf: true,
+            positive: true,
+            avx512,
+        },
+    );
+    let one = c.splat(1.0);
+    let two = c.splat(2.0);
+    let d = c.vop("arith.addf", &[&e, &one]);
+    let r = c.vop("arith.divf", &[&two, &d]);
+    let t = c.vop("arith.subf", &[&one, &r]);
+    let capv = c.splat(cap as f32);
+    c.vop("arith.mulf", &[&t, &capv])
+}
+
+/// What [`exp2`] may meet and use.
+struct Exp2 {
+    /// `-inf` inputs (masked scores): clamped to -127 first, giving exactly 0.
+    neg_inf: bool,
+    /// Positive inputs past 127 (softcap's `2^(2y)`).
+    positive: bool,
+    /// `vscalefps` computes `p·2^n` in one instruction, and is exact for any finite n.
+    avx512: bool,
+}
+
+/// `2^x` on 16 lanes: `2^n · p(x - n)` with `n = round(x)` and `p` the degree-6
+/// Taylor polynomial of `2^r` on `[-1/2, 1/2]` (relative error < 2e-7). Without
+/// AVX-512, `2^n` is built in the exponent field, which needs `x` in `[-127, 127]`:
+/// at -127 the field is 0, so very negative inputs give exactly 0 either way.
+fn exp2(c: &mut Code, x: &str, e: Exp2) -> String {
+    let vt = format!("vector<{LANES}xf32>");
+    let mut x = x.to_string();
+    if e.neg_inf || !e.avx512 {
+        // With `vscalefps`, 2^-200 rounds to exactly 0 (2^-127 would be a denormal:
+        // slow, and not 0).
+        let lo = c.splat(if e.avx512 { -200.0 } else { -127.0 });
+        x = c.vop("arith.maxnumf", &[&x, &lo]);
+    }
+    if e.positive || !e.avx512 {
+        let hi = c.splat(127.0);
+        x = c.vop("arith.minnumf", &[&x, &hi]);
+    }
+    let n = c.let_(format_args!("math.roundeven {x} : {vt}"));
+    let r = c.vop("arith.subf", &[&x, &n]);
+    let ln2 = std::f64::consts::LN_2;
+    let mut coef = [1.0f64; 7];
+    for k in 1..7 {
+        coef[k] = coef[k - 1] * ln2 / k as f64;
+    }
+    let mut p = c.splat(coef[6] as f32);
+    for k in (0..6).rev() {
+        let ck = c.splat(coef[k] as f32);
+        p = c.vop("vector.fma", &[&p, &r, &ck]);
+    }
+    if e.avx512 {
+        let all = c.constant(-1, "i16");
+        let rounding = c.constant(4, "i32");
+        // Operands go to `llvm.x86.avx512.mask.scalef.ps.512(a, b, passthru, k, r)`
+        // in this order: `p · 2^floor(n)` in every lane.
+        return c.let_(format_args!(
+            "x86vector.avx512.mask.scalef {p}, {n}, {p}, {all}, {rounding} : {vt}"
+        ));
+    }
+    let vi = format!("vector<{LANES}xi32>");
+    let ni = c.let_(format_args!("arith.fptosi {n} : {vt} to {vi}"));
+    let bias = c.let_(format_args!("arith.constant dense<127> : {vi}"));
+    let shift = c.let_(format_args!("arith.constant dense<23> : {vi}"));
+    let e = c.let_(format_args!("arith.addi {ni}, {bias} : {vi}"));
+    let e = c.let_(format_args!("arith.shli {e}, {shift} : {vi}"));
+    let scale = c.let_(format_args!("arith.bitcast {e} : {vi} to {vt}"));
+    c.vop("arith.mulf", &[&p, &scale])
+}
+
+/// The bias for row `q` and keys `k..k+16`, broadcast as numpy does into
+/// `[B, H, Sq, Sk]` (size-1 and missing dims read index 0).
+fn bias_vector(c: &mut Code, t: &Task, sizes: &[usize], ty: &str, q: &str, k: &str) -> String {
+    let vt = format!("vector<{LANES}xf32>");
+    let full = [t.ib.as_str(), t.ih.as_str(), q, k];
+    let lead = 4 - sizes.len();
+    let zero = c.idx(0);
+    let mut idx: Vec<String> = sizes
+        .iter()
+        .enumerate()
+        .map(|(d, &n)| {
+            if n == 1 {
+                zero.clone()
+            } else {
+                full[lead + d].to_string()
+            }
+        })
+        .collect();
+    let last = sizes.last().copied().unwrap_or(1);
+    if sizes.is_empty() {
+        let x = c.let_(format_args!("memref.load %bias[] : {ty}"));
+        return c.let_(format_args!("vector.broadcast {x} : f32 to {vt}"));
+    }
+    if last == 1 {
+        let x = c.let_(format_args!("memref.load %bias[{}] : {ty}", idx.join(", ")));
+        return c.let_(format_args!("vector.broadcast {x} : f32 to {vt}"));
+    }
+    let pad = c.f32(0.0);
+    if let Some(l) = idx.last_mut() {
+        *l = k.to_string();
+    }
+    c.let_(format_args!(
+        "vector.transfer_read %bias[{}], {pad} {{in_bounds = [false]}} : {ty}, {vt}",
+        idx.join(", ")
+    ))
+}
+
+/// Whether the mask holds (and the key exists) at row `q`, keys `k..k+16`.
+fn mask_vector(c: &mut Code, t: &Task, q: &str, k: &str) -> String {
+    let vi = format!("vector<{LANES}xi64>");
+    let splat = |c: &mut Code, x: &str| {
+        let i = c.let_(format_args!("arith.index_cast {x} : index to i64"));
+        c.let_(format_args!("vector.broadcast {i} : i64 to {vi}"))
+    };
+    let lanes: Vec<String> = (0..LANES).map(|l| l.to_string()).collect();
+    let iota = c.constant(format_args!("dense<[{}]>", lanes.join(", ")), &vi);
+    let kb = splat(c, k);
+    let kv = c.let_(format_args!("arith.addi {kb}, {iota} : {vi}"));
+    let coords = [splat(c, &t.ib), splat(c, &t.ih), splat(c, q), kv.clone()];
+    let skv = c.constant(format_args!("dense<{}>", t.s.sk), &vi);
+    let mut holds = c.let_(format_args!("arith.cmpi slt, {kv}, {skv} : {vi}"));
+    if let Some(m) = &t.a.op.mask {
+        let (v, is_bool) = mask_value(c, m, &coords, t.a.dims);
+        let b = if is_bool {
+            v
+        } else {
+            let z = c.constant("dense<0>", &vi);
+            c.let_(format_args!("arith.cmpi ne, {v}, {z} : {vi}"))
+        };
+        holds = c.let_(format_args!("arith.andi {holds}, {b} : vector<{LANES}xi1>"));
+    }
+    holds
+}
+
+/// A mask subexpression on 16 lanes: `vector<16xi64>` (false) or `vector<16xi1>`
+/// (true), with [`MaskExpr::eval`]'s rules (division by 0 gives 0, arithmetic wraps).
+fn mask_value(c: &mut Code, e: &MaskExpr, coords: &[String; 4], dims: &Dims) -> (String, bool) {
+    let vi = format!("vector<{LANES}xi64>");
+    let vb = format!("vector<{LANES}xi1>");
+    let int = |c: &mut Code, n: i64| c.constant(format_args!("dense<{n}>"), &vi);
+    let as_int = |c: &mut Code, (v, is_bool): (String, bool)| {
+        if is_bool {
+            c.let_(format_args!("arith.extui {v} : {vb} to {vi}"))
+        } else {
+            v
+        }
+    };
+    let as_bool = |c: &mut Code, (v, is_bool): (String, bool)| {
+        if is_bool {
+            v
+        } else {
+            let z = c.constant("dense<0>", &vi);
+            c.let_(format_args!("arith.cmpi ne, {v}, {z} : {vi}"))
+        }
+    };
+    match e {
+        MaskExpr::Int(n) => (int(c, *n), false),
+        MaskExpr::Coord(k) => (coords[*k as usize].clone(), false),
+        MaskExpr::Dim(d) => (int(c, dims.get(d).map_or(0, |v| v as i64)), false),
+        MaskExpr::Neg(x) => {
+            let v = mask_value(c, x, coords, dims);
+            let v = as_int(c, v);
+            let z = int(c, 0);
+            (c.let_(format_args!("arith.subi {z}, {v} : {vi}")), false)
+        }
+        MaskExpr::Not(x) => {
+            let v = mask_value(c, x, coords, dims);
+            let b = as_bool(c, v);
+            let t = c.constant("dense<true>", &vb);
+            (c.let_(format_args!("arith.xori {b}, {t} : {vb}")), true)
+        }
+        MaskExpr::Bin(op, l, r) => {
+            use MaskBinOp::*;
+            let lv = mask_value(c, l, coords, dims);
+            let rv = mask_value(c, r, coords, dims);
+            let logical = |c: &mut Code, name: &str, lv, rv| {
+                let a = as_bool(c, lv);
+                let b = as_bool(c, rv);
+                (c.let_(format_args!("arith.{name} {a}, {b} : {vb}")), true)
+            };
+            match op {
+                And => return logical(c, "andi", lv, rv),
+                Or => return logical(c, "ori", lv, rv),
+                _ => {}
+            }
+            let a = as_int(c, lv);
+            let b = as_int(c, rv);
+            let cmp = |c: &mut Code, pred: &str| {
+                (
+                    c.let_(format_args!("arith.cmpi {pred}, {a}, {b} : {vi}")),
+                    true,
+                )
+            };
+            match op {
+                Add => (c.let_(format_args!("arith.addi {a}, {b} : {vi}")), false),
+                Sub => (c.let_(format_args!("arith.subi {a}, {b} : {vi}")), false),
+                Mul => (c.let_(format_args!("arith.muli {a}, {b} : {vi}")), false),
+                Div | Rem => {
+                    // 0 for a zero divisor or i64::MIN / -1, as the interpreter.
+                    let (z, one, m1) = (int(c, 0), int(c, 1), int(c, -1));
+                    let min = int(c, i64::MIN);
+                    let by_zero = c.let_(format_args!("arith.cmpi eq, {b}, {z} : {vi}"));
+                    let a_min = c.let_(format_args!("arith.cmpi eq, {a}, {min} : {vi}"));
+                    let b_m1 = c.let_(format_args!("arith.cmpi eq, {b}, {m1} : {vi}"));
+                    let ov = c.let_(format_args!("arith.andi {a_min}, {b_m1} : {vb}"));
+                    let bad = c.let_(format_args!("arith.ori {by_zero}, {ov} : {vb}"));
+                    let d = c.let_(format_args!("arith.select {bad}, {one}, {b} : {vb}, {vi}"));
+                    let name = if *op == Div { "divsi" } else { "remsi" };
+                    let q = c.let_(format_args!("arith.{name} {a}, {d} : {vi}"));
+                    (
+                        c.let_(format_args!("arith.select {bad}, {z}, {q} : {vb}, {vi}")),
+                        false,
+                    )
+                }
+                Lt => cmp(c, "slt"),
+                Le => cmp(c, "sle"),
+                Gt => cmp(c, "sgt"),
+                Ge => cmp(c, "sge"),
+                Eq => cmp(c, "eq"),
+                Ne => cmp(c, "ne"),
+                And | Or => logical(c, "andi", (a.clone(), false), (b.clone(), false)),
+            }
+        }
+    }
+}
