@@ -103,7 +103,7 @@ pub fn optimize(graph: &Graph, options: &OptimizeOptions) -> Result<passes::Opti
     passes::optimize(graph, &options.passes()).map_err(|e| err(format!("optimizer: {e}")))
 }
 
-/// What `compile --emit` writes.
+/// What `compile --emit` writes as text ([`compile_object`] writes objects).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Emit {
     Ir,
@@ -111,6 +111,24 @@ pub enum Emit {
     Mlir,
     Llvm,
     Dot,
+}
+
+/// The optimized graph compiled ahead of time for this CPU: an object file and the
+/// C header declaring `attnc_forward` and the layout of its arguments.
+pub fn compile_object(graph: &Graph, options: &OptimizeOptions) -> Result<(Vec<u8>, String)> {
+    cpu_only(options, "--emit obj")?;
+    let opt = optimize(graph, options)?;
+    backends::emit_object(&opt.graph).map_err(|e| err(e.to_string()))
+}
+
+fn cpu_only(options: &OptimizeOptions, what: &str) -> Result<()> {
+    if options.target.kind != passes::TargetKind::Cpu {
+        return Err(err(format!(
+            "{what} is a CPU output; target `{}` is a GPU, whose backend is not built yet",
+            options.target.name
+        )));
+    }
+    Ok(())
 }
 
 /// `ir` and `dot` show the graph as written; `opt-ir`, `mlir` and `llvm` the optimized one.
@@ -139,12 +157,7 @@ pub fn compile(graph: &Graph, emit: Emit, options: &OptimizeOptions) -> Result<S
             text + &attnc_ir::print(&opt.graph)
         }
         Emit::Mlir | Emit::Llvm => {
-            if options.target.kind != passes::TargetKind::Cpu {
-                return Err(err(format!(
-                    "--emit mlir/llvm are CPU outputs; target `{}` is a GPU, whose backend is not built yet",
-                    options.target.name
-                )));
-            }
+            cpu_only(options, "--emit mlir/llvm")?;
             let opt = optimize(graph, options)?;
             match emit {
                 Emit::Mlir => backends::emit_mlir(&opt.graph),
@@ -243,6 +256,8 @@ pub struct RunOptions {
     pub seed: u64,
     pub check: bool,
     pub optimize: OptimizeOptions,
+    /// Threads of the compiled code (default: all cores).
+    pub threads: Option<usize>,
 }
 
 /// The tolerance `run --check` applies by default: f32 models must agree with the f64
@@ -324,7 +339,11 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<RunReport> {
     let bindings: HashMap<String, Tensor> = attnc_ir::random_bindings(graph, options.seed);
     let t = Instant::now();
     let optimized = optimize(graph, &options.optimize)?;
-    let model = backends::CompiledModel::new(&optimized.graph).map_err(|e| err(e.to_string()))?;
+    let mut model =
+        backends::CompiledModel::new(&optimized.graph).map_err(|e| err(e.to_string()))?;
+    if let Some(n) = options.threads {
+        model.set_threads(n);
+    }
     let compile_ms = ms_since(t);
     let t = Instant::now();
     let outputs = model.run(&bindings).map_err(|e| err(e.to_string()))?;
@@ -388,4 +407,158 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<RunReport> {
 
 fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
+}
+
+/// Options of `bench`.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub optimize: OptimizeOptions,
+    /// Threads of the compiled code (default: all cores).
+    pub threads: Option<usize>,
+    /// Timed runs of each case (after one warm-up run); the median is reported.
+    pub runs: usize,
+    pub seed: u64,
+    /// Only the whole model, no per-layer cases.
+    pub model_only: bool,
+}
+
+/// One timed case: a layer (the first of each kind: `layers.0.attn` stands for every
+/// `layers.N.attn`) or the whole model, compiled twice.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchCase {
+    pub name: String,
+    /// Median ms of the optimized graph's compiled code.
+    pub ms: f64,
+    /// Median ms of the original (unoptimized) graph's compiled code.
+    pub baseline_ms: f64,
+    /// FLOPs of the original graph per second of the optimized code, in GFLOP/s.
+    pub gflops: f64,
+    /// `baseline_ms / ms`.
+    pub speedup: f64,
+    /// The forms before and after (op names), as `inspect` lists them.
+    pub before: Vec<String>,
+    pub after: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub threads: usize,
+    pub runs: usize,
+    pub cases: Vec<BenchCase>,
+}
+
+/// Time the compiled code of the optimized graph against the compiled code of the
+/// original graph, per layer kind and for the whole model, in one process.
+pub fn bench(graph: &Graph, options: &BenchOptions) -> Result<BenchReport> {
+    if graph.outputs().is_empty() {
+        return Err(err("nothing to bench: the graph has no outputs"));
+    }
+    check_memory(graph, available_memory())?;
+    let optimized = optimize(graph, &options.optimize)?;
+    let mut cases = Vec::new();
+    let mut threads = 0;
+    let mut layers: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
+    if !options.model_only {
+        let mut kinds = std::collections::HashSet::new();
+        for l in &optimized.report.layers {
+            // `layers.12.ffn` and `layers.0.ffn` are one kind.
+            let kind: String = l
+                .name
+                .split('.')
+                .map(|p| {
+                    if p.chars().all(|c| c.is_ascii_digit()) {
+                        "N"
+                    } else {
+                        p
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(".");
+            if kinds.insert(kind) {
+                layers.push((l.name.clone(), l.before.clone(), l.after.clone()));
+            }
+        }
+    }
+    for (name, before, after) in layers {
+        let plain = passes::layer_graph(graph, &name).map_err(|e| err(e.to_string()))?;
+        let fast = passes::layer_graph(&optimized.graph, &name).map_err(|e| err(e.to_string()))?;
+        let (baseline_ms, ms, n) = time_pair(&plain, &fast, options)?;
+        threads = n;
+        cases.push(case(name, &plain, baseline_ms, ms, before, after));
+    }
+    let (baseline_ms, ms, n) = time_pair(graph, &optimized.graph, options)?;
+    threads = threads.max(n);
+    cases.push(case(
+        "model".into(),
+        graph,
+        baseline_ms,
+        ms,
+        Vec::new(),
+        Vec::new(),
+    ));
+    Ok(BenchReport {
+        model: graph.name.clone(),
+        threads,
+        runs: options.runs,
+        cases,
+    })
+}
+
+fn case(
+    name: String,
+    plain: &Graph,
+    baseline_ms: f64,
+    ms: f64,
+    before: Vec<String>,
+    after: Vec<String>,
+) -> BenchCase {
+    let flops = attnc_ir::layer_stats(plain)
+        .iter()
+        .map(|l| l.flops as f64)
+        .sum::<f64>();
+    BenchCase {
+        name,
+        ms,
+        baseline_ms,
+        gflops: flops / (ms * 1e-3) / 1e9,
+        speedup: baseline_ms / ms,
+        before,
+        after,
+    }
+}
+
+/// Median ms of `baseline` and of `optimized`, each compiled and run on the same
+/// seeded inputs; one model's buffers are freed before the other's are made.
+fn time_pair(
+    baseline: &Graph,
+    optimized: &Graph,
+    options: &BenchOptions,
+) -> Result<(f64, f64, usize)> {
+    let mut out = [0.0; 2];
+    let mut threads = 1;
+    for (slot, g) in [baseline, optimized].into_iter().enumerate() {
+        let mut model = backends::CompiledModel::new(g).map_err(|e| err(e.to_string()))?;
+        if let Some(n) = options.threads {
+            model.set_threads(n);
+        }
+        threads = model.threads();
+        let mut prepared = model
+            .prepare_random(g, options.seed)
+            .map_err(|e| err(e.to_string()))?;
+        model
+            .run_prepared(&mut prepared)
+            .map_err(|e| err(e.to_string()))?;
+        let mut times = Vec::new();
+        for _ in 0..options.runs.max(1) {
+            let t = Instant::now();
+            model
+                .run_prepared(&mut prepared)
+                .map_err(|e| err(e.to_string()))?;
+            times.push(ms_since(t));
+        }
+        times.sort_by(f64::total_cmp);
+        out[slot] = times[times.len() / 2];
+    }
+    Ok((out[0], out[1], threads))
 }

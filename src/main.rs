@@ -29,7 +29,8 @@ enum Command {
         emit: EmitArg,
         #[command(flatten)]
         opt: OptArgs,
-        /// Output file (default: standard output).
+        /// Output file (default: standard output). `--emit obj` needs one, and writes
+        /// the C header beside it (`model.o` → `model.h`).
         #[arg(short = 'o', long = "output", value_name = "OUT")]
         output: Option<PathBuf>,
     },
@@ -73,6 +74,32 @@ enum Command {
         seed: u64,
         #[command(flatten)]
         opt: OptArgs,
+        /// Threads of the compiled code (default: all cores).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+        threads: Option<u32>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time the compiled optimized graph against the compiled original graph, per
+    /// layer kind and for the whole model, on seeded random inputs and weights.
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        opt: OptArgs,
+        /// Threads of the compiled code (default: all cores).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+        threads: Option<u32>,
+        /// Timed runs of each case (the median is reported), after one warm-up run.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        runs: u32,
+        /// Only the whole model.
+        #[arg(long)]
+        model_only: bool,
+        /// Seed of the random inputs and weights.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -126,6 +153,8 @@ enum EmitArg {
     Mlir,
     /// LLVM IR, optimized for this CPU.
     Llvm,
+    /// A relocatable object for this CPU and its C header (needs `-o`).
+    Obj,
     /// Graphviz DOT of the IR graph.
     Dot,
 }
@@ -173,6 +202,11 @@ fn real_main(cli: Cli) -> attnc::Result<()> {
             output,
         } => {
             let options = opt.options()?;
+            if matches!(emit, EmitArg::Obj) && output.is_none() {
+                return Err(attnc::Error(
+                    "--emit obj writes a binary object and its C header: give the object's path with -o (e.g. -o model.o)".into(),
+                ));
+            }
             let graph = load(&model)?;
             let emit = match emit {
                 EmitArg::Ir => Emit::Ir,
@@ -180,6 +214,15 @@ fn real_main(cli: Cli) -> attnc::Result<()> {
                 EmitArg::Mlir => Emit::Mlir,
                 EmitArg::Llvm => Emit::Llvm,
                 EmitArg::Dot => Emit::Dot,
+                EmitArg::Obj => {
+                    let (object, header) =
+                        attnc::compile_object(&graph, &options).map_err(|e| in_file(&model, e))?;
+                    let path = output.unwrap_or_default();
+                    std::fs::write(&path, object).map_err(|e| {
+                        attnc::Error(format!("{}: cannot write: {e}", path.display()))
+                    })?;
+                    return write_out(Some(&path.with_extension("h")), &header);
+                }
             };
             let text = attnc::compile(&graph, emit, &options).map_err(|e| in_file(&model, e))?;
             write_out(output.as_ref(), &text)
@@ -217,6 +260,7 @@ fn real_main(cli: Cli) -> attnc::Result<()> {
             tol,
             seed,
             opt,
+            threads,
             json,
         } => {
             let optimize = opt.options()?;
@@ -235,6 +279,7 @@ fn real_main(cli: Cli) -> attnc::Result<()> {
                 seed,
                 check,
                 optimize,
+                threads: threads.map(|n| n as usize),
             };
             let report = attnc::run(&graph, &options).map_err(|e| in_file(&model, e))?;
             if json {
@@ -271,7 +316,46 @@ fn real_main(cli: Cli) -> attnc::Result<()> {
                 _ => Ok(()),
             }
         }
+        Command::Bench {
+            model,
+            opt,
+            threads,
+            runs,
+            model_only,
+            seed,
+            json,
+        } => {
+            let optimize = opt.options()?;
+            cpu_only(&optimize)?;
+            let graph = load(&model)?;
+            let options = attnc::BenchOptions {
+                optimize,
+                threads: threads.map(|n| n as usize),
+                runs: runs as usize,
+                seed,
+                model_only,
+            };
+            let report = attnc::bench(&graph, &options).map_err(|e| in_file(&model, e))?;
+            if json {
+                return print_json(&report);
+            }
+            write_out(None, &bench_text(&report))
+        }
     }
+}
+
+fn bench_text(report: &attnc::BenchReport) -> String {
+    let mut s = format!(
+        "{}: compiled optimized vs compiled original graph, {} threads, median of {} runs\n  {:<24} {:>12} {:>12} {:>8} {:>10}\n",
+        report.model, report.threads, report.runs, "case", "optimized", "original", "speedup", "GFLOP/s"
+    );
+    for c in &report.cases {
+        s += &format!(
+            "  {:<24} {:>9.3} ms {:>9.3} ms {:>7.2}x {:>10.1}\n",
+            c.name, c.ms, c.baseline_ms, c.speedup, c.gflops
+        );
+    }
+    s
 }
 
 fn inspect_text(report: &attnc::InspectReport) -> String {

@@ -2,8 +2,8 @@
 //! then JIT (MLIR's ExecutionEngine) or print LLVM IR (inkwell).
 
 use crate::engine::Engine;
-use crate::host::{check_binding, descriptor, HostBuffer};
-use crate::lower::{lower, Signature, ENTRY};
+use crate::host::{check_binding, HostBuffer};
+use crate::lower::{lower, Signature};
 use crate::mlir::Session;
 use crate::{BackendError, Result};
 use attnc_ir::{Graph, Tensor};
@@ -45,9 +45,6 @@ convert-cf-to-llvm, \
 convert-ub-to-llvm, \
 reconcile-unrealized-casts)";
 
-/// LLVM optimization level of the JIT.
-const JIT_OPT_LEVEL: i32 = 3;
-
 /// The tensor-level MLIR module of `graph`, as MLIR prints it after verification.
 pub fn emit_mlir(graph: &Graph) -> Result<String> {
     let lowered = lower(graph)?;
@@ -57,13 +54,26 @@ pub fn emit_mlir(graph: &Graph) -> Result<String> {
 }
 
 /// The LLVM IR of `graph` for this host: the module after [`CPU_PIPELINE`],
-/// translated to LLVM IR, tagged with the host CPU and optimized with `default<O3>`.
+/// translated to LLVM IR with its C entry points, tagged with the host CPU and
+/// optimized with `default<O3>`.
 pub fn emit_llvm_ir(graph: &Graph) -> Result<String> {
     let lowered = lower(graph)?;
     let session = Session::new();
     let mut module = session.parse(&lowered.text)?;
     to_llvm_dialect(&session, &mut module)?;
-    crate::llvm::optimized_ir(&module)
+    crate::llvm::optimized_ir(&module, &lowered.signature)
+}
+
+/// `graph` compiled ahead of time for this host: a relocatable object file and the
+/// C header that declares its entry points and the layout of every argument (see
+/// [`crate::aot`]). Link it with `-lomp -lm` (LLVM's OpenMP runtime).
+pub fn emit_object(graph: &Graph) -> Result<(Vec<u8>, String)> {
+    let lowered = lower(graph)?;
+    let session = Session::new();
+    let mut module = session.parse(&lowered.text)?;
+    to_llvm_dialect(&session, &mut module)?;
+    let object = crate::llvm::object(&module, &lowered.signature)?;
+    Ok((object, crate::aot::header(graph, &lowered.signature)))
 }
 
 /// Run [`CPU_PIPELINE`] and check that nothing needs MLIR's runtime library.
@@ -90,27 +100,34 @@ pub struct Prepared {
 
 /// A graph compiled for this CPU: call [`CompiledModel::run`] any number of times.
 pub struct CompiledModel {
-    // Declared first so it is dropped before the context it was compiled in.
     engine: Engine,
     signature: Signature,
-    _session: Session,
+    threads: usize,
 }
 
 impl CompiledModel {
-    /// Lower, verify, lower to LLVM and JIT-compile `graph`.
+    /// Lower, verify, lower to LLVM and JIT-compile `graph`. It runs on all cores
+    /// (see [`CompiledModel::set_threads`]).
     pub fn new(graph: &Graph) -> Result<CompiledModel> {
         let lowered = lower(graph)?;
         let session = Session::new();
-        let engine = {
-            let mut module = session.parse(&lowered.text)?;
-            to_llvm_dialect(&session, &mut module)?;
-            Engine::new(&module, JIT_OPT_LEVEL, ENTRY)?
-        };
+        let mut module = session.parse(&lowered.text)?;
+        to_llvm_dialect(&session, &mut module)?;
+        let engine = Engine::new(&module, &lowered.signature)?;
         Ok(CompiledModel {
             engine,
             signature: lowered.signature,
-            _session: session,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         })
+    }
+
+    /// Run the parallel loops on `n` threads (at least 1).
+    pub fn set_threads(&mut self, n: usize) {
+        self.threads = n.max(1);
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
     /// Names of the outputs, in the order [`CompiledModel::run`] returns them.
@@ -146,6 +163,40 @@ impl CompiledModel {
                 })?;
             check_binding(b, t)?;
             buffers.push(HostBuffer::from_tensor(t));
+        }
+        for b in &sig.outputs {
+            buffers.push(HostBuffer::zeroed(b.dtype, b.sizes.iter().product()));
+        }
+        for _ in &sig.checks {
+            buffers.push(HostBuffer::Bytes(vec![0]));
+        }
+        Ok(Prepared { buffers })
+    }
+
+    /// Like [`CompiledModel::prepare`] on `attnc_ir::random_bindings(graph, seed)`, but
+    /// converting one tensor at a time (the f64 tensors of a large model's weights
+    /// never exist all at once).
+    pub fn prepare_random(&self, graph: &Graph, seed: u64) -> Result<Prepared> {
+        let mut by_name: HashMap<String, HostBuffer> = HashMap::new();
+        for id in graph.node_ids() {
+            if let Some((name, t)) = attnc_ir::random_binding(graph, id, seed) {
+                if let Some(b) = self.signature.inputs.iter().find(|b| b.name == name) {
+                    check_binding(b, &t)?;
+                    by_name.insert(name, HostBuffer::from_tensor(&t));
+                }
+            }
+        }
+        let sig = &self.signature;
+        let mut buffers = Vec::new();
+        for b in &sig.inputs {
+            buffers.push(
+                by_name
+                    .remove(&b.name)
+                    .ok_or_else(|| BackendError::MissingBinding {
+                        kind: b.kind,
+                        name: b.name.clone(),
+                    })?,
+            );
         }
         for b in &sig.outputs {
             buffers.push(HostBuffer::zeroed(b.dtype, b.sizes.iter().product()));
@@ -202,24 +253,25 @@ impl CompiledModel {
             .collect()
     }
 
-    /// Call `@forward` with one descriptor per buffer.
+    /// Call the model with one pointer per buffer.
     fn call(&self, buffers: &mut [HostBuffer], sizes: &[&[usize]]) -> Result<()> {
-        let mut descriptors: Vec<Vec<i64>> = buffers
-            .iter_mut()
-            .zip(sizes)
-            .map(|(buf, s)| descriptor(buf.as_mut_ptr(), s))
-            .collect();
-        let mut pointers: Vec<*mut i64> = descriptors.iter_mut().map(|d| d.as_mut_ptr()).collect();
-        let mut args: Vec<*mut c_void> = pointers
-            .iter_mut()
-            .map(|p| (p as *mut *mut i64).cast())
-            .collect();
-        // SAFETY: `args` has one entry per argument of `_mlir_ciface_forward` (the
-        // signature the module was lowered with: inputs and params, outputs, flags),
-        // each pointing at a descriptor of that argument's rank over a buffer of its
-        // element type and size: binding dtypes and shapes were checked, outputs and
-        // flags allocated from the signature. Buffers, descriptors and pointers are
-        // distinct allocations that outlive the call and are not touched during it.
-        unsafe { self.engine.invoke(&mut args) }
+        for (buf, s) in buffers.iter().zip(sizes) {
+            if buf.len() != s.iter().product::<usize>() {
+                return Err(BackendError::InvalidGraph {
+                    message: "internal: a buffer does not match its argument".into(),
+                });
+            }
+        }
+        let mut args: Vec<*mut c_void> =
+            buffers.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
+        self.engine.set_threads(self.threads);
+        // SAFETY: `args` has one entry per argument of `@forward` (the signature the
+        // module was lowered with: inputs and params, outputs, flags), each pointing at
+        // a dense buffer of that argument's element type and size: binding dtypes and
+        // shapes were checked, outputs and flags allocated from the signature, and the
+        // lengths checked above. The buffers are distinct allocations that outlive the
+        // call and are not touched during it.
+        unsafe { self.engine.invoke(&mut args) };
+        Ok(())
     }
 }

@@ -1,5 +1,5 @@
 //! Host buffers: [`Tensor`]s (f64 for every dtype) converted to the element type
-//! compiled code reads and writes, and ranked memref descriptors over them.
+//! compiled code reads and writes, as bytes for files and C programs.
 
 use crate::error::describe;
 use crate::lower::Boundary;
@@ -77,23 +77,65 @@ impl HostBuffer {
         }
     }
 
+    /// Elements (not bytes).
+    pub fn len(&self) -> usize {
+        match self {
+            HostBuffer::F32(v) => v.len(),
+            HostBuffer::Half(v) => v.len(),
+            HostBuffer::I32(v) => v.len(),
+            HostBuffer::I64(v) => v.len(),
+            HostBuffer::Bytes(v) => v.len(),
+        }
+    }
+
+    /// The elements as little-endian bytes, the layout compiled code reads.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            HostBuffer::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            HostBuffer::Half(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            HostBuffer::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            HostBuffer::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            HostBuffer::Bytes(v) => v.clone(),
+        }
+    }
+
+    /// Elements of `dtype` from little-endian bytes (`None` if the length is not a
+    /// whole number of elements).
+    pub fn from_bytes(dtype: DType, bytes: &[u8]) -> Option<HostBuffer> {
+        let n = dtype.size_bytes() as usize;
+        if !bytes.len().is_multiple_of(n) {
+            return None;
+        }
+        let chunks = bytes.chunks_exact(n);
+        Some(match dtype {
+            DType::F32 => HostBuffer::F32(
+                chunks
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            ),
+            DType::F16 | DType::BF16 => {
+                HostBuffer::Half(chunks.map(|c| u16::from_le_bytes([c[0], c[1]])).collect())
+            }
+            DType::I32 => HostBuffer::I32(
+                chunks
+                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            ),
+            DType::I64 => HostBuffer::I64(
+                chunks
+                    .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                    .collect(),
+            ),
+            DType::Bool => HostBuffer::Bytes(bytes.to_vec()),
+        })
+    }
+
     pub fn first_byte(&self) -> u8 {
         match self {
             HostBuffer::Bytes(v) => v.first().copied().unwrap_or(0),
             _ => 0,
         }
     }
-}
-
-/// A ranked memref descriptor as the C interface lays it out, in 8-byte words:
-/// allocated pointer, aligned pointer, offset (0), sizes\[rank\], strides\[rank\]
-/// (row-major, in elements).
-pub(crate) fn descriptor(data: *mut u8, sizes: &[usize]) -> Vec<i64> {
-    let ptr = data.expose_provenance() as i64;
-    let mut words = vec![ptr, ptr, 0];
-    words.extend(sizes.iter().map(|&n| n as i64));
-    words.extend(attnc_ir::strides(sizes).into_iter().map(|s| s as i64));
-    words
 }
 
 /// Check a binding against the graph's input or param before any compiled code sees
@@ -119,19 +161,22 @@ pub(crate) fn check_binding(b: &Boundary, t: &Tensor) -> Result<()> {
     Ok(())
 }
 
+/// `t` as the little-endian bytes compiled code (and a C program calling
+/// `attnc_forward`) reads: its elements rounded to its dtype, bools one byte each.
+pub fn tensor_to_bytes(t: &Tensor) -> Vec<u8> {
+    HostBuffer::from_tensor(t).to_bytes()
+}
+
+/// A tensor of `dtype` and `shape` from such bytes; `None` if their length is not
+/// the shape's.
+pub fn tensor_from_bytes(dtype: DType, shape: Vec<usize>, bytes: &[u8]) -> Option<Tensor> {
+    let buffer = HostBuffer::from_bytes(dtype, bytes)?;
+    (buffer.len() == shape.iter().product::<usize>()).then(|| buffer.to_tensor(dtype, shape))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn descriptor_layout() {
-        let mut buf = HostBuffer::zeroed(DType::F32, 15);
-        let p = buf.as_mut_ptr();
-        let d = descriptor(p, &[3, 5]);
-        assert_eq!(&d[2..], &[0, 3, 5, 5, 1]);
-        assert_eq!(d[0], d[1]);
-        assert_eq!(descriptor(p, &[]).len(), 3);
-    }
 
     #[test]
     fn round_trip_rounds_to_dtype() {

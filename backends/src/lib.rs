@@ -32,6 +32,7 @@
 //! assert_eq!(outputs[0].shape, vec![3, 5]);
 //! ```
 
+mod aot;
 mod cpu;
 mod engine;
 mod error;
@@ -45,5 +46,6 @@ mod mlir;
 /// (`libomp-22-dev`).
 pub const OPENMP_RUNTIME: &str = "/usr/lib/llvm-22/lib/libomp.so";
 
-pub use cpu::{emit_llvm_ir, emit_mlir, CompiledModel, Prepared, CPU_PIPELINE};
+pub use cpu::{emit_llvm_ir, emit_mlir, emit_object, CompiledModel, Prepared, CPU_PIPELINE};
 pub use error::{BackendError, Result};
+pub use host::{tensor_from_bytes, tensor_to_bytes};

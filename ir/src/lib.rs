@@ -28,7 +28,7 @@ pub use graph::{Graph, GraphBuilder, Node, NodeId};
 pub use infer::{broadcast_shapes, infer};
 pub use mask::{Coord, Coverage, MaskBinOp, MaskError, MaskExpr, MaskKind, MAX_MASK_DEPTH};
 pub use op::{Attention, BinaryOp, CmpOp, Op, ReduceKind, TopKOutput, UnaryOp};
-pub use random::{random_bindings, Rng};
+pub use random::{random_binding, random_bindings, Rng};
 pub use shape::{num_elements, Dim, Dims, Shape, TensorType, MAX_ELEMENTS};
 pub use stats::{layer_stats, node_bytes, node_flops, op_bytes, op_flops, LayerStats};
 pub use tensor::{strides, Tensor};

@@ -52,16 +52,24 @@ impl Rng {
 pub fn random_bindings(graph: &Graph, seed: u64) -> HashMap<String, Tensor> {
     let mut out = HashMap::new();
     for id in graph.node_ids() {
-        let (name, is_param) = match &graph.node(id).op {
-            Op::Input { name } => (name, false),
-            Op::Param { name } => (name, true),
-            _ => continue,
-        };
-        // Each tensor gets its own stream so adding one input does not shift the others.
-        let mut rng = Rng::new(seed ^ fnv1a(name.as_bytes()));
-        out.insert(name.clone(), random_tensor(graph, id, is_param, &mut rng));
+        if let Some((name, t)) = random_binding(graph, id, seed) {
+            out.insert(name, t);
+        }
     }
     out
+}
+
+/// The tensor [`random_bindings`] binds to input or param `id` (with its name), one
+/// at a time: for callers that convert each and drop it before making the next.
+pub fn random_binding(graph: &Graph, id: NodeId, seed: u64) -> Option<(String, Tensor)> {
+    let (name, is_param) = match &graph.node(id).op {
+        Op::Input { name } => (name, false),
+        Op::Param { name } => (name, true),
+        _ => return None,
+    };
+    // Each tensor gets its own stream so adding one input does not shift the others.
+    let mut rng = Rng::new(seed ^ fnv1a(name.as_bytes()));
+    Some((name.clone(), random_tensor(graph, id, is_param, &mut rng)))
 }
 
 fn random_tensor(graph: &Graph, id: NodeId, is_param: bool, rng: &mut Rng) -> Tensor {

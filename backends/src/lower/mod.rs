@@ -78,6 +78,18 @@ pub(crate) struct Signature {
     pub checks: Vec<Check>,
 }
 
+impl Signature {
+    /// The sizes of every argument of `@forward`, in order (flags are scalars).
+    pub fn argument_sizes(&self) -> Vec<Vec<usize>> {
+        self.inputs
+            .iter()
+            .chain(&self.outputs)
+            .map(|b| b.sizes.clone())
+            .chain(self.checks.iter().map(|_| Vec::new()))
+            .collect()
+    }
+}
+
 /// The MLIR source of a graph and the signature of its `@forward`.
 pub(crate) struct Lowered {
     pub text: String,
