@@ -22,5 +22,25 @@ $attnc explain examples/gpt2.toml --layer 0
 
 for model in gpt2 llama3-8b mistral-7b deepseek-v2-lite; do
   echo "== run $model --tiny --check"
-  $attnc run examples/$model.toml --tiny --check --json
+  $attnc run examples/$model.toml --tiny --check
 done
+
+echo "== bench llama3-8b: 2 layers at seq 512, vocabulary 8192 (optimized vs original, both compiled)"
+$attnc bench examples/llama3-8b.toml --set seq=512 --set layers=2 --set vocab=8192 --runs 3
+
+echo "== compile gpt2 --tiny to an object and call it from C"
+$attnc compile examples/gpt2.toml --tiny --emit obj -o out/gpt2.o
+cat > out/main.c <<'CEOF'
+#include <stdio.h>
+#include <stdlib.h>
+#include "gpt2.h"
+int main(void) {
+  void *args[ATTNC_NUM_ARGS];
+  for (int i = 0; i < ATTNC_NUM_ARGS; i++) args[i] = calloc(1, attnc_argument_bytes[i]);
+  attnc_forward_packed(args); /* all-zero tokens and weights */
+  printf("attnc_forward ran: %d inputs and params, %d outputs\n", ATTNC_NUM_INPUTS, ATTNC_NUM_OUTPUTS);
+  return 0;
+}
+CEOF
+cc -O2 -o out/gpt2-c out/main.c out/gpt2.o -L/usr/lib/llvm-22/lib -Wl,-rpath,/usr/lib/llvm-22/lib -lomp -lm
+./out/gpt2-c

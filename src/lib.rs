@@ -316,6 +316,45 @@ pub fn check_memory(graph: &Graph, available: u64) -> Result<()> {
     )))
 }
 
+/// Refuse a benchmark that cannot fit in memory. Unlike `run`, nothing is kept in
+/// f64: the weights exist once in their own dtype (one compiled model at a time), plus
+/// the f64 tensor of the largest of them while it is converted, plus the largest
+/// intermediate four times in f32.
+fn check_bench_memory(graph: &Graph, available: u64) -> Result<()> {
+    let elems = |id: attnc_ir::NodeId| graph.sizes(id).iter().map(|&n| n as u64).product::<u64>();
+    let is_source = |id: attnc_ir::NodeId| {
+        matches!(
+            graph.node(id).op,
+            attnc_ir::Op::Input { .. } | attnc_ir::Op::Param { .. }
+        )
+    };
+    let sources = graph
+        .node_ids()
+        .filter(|&id| is_source(id))
+        .map(|id| elems(id).saturating_mul(graph.node(id).ty.dtype.size_bytes()))
+        .fold(0, u64::saturating_add);
+    let largest_source = graph
+        .node_ids()
+        .filter(|&id| is_source(id))
+        .map(elems)
+        .max()
+        .unwrap_or(0);
+    let largest = graph.node_ids().map(elems).max().unwrap_or(0);
+    let need = sources
+        .saturating_add(largest_source.saturating_mul(8))
+        .saturating_add(largest.saturating_mul(16));
+    if need <= available {
+        return Ok(());
+    }
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    Err(err(format!(
+        "benchmarking this model needs about {:.1} GiB (weights and inputs {:.1} GiB), more than the {:.1} GiB of memory available; try smaller sizes with --set",
+        gib(need),
+        gib(sources),
+        gib(available)
+    )))
+}
+
 /// Memory this process may use: `MemAvailable` from /proc/meminfo, or 8 GiB when it
 /// cannot be read.
 pub fn available_memory() -> u64 {
@@ -454,7 +493,7 @@ pub fn bench(graph: &Graph, options: &BenchOptions) -> Result<BenchReport> {
     if graph.outputs().is_empty() {
         return Err(err("nothing to bench: the graph has no outputs"));
     }
-    check_memory(graph, available_memory())?;
+    check_bench_memory(graph, available_memory())?;
     let optimized = optimize(graph, &options.optimize)?;
     let mut cases = Vec::new();
     let mut threads = 0;

@@ -525,38 +525,7 @@ fn integer_bool_and_half_graphs_run_checked() {
 // Currently broken: each of these documents a bug (see the review report).
 // ---------------------------------------------------------------------------------
 
-/// Backend errors (unsupported ops, run-time checks) must name the file too.
-#[test]
-fn unsupported_ops_name_the_file_op_and_layer() {
-    for (name, body, op) in [
-        (
-            "topk.air",
-            "%0 = input \"x\" : [n, m] f32\nlayer moe.0\n%1 = topk_values %0 {k = 2} : [n, 2] f32\noutput o = %1",
-            "topk_values",
-        ),
-        (
-            "topki.air",
-            "%0 = input \"x\" : [n, m] f32\nlayer moe.0\n%1 = topk_indices %0 {k = 2} : [n, 2] i64\noutput o = %1",
-            "topk_indices",
-        ),
-        (
-            "cumsum.air",
-            "%0 = input \"x\" : [n, m] f32\nlayer moe.0\n%1 = cumsum %0 {axis = 1} : [n, m] f32\noutput o = %1",
-            "cumsum",
-        ),
-    ] {
-        let p = air(name, body);
-        fails_with(
-            &["run", path_str(&p), "--check"],
-            &[name, &format!("`{op}`"), "moe.0"],
-        );
-        fails_with(
-            &["compile", path_str(&p), "--emit", "mlir"],
-            &[name, &format!("`{op}`")],
-        );
-    }
-}
-
+/// Backend errors (run-time checks) must name the file too.
 #[test]
 fn runtime_check_failures_name_the_file() {
     let p = air(

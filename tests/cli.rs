@@ -350,3 +350,85 @@ fn check_failure_and_gpu_target_exit_non_zero() {
         &["gpu"],
     );
 }
+
+#[test]
+fn bench_times_optimized_against_original_per_layer_and_model() {
+    let r = run_json(&[
+        "bench",
+        "examples/llama3-8b.toml",
+        "--tiny",
+        "--runs",
+        "2",
+        "--json",
+    ]);
+    let cases = r["cases"].as_array().unwrap();
+    let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    // One case per layer kind (the first of the stack stands for all), then the model.
+    assert!(names.contains(&"layers.0.attn"), "{names:?}");
+    assert!(names.contains(&"layers.0.ffn"), "{names:?}");
+    assert!(!names.contains(&"layers.1.attn"), "{names:?}");
+    assert_eq!(names.last(), Some(&"model"), "{names:?}");
+    for c in cases {
+        for key in ["ms", "baseline_ms", "gflops"] {
+            let v = c[key].as_f64().unwrap_or(-1.0);
+            assert!(v >= 0.0 && v.is_finite(), "{key} = {v} in {c}");
+        }
+    }
+    let attn = &cases[names.iter().position(|n| *n == "layers.0.attn").unwrap()];
+    assert!(
+        attn["after"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|op| op == "attention"),
+        "{attn}"
+    );
+    let text = succeeds(&[
+        "bench",
+        "examples/gpt2.toml",
+        "--tiny",
+        "--model-only",
+        "--runs",
+        "1",
+    ]);
+    assert!(text.contains("model") && text.contains("speedup"), "{text}");
+}
+
+#[test]
+fn threads_flag_runs_and_checks() {
+    let r = run_json(&[
+        "run",
+        "examples/mistral-7b.toml",
+        "--tiny",
+        "--threads",
+        "1",
+        "--check",
+        "--json",
+    ]);
+    assert!(r["max_abs_err"].as_f64().unwrap() < 1e-4, "{r}");
+    let o = attnc(&["run", "examples/gpt2.toml", "--tiny", "--threads", "0"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--threads"), "{}", stderr(&o));
+}
+
+#[test]
+fn emit_obj_needs_an_output_path() {
+    fails_with(
+        &["compile", "examples/gpt2.toml", "--tiny", "--emit", "obj"],
+        &["--emit obj", "-o"],
+    );
+    fails_with(
+        &[
+            "compile",
+            "examples/gpt2.toml",
+            "--tiny",
+            "--emit",
+            "obj",
+            "--target",
+            "h100",
+            "-o",
+            "/tmp/x.o",
+        ],
+        &["CPU output", "h100"],
+    );
+}

@@ -1,6 +1,6 @@
 //! Quick fused-attention timing:
 //! `cargo run --release -p attnc-backends --example attn_speed -- N H HKV D [causal]`.
-use attnc_ir::{random_bindings, Attention, DType, Dims, GraphBuilder, MaskExpr, Op, Shape};
+use attnc_ir::{Attention, DType, Dims, GraphBuilder, MaskExpr, Op, Shape};
 use std::time::Instant;
 
 fn main() {
@@ -26,17 +26,29 @@ fn main() {
         std::fs::write(path, attnc_backends::emit_llvm_ir(&g).unwrap()).unwrap();
     }
     let model = attnc_backends::CompiledModel::new(&g).unwrap();
-    let mut p = model.prepare(&random_bindings(&g, 1)).unwrap();
+    let mut p = model.prepare_random(&g, 1).unwrap();
     model.run_prepared(&mut p).unwrap();
     let mut s = f64::MAX;
-    for _ in 0..5 {
+    let reps: usize = std::env::var("REPS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5);
+    for _ in 0..reps {
         let t = Instant::now();
         model.run_prepared(&mut p).unwrap();
         s = s.min(t.elapsed().as_secs_f64());
     }
     let flops = 4.0 * (h * n * n * d) as f64 * if causal { 0.5 } else { 1.0 };
+    // Peak resident memory of the process: the inputs, the output and the kernel's own.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .unwrap_or("VmHWM: ?")
+        .to_string();
+    let tensors = 4.0 * (2 * h + 2 * hk) as f64 * (n * d) as f64 / (1 << 20) as f64;
     println!(
-        "N={n} H={h}/{hk} D={d} causal={causal}: {:.3} ms, {:.1} GFLOP/s",
+        "N={n} H={h}/{hk} D={d} causal={causal}: {:.3} ms, {:.1} GFLOP/s; q,k,v,o {tensors:.0} MiB, {hwm}",
         s * 1e3,
         flops / s / 1e9
     );

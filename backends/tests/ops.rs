@@ -500,3 +500,166 @@ fn empty_tensors() {
         Ok(vec![s, c, r])
     }));
 }
+
+fn topk_op(k: u64, output: attnc_ir::TopKOutput) -> Op {
+    Op::TopK { k, output }
+}
+
+#[test]
+fn topk_values_and_indices_at_odd_sizes() {
+    use attnc_ir::TopKOutput::{Indices, Values};
+    for (sizes, dtype) in [
+        (&[3u64, 7][..], F32),
+        (&[2, 33], F32),
+        (&[2, 3, 7], BF16),
+        (&[33], BF16),
+        (&[4, 7], F16),
+        // Random integers are 0 or 1: rows full of ties.
+        (&[5, 33], I32),
+        (&[3, 7], I64),
+    ] {
+        for k in [1, 2, 5] {
+            check(&graph(|b| {
+                let x = b.input("x", shape(sizes), dtype)?;
+                Ok(vec![
+                    b.op(topk_op(k, Values), &[x])?,
+                    b.op(topk_op(k, Indices), &[x])?,
+                ])
+            }));
+        }
+    }
+}
+
+#[test]
+fn topk_ties_go_to_the_lower_index_and_nan_ranks_first() {
+    use attnc_ir::TopKOutput::{Indices, Values};
+    let nan = f64::NAN;
+    let inf = f64::INFINITY;
+    let rows: [f64; 28] = [
+        // Repeated values, equal zeros of either sign.
+        1.0, 3.0, 3.0, -0.0, 0.0, 3.0, 1.0, //
+        // NaNs above +inf, -inf last.
+        -inf, 2.0, nan, inf, nan, -1.0, 2.0, //
+        // All equal.
+        5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, //
+        // Descending already, then ascending.
+        9.0, 8.0, 7.0, -7.0, -8.0, -9.0, 0.5,
+    ];
+    for dtype in [F32, BF16] {
+        for k in [1, 2, 5, 7] {
+            let g = graph(|b| {
+                let x = b.input("x", shape(&[4, 7]), dtype)?;
+                Ok(vec![
+                    b.op(topk_op(k, Values), &[x])?,
+                    b.op(topk_op(k, Indices), &[x])?,
+                ])
+            });
+            check_with(
+                &g,
+                &[("x".to_string(), tensor(dtype, &[4, 7], &rows))].into(),
+            );
+        }
+    }
+    // The picks of the first row, spelled out.
+    let g = graph(|b| {
+        let x = b.input("x", shape(&[7]), F32)?;
+        Ok(vec![b.op(topk_op(7, Indices), &[x])?])
+    });
+    let model = attnc_backends::CompiledModel::new(&g).unwrap();
+    let x = tensor(F32, &[7], &rows[..7]);
+    let got = model.run(&[("x".to_string(), x)].into()).unwrap();
+    assert_eq!(got[0].data, [1.0, 2.0, 5.0, 0.0, 6.0, 3.0, 4.0]);
+}
+
+#[test]
+fn cumsum_along_each_axis() {
+    for axis in 0..3 {
+        for dtype in [F32, BF16, I32, I64] {
+            check(&graph(|b| {
+                let x = b.input("x", shape(&[3, 5, 7]), dtype)?;
+                Ok(vec![b.op(Op::CumSum { axis }, &[x])?])
+            }));
+        }
+    }
+    // A long axis (bf16 sums kept in f32 until the end), a 1-D tensor, a cumsum
+    // feeding another op, and an empty one.
+    check(&graph(|b| {
+        let x = b.input("x", shape(&[2, 300]), BF16)?;
+        let y = b.input("y", shape(&[33]), F32)?;
+        let e = b.input("e", shape(&[0, 5]), F32)?;
+        let c = b.op(Op::CumSum { axis: 0 }, &[y])?;
+        Ok(vec![
+            b.op(Op::CumSum { axis: 1 }, &[x])?,
+            c,
+            b.op(Op::Unary(UnaryOp::Exp), &[c])?,
+            b.op(Op::CumSum { axis: 1 }, &[e])?,
+        ])
+    }));
+    // Integer sums wrap as the interpreter's do.
+    let g = graph(|b| {
+        let x = b.input("x", shape(&[5]), I32)?;
+        Ok(vec![b.op(Op::CumSum { axis: 0 }, &[x])?])
+    });
+    let big = i32::MAX as f64;
+    let x = tensor(I32, &[5], &[big, 1.0, -3.0, big, 7.0]);
+    check_with(&g, &[("x".to_string(), x)].into());
+}
+
+#[test]
+fn scatter_add_with_repeated_indices_along_each_axis() {
+    for (data, m, axis, idx_dtype, dtype) in [
+        (&[7u64, 5][..], 9u64, 0usize, I64, F32),
+        (&[3, 7, 5], 4, 1, I32, F32),
+        (&[3, 5, 7], 11, 2, I64, BF16),
+        (&[5, 3], 2, 0, I32, I32),
+        (&[7], 6, 0, I64, F16),
+        (&[3, 5], 0, 1, I64, F32),
+    ] {
+        let mut upd = data.to_vec();
+        upd[axis] = m;
+        check(&graph(|b| {
+            let d = b.input("data", shape(data), dtype)?;
+            let i = b.input("idx", shape(&[m]), idx_dtype)?;
+            let u = b.input("upd", shape(&upd), dtype)?;
+            Ok(vec![b.op(Op::ScatterAdd { axis }, &[d, i, u])?])
+        }));
+    }
+    // Every update to the same two rows, in a given order.
+    let g = graph(|b| {
+        let d = b.input("data", shape(&[4, 3]), F32)?;
+        let i = b.input("idx", shape(&[5]), I64)?;
+        let u = b.input("upd", shape(&[5, 3]), F32)?;
+        Ok(vec![b.op(Op::ScatterAdd { axis: 0 }, &[d, i, u])?])
+    });
+    let mut bindings = attnc_ir::random_bindings(&g, 11);
+    bindings.insert("idx".into(), tensor(I64, &[5], &[3.0, 0.0, 3.0, 3.0, 0.0]));
+    check_with(&g, &bindings);
+}
+
+#[test]
+fn scatter_add_out_of_range_index_is_a_runtime_error() {
+    let g = graph(|b| {
+        let d = b.input("data", shape(&[3, 4]), F32)?;
+        b.set_layer(Some("scatter".into()));
+        let i = b.input("idx", shape(&[3]), I32)?;
+        let u = b.input("upd", shape(&[3, 3]), F32)?;
+        Ok(vec![b.op(Op::ScatterAdd { axis: 1 }, &[d, i, u])?])
+    });
+    let model = attnc_backends::CompiledModel::new(&g).unwrap();
+    let mut bindings = attnc_ir::random_bindings(&g, 3);
+    for bad in [4.0, -1.0, 1e6, -1e6] {
+        bindings.insert("idx".into(), tensor(I32, &[3], &[0.0, bad, 3.0]));
+        let e = model.run(&bindings).unwrap_err();
+        assert!(
+            matches!(e, attnc_backends::BackendError::Runtime { .. }),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "layer `scatter`: %3 = scatter_add: an index is out of range"
+        );
+        assert!(attnc_ir::interp::eval(&g, &bindings, attnc_ir::interp::Precision::F64).is_err());
+    }
+    bindings.insert("idx".into(), tensor(I32, &[3], &[0.0, 3.0, 3.0]));
+    check_with(&g, &bindings);
+}

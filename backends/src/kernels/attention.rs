@@ -30,10 +30,12 @@ use std::collections::hash_map::DefaultHasher;
 use std::fmt::Write;
 use std::hash::{Hash, Hasher};
 
-/// Query rows per task.
-pub(crate) const BQ: usize = 64;
-/// Keys per block.
-pub(crate) const BK: usize = 64;
+/// Query rows per task and keys per block: `(BQ, BK)`, multiples of 16. 64 × 64 was
+/// the best of {32, 64} × {32, 64, 128} measured for D = 64 and D = 128 (128 keys
+/// need 32 accumulators per score tile and spill).
+fn blocks() -> (usize, usize) {
+    (64, 64)
+}
 /// Rows of a score register tile.
 const RS: usize = 4;
 
@@ -91,6 +93,9 @@ pub(crate) fn attention(set: &mut KernelSet, a: &AttentionKernel) -> String {
 
 /// Shapes and derived sizes.
 struct Shape {
+    /// Query rows per task, keys per block.
+    bq: usize,
+    bk: usize,
     b: usize,
     hk: usize,
     groups: usize,
@@ -114,7 +119,10 @@ fn write_attention(name: &str, a: &AttentionKernel, avx512: bool) -> String {
         .into_iter()
         .find(|r| r * nvd <= 16)
         .unwrap_or(1);
+    let (bq, bk) = blocks();
     let s = Shape {
+        bq,
+        bk,
         b,
         hk,
         groups: h / hk.max(1),
@@ -122,8 +130,8 @@ fn write_attention(name: &str, a: &AttentionKernel, avx512: bool) -> String {
         sk,
         dk,
         dv,
-        nqb: sq.div_ceil(BQ),
-        nkb: sk.div_ceil(BK),
+        nqb: sq.div_ceil(bq),
+        nkb: sk.div_ceil(bk),
         nvd,
         rp,
     };
@@ -156,7 +164,7 @@ fn write_attention(name: &str, a: &AttentionKernel, avx512: bool) -> String {
 
     let mut c = Code::new();
     // K, transposed per block: Kp[b][hk][kb][d][j] = K[b][hk][kb·BK + j][d] (0 past Sk).
-    let tkp = format!("memref<{}x{}x{}x{}x{BK}xf32>", s.b, s.hk, s.nkb, s.dk);
+    let tkp = format!("memref<{}x{}x{}x{}x{bk}xf32>", s.b, s.hk, s.nkb, s.dk);
     let kp = c.let_(format_args!(
         "memref.alloc() {{alignment = 64 : i64}} : {tkp}"
     ));
@@ -164,11 +172,11 @@ fn write_attention(name: &str, a: &AttentionKernel, avx512: bool) -> String {
     c.parallel(&[&bv, &hkv, &nkbv], |c, ivs| {
         let (ib, ihk, kb) = (&ivs[0], &ivs[1], &ivs[2]);
         let zero = c.idx(0);
-        let bkv = c.idx(BK);
+        let bkv = c.idx(bk);
         let last = c.idx(s.sk - 1);
         let skv = c.idx(s.sk);
         let pad = c.f32(0.0);
-        let k0 = c.mad(&zero, kb, BK);
+        let k0 = c.mad(&zero, kb, bk);
         c.for_range(&zero, &bkv, 1, |c, j| {
             let key = c.ix("addi", &k0, j);
             let inside = c.let_(format_args!("arith.cmpi ult, {key}, {skv} : index"));
@@ -217,14 +225,15 @@ fn write_attention(name: &str, a: &AttentionKernel, avx512: bool) -> String {
 /// The Coverage of every (query block, key block) as hex bytes: 0 empty, 1 full,
 /// 2 partial (the mask, or the end of the keys, cuts through it).
 fn block_table(m: &MaskExpr, s: &Shape, dims: &Dims) -> String {
+    let (bq, bk) = (s.bq, s.bk);
     let mut hex = String::with_capacity(2 * s.nqb * s.nkb);
     let hq = (s.hk * s.groups) as i64;
     for qb in 0..s.nqb {
         for kb in 0..s.nkb {
-            let q = ((qb * BQ) as i64, ((qb * BQ + BQ).min(s.sq) - 1) as i64);
-            let k = ((kb * BK) as i64, ((kb * BK + BK).min(s.sk) - 1) as i64);
+            let q = ((qb * bq) as i64, ((qb * bq + bq).min(s.sq) - 1) as i64);
+            let k = ((kb * bk) as i64, ((kb * bk + bk).min(s.sk) - 1) as i64);
             let bounds = [(0, s.b as i64 - 1), (0, hq - 1), q, k];
-            let ragged = (kb + 1) * BK > s.sk;
+            let ragged = (kb + 1) * bk > s.sk;
             let kind = match m.coverage(bounds, dims) {
                 Coverage::Empty => 0,
                 Coverage::Full if !ragged => 1,
@@ -268,11 +277,12 @@ struct Task<'a> {
 
 fn task(c: &mut Code, t: &Task, table: Option<&(String, String)>) {
     let s = t.s;
+    let (bq, bk) = (s.bq, s.bk);
     let vt = format!("vector<{LANES}xf32>");
     let ow = s.nvd * LANES;
-    let ts = format!("memref<{BQ}x{BK}xf32>");
-    let tob = format!("memref<{BQ}x{ow}xf32>");
-    let trow = format!("memref<{BQ}xf32>");
+    let ts = format!("memref<{bq}x{bk}xf32>");
+    let tob = format!("memref<{bq}x{ow}xf32>");
+    let trow = format!("memref<{bq}xf32>");
     let sbuf = c.let_(format_args!(
         "memref.alloca() {{alignment = 64 : i64}} : {ts}"
     ));
@@ -293,8 +303,8 @@ fn task(c: &mut Code, t: &Task, table: Option<&(String, String)>) {
         "memref.alloca() {{alignment = 64 : i64}} : {trow}"
     ));
     let zero = c.idx(0);
-    let bqv = c.idx(BQ);
-    let q0 = c.mad(&zero, &t.qb, BQ);
+    let bqv = c.idx(bq);
+    let q0 = c.mad(&zero, &t.qb, bq);
     let sqv = c.idx(s.sq);
     let rest = c.ix("subi", &sqv, &q0);
     let rows = c.min(&bqv, &rest);
@@ -325,7 +335,7 @@ fn task(c: &mut Code, t: &Task, table: Option<&(String, String)>) {
     } else {
         (None, t.a.op.scale * LOG2E)
     };
-    let ragged = !s.sk.is_multiple_of(BK);
+    let ragged = !s.sk.is_multiple_of(bk);
     let masked = t.a.op.mask.is_some() || ragged;
     c.for_range(&zero, &nkbv, 1, |c, kb| {
         let kind = match table {
@@ -344,7 +354,7 @@ fn task(c: &mut Code, t: &Task, table: Option<&(String, String)>) {
         let zero = c.idx(0);
         let live = c.let_(format_args!("arith.cmpi ne, {kind}, {zero} : index"));
         c.if_(&live, |c| {
-            let k0 = c.mad(&zero, kb, BK);
+            let k0 = c.mad(&zero, kb, bk);
             scores(c, t, &sbuf, &ts, kb, &q0, tile_scale);
             let softmax = |c: &mut Code, partial: bool| {
                 softmax_rows(
@@ -401,10 +411,11 @@ fn scores(
     tile_scale: Option<f64>,
 ) {
     let s = t.s;
+    let (bq, bk) = (s.bq, s.bk);
     let vt = format!("vector<{LANES}xf32>");
     let (kp, tkp) = (&t.kp.0, &t.kp.1);
     let zero = c.idx(0);
-    let tiles = c.idx(BQ / RS);
+    let tiles = c.idx(bq / RS);
     let last_q = c.idx(s.sq - 1);
     c.for_range(&zero, &tiles, 1, |c, rt| {
         let zero = c.idx(0);
@@ -417,12 +428,12 @@ fn scores(
             })
             .collect();
         let zv = c.splat(0.0);
-        let iters: Vec<(String, String)> = (0..RS * BK / LANES)
+        let iters: Vec<(String, String)> = (0..RS * bk / LANES)
             .map(|_| (zv.clone(), vt.clone()))
             .collect();
         let (dkv, one) = (c.idx(s.dk), c.idx(1));
         let acc = c.for_((&zero, &dkv, &one), &iters, |c, d, acc| {
-            let ks: Vec<String> = (0..BK / LANES)
+            let ks: Vec<String> = (0..bk / LANES)
                 .map(|v| {
                     let off = c.idx(v * LANES);
                     c.let_(format_args!(
@@ -448,8 +459,8 @@ fn scores(
         let scalev = tile_scale.map(|x| c.splat(x as f32));
         for r in 0..RS {
             let i = c.add_const(&r0, r);
-            for v in 0..BK / LANES {
-                let x = &acc[r * (BK / LANES) + v];
+            for v in 0..bk / LANES {
+                let x = &acc[r * (bk / LANES) + v];
                 let x = match &scalev {
                     Some(sv) => c.vop("arith.mulf", &[x, sv]),
                     None => x.clone(),
@@ -478,13 +489,14 @@ fn softmax_rows(
     exp_scale: f64,
 ) {
     let a = t.a;
+    let (bq, bk) = (t.s.bq, t.s.bk);
     let vt = format!("vector<{LANES}xf32>");
     let zero = c.idx(0);
-    let bqv = c.idx(BQ);
+    let bqv = c.idx(bq);
     let cs = c.f32(exp_scale as f32);
     let csv = c.splat(exp_scale as f32);
     c.for_range(&zero, &bqv, 1, |c, i| {
-        let mut xs: Vec<String> = (0..BK / LANES)
+        let mut xs: Vec<String> = (0..bk / LANES)
             .map(|v| {
                 let off = c.idx(v * LANES);
                 c.let_(format_args!("vector.load {sbuf}[{i}, {off}] : {ts}, {vt}"))
@@ -566,7 +578,7 @@ fn softmax_rows(
         c.line(format_args!("memref.store {dm}, {abuf}[{i}] : {trow}"));
     });
     // α = 2^(m_old - m_use), l = l·α + row sum: 16 rows per step.
-    for v in 0..BQ / LANES {
+    for v in 0..bq / LANES {
         let off = c.idx(v * LANES);
         let dm = c.let_(format_args!("vector.load {abuf}[{off}] : {trow}, {vt}"));
         let alpha = exp2(
@@ -600,13 +612,14 @@ fn accumulate(
     k0: &str,
 ) {
     let s = t.s;
+    let (bq, bk) = (s.bq, s.bk);
     let vt = format!("vector<{LANES}xf32>");
     let zero = c.idx(0);
-    let bkv = c.idx(BK);
+    let bkv = c.idx(bk);
     let skv = c.idx(s.sk);
     let rest = c.ix("subi", &skv, k0);
     let jn = c.min(&bkv, &rest);
-    let tiles = c.idx(BQ / s.rp);
+    let tiles = c.idx(bq / s.rp);
     let pad = c.f32(0.0);
     let in_bounds = s.dv.is_multiple_of(LANES);
     c.for_range(&zero, &tiles, 1, |c, rt| {

@@ -269,6 +269,20 @@ impl Emitter {
         );
     }
 
+    /// A statement that opens a region (`... {`): written without a location (that
+    /// goes after the closing brace, see [`Emitter::close_region`]); what follows is
+    /// indented.
+    pub fn open_region(&mut self, header: impl Display) {
+        let _ = writeln!(self.out, "{:indent$}{header}", "", indent = self.indent);
+        self.indent += 2;
+    }
+
+    /// `}` closing a region opened with [`Emitter::open_region`], with the location.
+    pub fn close_region(&mut self) {
+        self.indent -= 2;
+        self.stmt("}");
+    }
+
     /// `%vN = <rhs>`; returns `%vN`.
     pub fn op(&mut self, rhs: impl Display) -> String {
         let name = self.fresh();

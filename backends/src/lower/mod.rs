@@ -40,6 +40,7 @@ mod emit;
 mod kernel_call;
 mod layout;
 mod reduce;
+mod select;
 
 use crate::kernels::KernelSet;
 use crate::{BackendError, Result};
@@ -407,15 +408,11 @@ impl Lowering<'_> {
                 let dims = &graph.dims;
                 attention::attention(em, a, &ops[0], &ops[1], &ops[2], ops.get(3), dims)
             }
-            // Everything else (top-k, cumsum, scatter_add and ops added to the IR after
-            // this backend) is reported, never guessed at.
-            _ => {
-                return Err(BackendError::Unsupported {
-                    op: node.op.name().to_string(),
-                    layer: node.layer.clone(),
-                    node: id.index(),
-                })
+            Op::ScatterAdd { axis } => {
+                self.checked_scatter_add(id, &ops[0], &ops[1], &ops[2], *axis)
             }
+            Op::TopK { k, output } => select::topk(em, &ops[0], *k as usize, *output),
+            Op::CumSum { axis } => select::cumsum(em, &ops[0], *axis),
         })
     }
 
@@ -457,6 +454,20 @@ impl Lowering<'_> {
         let flag = layout::index_out_of_range(&mut self.em, indices, data.sizes[axis]);
         self.check(id, flag, "an index is out of range");
         layout::gather(&mut self.em, data, indices, axis, sizes)
+    }
+
+    /// `scatter_add`: add at clamped indices and check that none needed clamping.
+    fn checked_scatter_add(
+        &mut self,
+        id: NodeId,
+        data: &Val,
+        indices: &Val,
+        updates: &Val,
+        axis: usize,
+    ) -> Val {
+        let flag = layout::index_out_of_range(&mut self.em, indices, data.sizes[axis]);
+        self.check(id, flag, "an index is out of range");
+        select::scatter_add(&mut self.em, data, indices, updates, axis)
     }
 
     /// Integer division: a zero divisor is an error, as in the interpreter.
