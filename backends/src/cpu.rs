@@ -98,6 +98,15 @@ pub struct Prepared {
     buffers: Vec<HostBuffer>,
 }
 
+/// `OMP_NUM_THREADS` when it is set to a positive number, else every core.
+fn default_threads() -> usize {
+    std::env::var("OMP_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.split(',').next()?.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// A graph compiled for this CPU: call [`CompiledModel::run`] any number of times.
 pub struct CompiledModel {
     engine: Engine,
@@ -106,8 +115,8 @@ pub struct CompiledModel {
 }
 
 impl CompiledModel {
-    /// Lower, verify, lower to LLVM and JIT-compile `graph`. It runs on all cores
-    /// (see [`CompiledModel::set_threads`]).
+    /// Lower, verify, lower to LLVM and JIT-compile `graph`. It runs on all cores, or
+    /// `OMP_NUM_THREADS` threads if that is set (see [`CompiledModel::set_threads`]).
     pub fn new(graph: &Graph) -> Result<CompiledModel> {
         let lowered = lower(graph)?;
         let session = Session::new();
@@ -117,7 +126,7 @@ impl CompiledModel {
         Ok(CompiledModel {
             engine,
             signature: lowered.signature,
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            threads: default_threads(),
         })
     }
 

@@ -75,10 +75,11 @@ fn write_gemm(name: &str, g: &Gemm) -> String {
     let (m, n) = (g.c[nb], g.c[nb + 1]);
     let k = g.a[g.a.len() - 1];
     let mut c = Code::new();
-    let zero = c.f32(0.0);
-    c.line(format_args!(
-        "linalg.fill ins({zero} : f32) outs(%c : {tc})"
-    ));
+    if k == 0 {
+        // No K panel writes C: it is all zeros.
+        let zero = c.f32(0.0);
+        c.line(format_args!("linalg.fill ins({zero} : f32) outs(%c : {tc})"));
+    }
     let kc = KC.min(k);
     let nc = NC.min(n).div_ceil(NR) * NR;
     let ap = c.let_(format_args!(
@@ -275,10 +276,14 @@ fn gemm_2d(c: &mut Code, d: &Dims, p: &View2, [a, b, cc]: [&str; 3]) {
                 // The micro-kernels of this block.
                 c.parallel(&[&np, &mp], |c, ivs| {
                     let (jp, ip) = (&ivs[0], &ivs[1]);
+                    let row0 = c.mad(ic, ip, MR);
+                    let col0 = c.mad(jc, jp, NR);
+                    prefetch_c(c, d, cc, &tc, &row0, &col0);
                     micro_kernel(c, (ap, tap), (bp, tbp), jp, ip, &kc, |c, tile| {
-                        let row0 = c.mad(ic, ip, MR);
-                        let col0 = c.mad(jc, jp, NR);
-                        update_c(c, d, cc, &tc, &row0, &col0, tile, (m_ragged, n_ragged));
+                        let zero = c.idx(0);
+                        let first = c.let_(format_args!("arith.cmpi eq, {pc}, {zero} : index"));
+                        let ragged = (m_ragged, n_ragged);
+                        update_c(c, d, cc, &tc, &row0, &col0, tile, &first, ragged);
                     });
                 });
             });
@@ -335,8 +340,29 @@ fn micro_kernel(
     then(c, &tile);
 }
 
-/// `C[row0.., col0..] += tile`: plain vector loads and stores for a tile inside C;
-/// rows past M skipped and columns past N masked otherwise.
+/// Prefetch the C tile the micro-kernel will update, so its cache misses overlap the
+/// k loop (C is read and written once per `KC` panel: a tile of rows `N` apart is
+/// rarely still cached). Rows past M are clamped; columns past N are harmless (a
+/// prefetch never faults) but skipped when the whole line is past N.
+fn prefetch_c(c: &mut Code, d: &Dims, cc: &str, tc: &str, row0: &str, col0: &str) {
+    let last = c.idx(d.m - 1);
+    for r in 0..MR {
+        let row = c.add_const(row0, r);
+        let row = if d.m % MR != 0 { c.min(&row, &last) } else { row };
+        for line in 0..NR / LANES {
+            let col = c.add_const(col0, line * LANES);
+            let lastc = c.idx(d.n - 1);
+            let col = if d.n % NR != 0 { c.min(&col, &lastc) } else { col };
+            c.line(format_args!(
+                "memref.prefetch {cc}[{row}, {col}], write, locality<3>, data : {tc}"
+            ));
+        }
+    }
+}
+
+/// `C[row0.., col0..] = tile` for the first `KC` panel (`first`), `+= tile` after:
+/// plain vector loads and stores for a tile inside C; rows past M skipped and columns
+/// past N masked otherwise.
 #[allow(clippy::too_many_arguments)]
 fn update_c(
     c: &mut Code,
@@ -346,24 +372,54 @@ fn update_c(
     row0: &str,
     col0: &str,
     tile: &[String],
+    first: &str,
     (m_ragged, n_ragged): (bool, bool),
 ) {
     let vt = format!("vector<{LANES}xf32>");
-    let fast = |c: &mut Code| {
+    let fast = |c: &mut Code, accumulate: bool| {
         for r in 0..MR {
             let row = c.add_const(row0, r);
             for v in 0..NR / LANES {
                 let col = c.add_const(col0, v * LANES);
-                let old = c.let_(format_args!("vector.load {cc}[{row}, {col}] : {tc}, {vt}"));
-                let new = c.vop("arith.addf", &[&old, &tile[r * (NR / LANES) + v]]);
+                let mut new = tile[r * (NR / LANES) + v].clone();
+                if accumulate {
+                    let old = c.let_(format_args!("vector.load {cc}[{row}, {col}] : {tc}, {vt}"));
+                    new = c.vop("arith.addf", &[&old, &new]);
+                }
                 c.line(format_args!(
                     "vector.store {new}, {cc}[{row}, {col}] : {tc}, {vt}"
                 ));
             }
         }
     };
+    let edge = |c: &mut Code, accumulate: bool| {
+        let pad = c.f32(0.0);
+        let mv = c.idx(d.m);
+        for r in 0..MR {
+            let row = c.add_const(row0, r);
+            let inside = c.let_(format_args!("arith.cmpi ult, {row}, {mv} : index"));
+            c.if_(&inside, |c| {
+                for v in 0..NR / LANES {
+                    let col = c.add_const(col0, v * LANES);
+                    let mut new = tile[r * (NR / LANES) + v].clone();
+                    if accumulate {
+                        let old = c.let_(format_args!(
+                            "vector.transfer_read {cc}[{row}, {col}], {pad} {{in_bounds = [false]}} : {tc}, {vt}"
+                        ));
+                        new = c.vop("arith.addf", &[&old, &new]);
+                    }
+                    c.line(format_args!(
+                        "vector.transfer_write {new}, {cc}[{row}, {col}] {{in_bounds = [false]}} : {vt}, {tc}"
+                    ));
+                }
+            });
+        }
+    };
+    let either = |c: &mut Code, path: &dyn Fn(&mut Code, bool)| {
+        c.if_else(first, |c| path(c, false), |c| path(c, true));
+    };
     if !m_ragged && !n_ragged {
-        fast(c);
+        either(c, &fast);
         return;
     }
     let mv = c.idx(d.m);
@@ -373,23 +429,5 @@ fn update_c(
     let rows_in = c.let_(format_args!("arith.cmpi ule, {row_end}, {mv} : index"));
     let cols_in = c.let_(format_args!("arith.cmpi ule, {col_end}, {nv} : index"));
     let full = c.let_(format_args!("arith.andi {rows_in}, {cols_in} : i1"));
-    c.if_else(&full, fast, |c| {
-        let pad = c.f32(0.0);
-        for r in 0..MR {
-            let row = c.add_const(row0, r);
-            let inside = c.let_(format_args!("arith.cmpi ult, {row}, {mv} : index"));
-            c.if_(&inside, |c| {
-                for v in 0..NR / LANES {
-                    let col = c.add_const(col0, v * LANES);
-                    let old = c.let_(format_args!(
-                        "vector.transfer_read {cc}[{row}, {col}], {pad} {{in_bounds = [false]}} : {tc}, {vt}"
-                    ));
-                    let new = c.vop("arith.addf", &[&old, &tile[r * (NR / LANES) + v]]);
-                    c.line(format_args!(
-                        "vector.transfer_write {new}, {cc}[{row}, {col}] {{in_bounds = [false]}} : {vt}, {tc}"
-                    ));
-                }
-            });
-        }
-    });
+    c.if_else(&full, |c| either(c, &fast), |c| either(c, &edge));
 }
