@@ -66,9 +66,17 @@ impl Gemm {
 
 /// The kernel for `g` (written once per shape); returns its symbol.
 pub(crate) fn gemm(set: &mut KernelSet, g: &Gemm) -> String {
+    set.declare(OMP_DECLARATIONS);
     set.get(g.key(), |name| write_gemm(name, g))
 }
 
+/// The OpenMP runtime calls the kernel makes (libomp defines them).
+const OMP_DECLARATIONS: &str = "func.func private @omp_get_max_threads() -> i32\nfunc.func private @omp_get_thread_num() -> i32\n";
+
+/// One parallel loop over (batch index, column slab) tasks — `S = ceil(T / batch)`
+/// slabs of whole `NR` panels per GEMM for `T` threads, so every thread has work and
+/// the only barrier is the loop's end — each task running the blocked loops of
+/// [`gemm_2d`] on its slab with its thread's packing buffers.
 fn write_gemm(name: &str, g: &Gemm) -> String {
     let [ta, tb, tc] = g.operand_types();
     let nb = g.c.len() - 2;
@@ -78,31 +86,74 @@ fn write_gemm(name: &str, g: &Gemm) -> String {
     if k == 0 {
         // No K panel writes C: it is all zeros.
         let zero = c.f32(0.0);
-        c.line(format_args!("linalg.fill ins({zero} : f32) outs(%c : {tc})"));
+        c.line(format_args!(
+            "linalg.fill ins({zero} : f32) outs(%c : {tc})"
+        ));
     }
     let kc = KC.min(k);
     let nc = NC.min(n).div_ceil(NR) * NR;
+    let mp = MC.min(m.div_ceil(MR) * MR) / MR;
+    let t32 = c.let_("func.call @omp_get_max_threads() : () -> i32");
+    let t = c.let_(format_args!("arith.index_cast {t32} : i32 to index"));
+    let one = c.idx(1);
+    let threads = c.ix("maxsi", &t, &one);
+    let tap = format!("memref<?x{mp}x{kc}x{MR}xf32>");
+    let tbp = format!("memref<?x{}x{kc}x{NR}xf32>", nc / NR);
     let ap = c.let_(format_args!(
-        "memref.alloc() {{alignment = 64 : i64}} : memref<{}x{kc}x{MR}xf32>",
-        MC.min(m.div_ceil(MR) * MR) / MR
+        "memref.alloc({threads}) {{alignment = 64 : i64}} : {tap}"
     ));
     let bp = c.let_(format_args!(
-        "memref.alloc() {{alignment = 64 : i64}} : memref<{}x{kc}x{NR}xf32>",
-        nc / NR
+        "memref.alloc({threads}) {{alignment = 64 : i64}} : {tbp}"
     ));
+    let batch: usize = g.c[..nb].iter().product();
+    let panels = n.div_ceil(NR);
+    // Slabs per GEMM: ceil(T / batch), at least 1, at most one per panel.
+    let bv = c.idx(batch);
+    let per = ceil_div_v(&mut c, &threads, &bv);
+    let pv = c.idx(panels);
+    let slabs = c.min(&per, &pv);
+    // Slab width in panels.
+    let width = ceil_div_v(&mut c, &pv, &slabs);
+    let tasks = c.ix("muli", &bv, &slabs);
     let dims = Dims { m, n, k, kc, nc };
-    let views = View2 {
-        ap: (
-            ap,
-            format!("memref<{}x{kc}x{MR}xf32>", MC.min(m.div_ceil(MR) * MR) / MR),
-        ),
-        bp: (bp, format!("memref<{}x{kc}x{NR}xf32>", nc / NR)),
-    };
-    batch_loops(&mut c, g, 0, &mut Vec::new(), &|c, idx| {
-        let a2 = view(c, "%a", &g.a, &ta, idx, nb);
-        let b2 = view(c, "%b", &g.b, &tb, idx, nb);
-        let c2 = view(c, "%c", &g.c, &tc, idx, nb);
-        gemm_2d(c, &dims, &views, [&a2, &b2, &c2]);
+    c.parallel(&[&tasks], |c, ivs| {
+        let task = &ivs[0];
+        let id32 = c.let_("func.call @omp_get_thread_num() : () -> i32");
+        let id = c.let_(format_args!("arith.index_cast {id32} : i32 to index"));
+        let one = c.idx(1);
+        let last = c.ix("subi", &threads, &one);
+        let tid = c.min(&id, &last);
+        let bidx = c.ix("divui", task, &slabs);
+        let slab = c.ix("remui", task, &slabs);
+        let p0 = c.ix("muli", &slab, &width);
+        let p1 = c.ix("addi", &p0, &width);
+        let nrv = c.idx(NR);
+        let c0 = c.ix("muli", &p0, &nrv);
+        let c1 = c.ix("muli", &p1, &nrv);
+        let nv = c.idx(n);
+        let c1 = c.min(&c1, &nv);
+        let live = c.let_(format_args!("arith.cmpi ult, {c0}, {c1} : index"));
+        c.if_(&live, |c| {
+            // The batch indices of C, row-major from `bidx`.
+            let mut idx = Vec::new();
+            let mut stride = batch;
+            for &size in &g.c[..nb] {
+                stride /= size.max(1);
+                let sv = c.idx(stride.max(1));
+                let q = c.ix("divui", &bidx, &sv);
+                let zv = c.idx(size.max(1));
+                idx.push(c.ix("remui", &q, &zv));
+            }
+            let a2 = view(c, "%a", &g.a, &ta, &idx, nb);
+            let b2 = view(c, "%b", &g.b, &tb, &idx, nb);
+            let c2 = view(c, "%c", &g.c, &tc, &idx, nb);
+            let bufs = Buffers {
+                ap: (ap.clone(), tap.clone()),
+                bp: (bp.clone(), tbp.clone()),
+                tid,
+            };
+            gemm_2d(c, &dims, &bufs, [&a2, &b2, &c2], (&c0, &c1));
+        });
     });
     let params = [
         ("%a".to_string(), ta),
@@ -122,38 +173,11 @@ struct Dims {
     nc: usize,
 }
 
-/// The packing buffers (value, type).
-struct View2 {
+/// The packing buffers of every thread (value, type) and this thread's index in them.
+struct Buffers {
     ap: (String, String),
     bp: (String, String),
-}
-
-/// One `scf.for` per batch dimension of C, innermost calling `body` with the indices.
-fn batch_loops(
-    c: &mut Code,
-    g: &Gemm,
-    d: usize,
-    idx: &mut Vec<String>,
-    body: &dyn Fn(&mut Code, &[String]),
-) {
-    let nb = g.c.len() - 2;
-    if d == nb {
-        body(c, idx);
-        return;
-    }
-    if g.c[d] == 1 {
-        let zero = c.idx(0);
-        idx.push(zero);
-        batch_loops(c, g, d + 1, idx, body);
-        idx.pop();
-        return;
-    }
-    let (lb, ub) = (c.idx(0), c.idx(g.c[d]));
-    c.for_range(&lb, &ub, 1, |c, iv| {
-        let mut idx2 = idx.clone();
-        idx2.push(iv.to_string());
-        batch_loops(c, g, d + 1, &mut idx2, body);
-    });
+    tid: String,
 }
 
 /// The 2-D view `[rows, cols]` of operand `v` (sizes `sizes`) at batch indices `idx`
@@ -185,13 +209,16 @@ fn view(c: &mut Code, v: &str, sizes: &[usize], ty: &str, idx: &[String], nb: us
     ))
 }
 
-fn gemm_2d(c: &mut Code, d: &Dims, p: &View2, [a, b, cc]: [&str; 3]) {
+/// `C[:, c0..c1] = A · B[:, c0..c1]` by the blocked loops of the module docs, on one
+/// thread (`c0` is a multiple of `NR`).
+fn gemm_2d(c: &mut Code, d: &Dims, p: &Buffers, [a, b, cc]: [&str; 3], (c0, c1): (&str, &str)) {
     let ta = strided_type(&[d.m, d.k], "f32");
     let tb = strided_type(&[d.k, d.n], "f32");
     let tc = strided_type(&[d.m, d.n], "f32");
-    let (zero, mv, nv, kv) = (c.idx(0), c.idx(d.m), c.idx(d.n), c.idx(d.k));
+    let (zero, mv, kv) = (c.idx(0), c.idx(d.m), c.idx(d.k));
     let (ap, tap) = (&p.ap.0, &p.ap.1);
     let (bp, tbp) = (&p.bp.0, &p.bp.1);
+    let tid = &p.tid;
     let pad = c.f32(0.0);
     // Vectors that may run past N need masking; rows past M are zero-padded by packing.
     let n_ragged = !d.n.is_multiple_of(NR);
@@ -203,8 +230,9 @@ fn gemm_2d(c: &mut Code, d: &Dims, p: &View2, [a, b, cc]: [&str; 3]) {
     };
 
     let ncv = c.idx(d.nc);
-    c.for_range(&zero, &nv, d.nc, |c, jc| {
-        let rest = c.ix("subi", &nv, jc);
+    let step = c.idx(d.nc);
+    c.for_((c0, c1, &step), &[], |c, jc, _| {
+        let rest = c.ix("subi", c1, jc);
         let ncur = c.min(&ncv, &rest);
         let np = ceil_div(c, &ncur, NR);
         let kcv = c.idx(d.kc);
@@ -212,8 +240,7 @@ fn gemm_2d(c: &mut Code, d: &Dims, p: &View2, [a, b, cc]: [&str; 3]) {
             let rest = c.ix("subi", &kv, pc);
             let kc = c.min(&kcv, &rest);
             // Pack B: Bp[jp][k][..] = B[pc + k, jc + jp·NR + ..].
-            c.parallel(&[&np], |c, ivs| {
-                let jp = &ivs[0];
+            c.for_range(&zero, &np, 1, |c, jp| {
                 let col0 = c.mad(jc, jp, NR);
                 let zero = c.idx(0);
                 c.for_range(&zero, &kc, 1, |c, kk| {
@@ -225,7 +252,7 @@ fn gemm_2d(c: &mut Code, d: &Dims, p: &View2, [a, b, cc]: [&str; 3]) {
                         ));
                         let off = c.idx(v * LANES);
                         c.line(format_args!(
-                            "vector.store {x}, {bp}[{jp}, {kk}, {off}] : {tbp}, vector<{LANES}xf32>"
+                            "vector.store {x}, {bp}[{tid}, {jp}, {kk}, {off}] : {tbp}, vector<{LANES}xf32>"
                         ));
                     }
                 });
@@ -236,8 +263,7 @@ fn gemm_2d(c: &mut Code, d: &Dims, p: &View2, [a, b, cc]: [&str; 3]) {
                 let mcur = c.min(&mcv, &rest);
                 let mp = ceil_div(c, &mcur, MR);
                 // Pack A: Ap[ip][k][r] = A[ic + ip·MR + r, pc + k] (0 past M).
-                c.parallel(&[&mp], |c, ivs| {
-                    let ip = &ivs[0];
+                c.for_range(&zero, &mp, 1, |c, ip| {
                     let row0 = c.mad(ic, ip, MR);
                     let zero = c.idx(0);
                     let last = c.idx(d.m - 1);
@@ -269,26 +295,36 @@ fn gemm_2d(c: &mut Code, d: &Dims, p: &View2, [a, b, cc]: [&str; 3]) {
                         ));
                         let zero = c.idx(0);
                         c.line(format_args!(
-                            "vector.store {vec}, {ap}[{ip}, {kk}, {zero}] : {tap}, vector<{MR}xf32>"
+                            "vector.store {vec}, {ap}[{tid}, {ip}, {kk}, {zero}] : {tap}, vector<{MR}xf32>"
                         ));
                     });
                 });
-                // The micro-kernels of this block.
-                c.parallel(&[&np, &mp], |c, ivs| {
-                    let (jp, ip) = (&ivs[0], &ivs[1]);
-                    let row0 = c.mad(ic, ip, MR);
-                    let col0 = c.mad(jc, jp, NR);
-                    prefetch_c(c, d, cc, &tc, &row0, &col0);
-                    micro_kernel(c, (ap, tap), (bp, tbp), jp, ip, &kc, |c, tile| {
-                        let zero = c.idx(0);
-                        let first = c.let_(format_args!("arith.cmpi eq, {pc}, {zero} : index"));
-                        let ragged = (m_ragged, n_ragged);
-                        update_c(c, d, cc, &tc, &row0, &col0, tile, &first, ragged);
+                // The micro-kernels of this block: one B panel against every A panel.
+                c.for_range(&zero, &np, 1, |c, jp| {
+                    c.for_range(&zero, &mp, 1, |c, ip| {
+                        let row0 = c.mad(ic, ip, MR);
+                        let col0 = c.mad(jc, jp, NR);
+                        prefetch_c(c, d, cc, &tc, &row0, &col0);
+                        micro_kernel(c, (ap, tap), (bp, tbp), tid, jp, ip, &kc, |c, tile| {
+                            let zero = c.idx(0);
+                            let first = c.let_(format_args!("arith.cmpi eq, {pc}, {zero} : index"));
+                            let ragged = (m_ragged, n_ragged);
+                            update_c(c, d, cc, &tc, &row0, &col0, tile, &first, ragged);
+                        });
                     });
                 });
             });
         });
+        Vec::new()
     });
+}
+
+/// `ceil(x / y)` of two index values.
+fn ceil_div_v(c: &mut Code, x: &str, y: &str) -> String {
+    let one = c.idx(1);
+    let sum = c.ix("addi", x, y);
+    let up = c.ix("subi", &sum, &one);
+    c.ix("divui", &up, y)
 }
 
 fn ceil_div(c: &mut Code, x: &str, by: usize) -> String {
@@ -304,6 +340,7 @@ fn micro_kernel(
     c: &mut Code,
     (ap, tap): (&str, &str),
     (bp, tbp): (&str, &str),
+    tid: &str,
     jp: &str,
     ip: &str,
     kc: &str,
@@ -321,14 +358,16 @@ fn micro_kernel(
             .map(|v| {
                 let off = c.idx(v * LANES);
                 c.let_(format_args!(
-                    "vector.load {bp}[{jp}, {kk}, {off}] : {tbp}, {vt}"
+                    "vector.load {bp}[{tid}, {jp}, {kk}, {off}] : {tbp}, {vt}"
                 ))
             })
             .collect();
         let mut next = Vec::new();
         for r in 0..MR {
             let ri = c.idx(r);
-            let s = c.let_(format_args!("memref.load {ap}[{ip}, {kk}, {ri}] : {tap}"));
+            let s = c.let_(format_args!(
+                "memref.load {ap}[{tid}, {ip}, {kk}, {ri}] : {tap}"
+            ));
             let bc = c.let_(format_args!("vector.broadcast {s} : f32 to {vt}"));
             for (v, bv) in bs.iter().enumerate() {
                 let acc = &acc[r * (NR / LANES) + v];
@@ -348,11 +387,19 @@ fn prefetch_c(c: &mut Code, d: &Dims, cc: &str, tc: &str, row0: &str, col0: &str
     let last = c.idx(d.m - 1);
     for r in 0..MR {
         let row = c.add_const(row0, r);
-        let row = if d.m % MR != 0 { c.min(&row, &last) } else { row };
+        let row = if !d.m.is_multiple_of(MR) {
+            c.min(&row, &last)
+        } else {
+            row
+        };
         for line in 0..NR / LANES {
             let col = c.add_const(col0, line * LANES);
             let lastc = c.idx(d.n - 1);
-            let col = if d.n % NR != 0 { c.min(&col, &lastc) } else { col };
+            let col = if !d.n.is_multiple_of(NR) {
+                c.min(&col, &lastc)
+            } else {
+                col
+            };
             c.line(format_args!(
                 "memref.prefetch {cc}[{row}, {col}], write, locality<3>, data : {tc}"
             ));

@@ -53,6 +53,17 @@ impl KernelSet {
         name
     }
 
+    /// Module-level declarations (external functions), each written once.
+    pub fn declare(&mut self, text: &str) {
+        if self
+            .by_key
+            .insert(format!("decl:{text}"), String::new())
+            .is_none()
+        {
+            self.text.push_str(text);
+        }
+    }
+
     pub fn text(&self) -> &str {
         &self.text
     }
