@@ -568,36 +568,68 @@ fn case(
 }
 
 /// Median ms of `baseline` and of `optimized`, each compiled and run on the same
-/// seeded inputs; one model's buffers are freed before the other's are made.
+/// seeded inputs. When both models' buffers fit in memory at once, their runs
+/// alternate (baseline, optimized, baseline, ...), so a shared machine's drifting
+/// clock slows both alike; otherwise one model's buffers are freed before the other's
+/// are made and each runs `runs` times in a row.
 fn time_pair(
     baseline: &Graph,
     optimized: &Graph,
     options: &BenchOptions,
 ) -> Result<(f64, f64, usize)> {
-    let mut out = [0.0; 2];
-    let mut threads = 1;
-    for (slot, g) in [baseline, optimized].into_iter().enumerate() {
-        let mut model = backends::CompiledModel::new(g).map_err(|e| err(e.to_string()))?;
+    let e = |x: backends::BackendError| err(x.to_string());
+    let compile = |g: &Graph| -> Result<backends::CompiledModel> {
+        let mut model = backends::CompiledModel::new(g).map_err(e)?;
         if let Some(n) = options.threads {
             model.set_threads(n);
         }
-        threads = model.threads();
-        let mut prepared = model
-            .prepare_random(g, options.seed)
-            .map_err(|e| err(e.to_string()))?;
-        model
-            .run_prepared(&mut prepared)
-            .map_err(|e| err(e.to_string()))?;
-        let mut times = Vec::new();
-        for _ in 0..options.runs.max(1) {
-            let t = Instant::now();
-            model
-                .run_prepared(&mut prepared)
-                .map_err(|e| err(e.to_string()))?;
-            times.push(ms_since(t));
+        Ok(model)
+    };
+    let time = |model: &backends::CompiledModel, p: &mut backends::Prepared| -> Result<f64> {
+        let t = Instant::now();
+        model.run_prepared(p).map_err(e)?;
+        Ok(ms_since(t))
+    };
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let runs = options.runs.max(1);
+    let both_fit = check_bench_memory(baseline, available_memory() / 2).is_ok();
+    if both_fit {
+        let models = [compile(baseline)?, compile(optimized)?];
+        let mut prepared = [
+            models[0]
+                .prepare_random(baseline, options.seed)
+                .map_err(e)?,
+            models[1]
+                .prepare_random(optimized, options.seed)
+                .map_err(e)?,
+        ];
+        let mut times = [Vec::new(), Vec::new()];
+        for round in 0..=runs {
+            for i in 0..2 {
+                let t = time(&models[i], &mut prepared[i])?;
+                // Round 0 warms up.
+                if round > 0 {
+                    times[i].push(t);
+                }
+            }
         }
-        times.sort_by(f64::total_cmp);
-        out[slot] = times[times.len() / 2];
+        let [t0, t1] = times;
+        return Ok((median(t0), median(t1), models[1].threads()));
+    }
+    let mut out = [0.0; 2];
+    let mut threads = 1;
+    for (slot, g) in [baseline, optimized].into_iter().enumerate() {
+        let model = compile(g)?;
+        threads = model.threads();
+        let mut prepared = model.prepare_random(g, options.seed).map_err(e)?;
+        time(&model, &mut prepared)?;
+        let times = (0..runs)
+            .map(|_| time(&model, &mut prepared))
+            .collect::<Result<Vec<f64>>>()?;
+        out[slot] = median(times);
     }
     Ok((out[0], out[1], threads))
 }

@@ -11,14 +11,20 @@ use melior::ir::Module;
 use std::collections::HashMap;
 use std::ffi::c_void;
 
-/// The pass pipeline from the tensor-level module to the LLVM dialect. Naive loops:
-/// correctness first (tiling and vectorization come later).
+/// The pass pipeline from the tensor-level module to the LLVM dialect. Matmuls and
+/// attention are hand-scheduled kernels (`crate::kernels`); the other ops are
+/// `linalg.generic`s whose parallel dimensions become `scf.parallel` loops, which
+/// LLVM vectorizes inside.
 ///
 /// - bufferize (every function's arguments are memrefs already: no tensor crosses a
 ///   call), then the ownership-based deallocation pipeline, so temporaries are freed
 ///   and repeated runs do not leak: a layer function frees its temporaries before it
 ///   returns, `@forward` the buffers passed between layers when it returns;
-/// - linalg to loops, scf to cf, strided metadata and affine to arith;
+/// - linalg to parallel loops; vector transfers to masked loads and stores;
+///   `scf.parallel` to OpenMP (`omp.parallel` + `omp.wsloop`, outlined by the
+///   translation into `..omp_par` functions that `__kmpc_fork_call` runs); memref
+///   lowering before `scf` to `cf` (OpenMP wraps loop bodies in `alloca_scope`, which
+///   must keep one block); strided metadata and affine to arith;
 /// - `arith-expand{include-bf16}` turns bf16 conversions into integer ops (no
 ///   runtime library needed);
 /// - math to LLVM intrinsics, the rest (`erf`) to libm calls resolved in-process;
@@ -26,7 +32,7 @@ use std::ffi::c_void;
 pub const CPU_PIPELINE: &str = "builtin.module(\
 one-shot-bufferize, \
 buffer-deallocation-pipeline, \
-func.func(convert-linalg-to-loops), \
+func.func(convert-linalg-to-parallel-loops), \
 convert-vector-to-scf, \
 convert-scf-to-openmp, \
 expand-strided-metadata, \
