@@ -72,3 +72,116 @@ proptest! {
         }
     }
 }
+
+/// Every element of the box `bounds` (inclusive ranges of b, h, q, k): does the mask
+/// hold at any, and at all?
+fn any_all(m: &MaskExpr, bounds: [(i64, i64); 4], dims: &Dims) -> (bool, bool) {
+    let (mut any, mut all) = (false, true);
+    for b in bounds[0].0..=bounds[0].1 {
+        for h in bounds[1].0..=bounds[1].1 {
+            for q in bounds[2].0..=bounds[2].1 {
+                for k in bounds[3].0..=bounds[3].1 {
+                    let v = m.holds(b, h, q, k, dims);
+                    any |= v;
+                    all &= v;
+                }
+            }
+        }
+    }
+    (any, all)
+}
+
+/// A block of the score matrix: query block `qb` of `bq` rows and key block `kb` of
+/// `bk` keys, clipped to `n` (sizes need not be multiples of the blocks).
+fn block(n: i64, bq: i64, bk: i64, qb: i64, kb: i64) -> Option<[(i64, i64); 4]> {
+    let (q0, k0) = (qb * bq, kb * bk);
+    if q0 >= n || k0 >= n {
+        return None;
+    }
+    Some([
+        (0, 1),
+        (0, 2),
+        (q0, (q0 + bq).min(n) - 1),
+        (k0, (k0 + bk).min(n) - 1),
+    ])
+}
+
+/// The masks of sparse attention, with their parameters: causal, sliding window,
+/// global tokens, strided and fixed patterns (Sparse Transformer), dilated window,
+/// attention sinks, prefix-LM, block-causal.
+fn named_mask() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("k <= q".to_string()),
+        (1i64..40).prop_map(|w| format!("k <= q && q - k < {w}")),
+        (1i64..8).prop_map(|g| format!("q < {g} || k < {g} || (k <= q && q - k < 5)")),
+        (2i64..9).prop_map(|s| format!("k <= q && ((q - k) % {s} == 0 || q - k < {s})")),
+        (2i64..9).prop_map(|s| format!("k <= q && (k / {s} == q / {s} || k % {s} == {s} - 1)")),
+        (1i64..30, 2i64..4)
+            .prop_map(|(w, d)| format!("k <= q && q - k < {w} && (q - k) % {d} == 0")),
+        (1i64..6, 1i64..30).prop_map(|(s, w)| format!("k < {s} || (k <= q && q - k < {w})")),
+        (1i64..30).prop_map(|p| format!("k < {p} || k <= q")),
+        (2i64..20).prop_map(|s| format!("k / {s} <= q / {s}")),
+        Just("h % 2 == 0 || k <= q".to_string()),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The block classification agrees with evaluating the dense mask: an `Empty` block
+    /// has no element that holds, a `Full` one no element that does not, for the
+    /// sparse-attention masks at random parameters, sizes and block sizes.
+    #[test]
+    fn coverage_agrees_with_the_dense_mask(
+        text in named_mask(),
+        n in 1i64..70,
+        bq in 1i64..20,
+        bk in 1i64..20,
+    ) {
+        let m = MaskExpr::parse(&text).unwrap();
+        let dims = Dims::new();
+        let mut skipped = 0;
+        for qb in 0..n.div_euclid(bq) + 1 {
+            for kb in 0..n.div_euclid(bk) + 1 {
+                let Some(bounds) = block(n, bq, bk, qb, kb) else { continue };
+                let (any, all) = any_all(&m, bounds, &dims);
+                match m.coverage(bounds, &dims) {
+                    attnc_ir::Coverage::Empty => {
+                        prop_assert!(!any, "{} {:?}: empty, but holds somewhere", text, bounds);
+                        skipped += 1;
+                    }
+                    attnc_ir::Coverage::Full => prop_assert!(all, "{} {:?}: full, but not everywhere", text, bounds),
+                    attnc_ir::Coverage::Partial => {}
+                }
+            }
+        }
+        // Causal skips every block strictly above the diagonal.
+        if text == "k <= q" {
+            let above = (0..n.div_euclid(bq) + 1)
+                .flat_map(|qb| (0..n.div_euclid(bk) + 1).map(move |kb| (qb, kb)))
+                .filter(|&(qb, kb)| block(n, bq, bk, qb, kb).is_some_and(|b| b[3].0 > b[2].1))
+                .count();
+            prop_assert_eq!(skipped, above);
+        }
+    }
+
+    /// Sound for any expression at all (random trees of every operator).
+    #[test]
+    fn coverage_is_sound_for_random_expressions(
+        e in bool_expr(),
+        q0 in 0i64..12,
+        k0 in 0i64..12,
+        bq in 1i64..6,
+        bk in 1i64..6,
+    ) {
+        let mut dims = Dims::new();
+        dims.bind("window", 3);
+        let bounds = [(0, 1), (0, 2), (q0, q0 + bq - 1), (k0, k0 + bk - 1)];
+        let (any, all) = any_all(&e, bounds, &dims);
+        match e.coverage(bounds, &dims) {
+            attnc_ir::Coverage::Empty => prop_assert!(!any, "{}: empty, but holds", e),
+            attnc_ir::Coverage::Full => prop_assert!(all, "{}: full, but fails", e),
+            attnc_ir::Coverage::Partial => {}
+        }
+    }
+}
