@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Install what attnc needs to build, idempotently: LLVM/MLIR 22 from Debian (static
-# libraries for melior/mlir-sys and inkwell), clang-22 (libclang for bindgen), and
-# the compression libraries LLVM links against. Safe to run again: it only installs
+# libraries for melior/mlir-sys and inkwell), clang-22 (libclang for bindgen), the
+# compression libraries LLVM links against, LLVM's OpenMP runtime (compiled code's
+# parallel loops), OpenBLAS (the benchmarks' GEMM reference) and a C compiler (the
+# test that links a compiled object into a C program). Safe to run again: it only installs
 # what is missing.
 set -euo pipefail
 
-packages=(llvm-22-dev libmlir-22-dev libpolly-22-dev clang-22 zlib1g-dev libzstd-dev libffi-dev libomp-22-dev libopenblas-dev)
+packages=(llvm-22-dev libmlir-22-dev libpolly-22-dev clang-22 zlib1g-dev libzstd-dev libffi-dev libomp-22-dev libopenblas-dev gcc)
 
 missing=()
 for p in "${packages[@]}"; do

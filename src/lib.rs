@@ -283,26 +283,18 @@ pub fn default_tolerance(graph: &Graph) -> f64 {
 /// the compiled code's typed one) and the largest intermediate four times (it and its
 /// operands alive at once, in both the interpreter and the compiled code).
 pub fn check_memory(graph: &Graph, available: u64) -> Result<()> {
-    let elems = |id: attnc_ir::NodeId| graph.sizes(id).iter().map(|&n| n as u64).product::<u64>();
-    let sources: u64 = graph
-        .node_ids()
-        .filter(|&id| {
-            matches!(
-                graph.node(id).op,
-                attnc_ir::Op::Input { .. } | attnc_ir::Op::Param { .. }
-            )
-        })
-        .map(|id| elems(id).saturating_mul(8 + graph.node(id).ty.dtype.size_bytes()))
-        .fold(0, u64::saturating_add);
-    let Some(largest) = graph.node_ids().max_by_key(|&id| elems(id)) else {
+    let f = Footprint::of(graph);
+    let Some(largest) = f.largest else {
         return Ok(());
     };
-    let working = elems(largest).saturating_mul(8 * 4);
-    let need = sources.saturating_add(working);
+    let sources = f
+        .source_elems
+        .saturating_mul(8)
+        .saturating_add(f.source_bytes);
+    let need = sources.saturating_add(f.largest_elems.saturating_mul(8 * 4));
     if need <= available {
         return Ok(());
     }
-    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     let node = graph.node(largest);
     Err(err(format!(
         "running this model needs about {:.1} GiB (inputs and weights {:.1} GiB; the largest tensor, %{} = {} in layer `{}`, is {:.1} GiB), more than the {:.1} GiB of memory available; try --tiny or smaller sizes with --set",
@@ -311,7 +303,7 @@ pub fn check_memory(graph: &Graph, available: u64) -> Result<()> {
         largest.index(),
         node.op.name(),
         node.layer.as_deref().unwrap_or("(none)"),
-        gib(elems(largest).saturating_mul(8)),
+        gib(f.largest_elems.saturating_mul(8)),
         gib(available)
     )))
 }
@@ -321,38 +313,67 @@ pub fn check_memory(graph: &Graph, available: u64) -> Result<()> {
 /// the f64 tensor of the largest of them while it is converted, plus the largest
 /// intermediate four times in f32.
 fn check_bench_memory(graph: &Graph, available: u64) -> Result<()> {
-    let elems = |id: attnc_ir::NodeId| graph.sizes(id).iter().map(|&n| n as u64).product::<u64>();
-    let is_source = |id: attnc_ir::NodeId| {
-        matches!(
-            graph.node(id).op,
-            attnc_ir::Op::Input { .. } | attnc_ir::Op::Param { .. }
-        )
-    };
-    let sources = graph
-        .node_ids()
-        .filter(|&id| is_source(id))
-        .map(|id| elems(id).saturating_mul(graph.node(id).ty.dtype.size_bytes()))
-        .fold(0, u64::saturating_add);
-    let largest_source = graph
-        .node_ids()
-        .filter(|&id| is_source(id))
-        .map(elems)
-        .max()
-        .unwrap_or(0);
-    let largest = graph.node_ids().map(elems).max().unwrap_or(0);
-    let need = sources
-        .saturating_add(largest_source.saturating_mul(8))
-        .saturating_add(largest.saturating_mul(16));
+    let f = Footprint::of(graph);
+    let need = f
+        .source_bytes
+        .saturating_add(f.largest_source_elems.saturating_mul(8))
+        .saturating_add(f.largest_elems.saturating_mul(16));
     if need <= available {
         return Ok(());
     }
-    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     Err(err(format!(
         "benchmarking this model needs about {:.1} GiB (weights and inputs {:.1} GiB), more than the {:.1} GiB of memory available; try smaller sizes with --set",
         gib(need),
-        gib(sources),
+        gib(f.source_bytes),
         gib(available)
     )))
+}
+
+/// Sizes the memory checks estimate from (saturating: sizes may be absurd).
+struct Footprint {
+    /// Elements and bytes (in their dtypes) of all inputs and params.
+    source_elems: u64,
+    source_bytes: u64,
+    largest_source_elems: u64,
+    /// The node with the most elements, and its count.
+    largest: Option<attnc_ir::NodeId>,
+    largest_elems: u64,
+}
+
+impl Footprint {
+    fn of(graph: &Graph) -> Footprint {
+        let elems =
+            |id: attnc_ir::NodeId| graph.sizes(id).iter().map(|&n| n as u64).product::<u64>();
+        let mut f = Footprint {
+            source_elems: 0,
+            source_bytes: 0,
+            largest_source_elems: 0,
+            largest: None,
+            largest_elems: 0,
+        };
+        for id in graph.node_ids() {
+            let n = elems(id);
+            // `>=`: the last of equal sizes, as `max_by_key` picks.
+            if f.largest.is_none() || n >= f.largest_elems {
+                (f.largest, f.largest_elems) = (Some(id), n);
+            }
+            let node = graph.node(id);
+            if matches!(
+                node.op,
+                attnc_ir::Op::Input { .. } | attnc_ir::Op::Param { .. }
+            ) {
+                f.source_elems = f.source_elems.saturating_add(n);
+                let bytes = n.saturating_mul(node.ty.dtype.size_bytes());
+                f.source_bytes = f.source_bytes.saturating_add(bytes);
+                f.largest_source_elems = f.largest_source_elems.max(n);
+            }
+        }
+        f
+    }
+}
+
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
 }
 
 /// Memory this process may use: `MemAvailable` from /proc/meminfo, or 8 GiB when it

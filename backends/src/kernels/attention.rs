@@ -283,25 +283,13 @@ fn task(c: &mut Code, t: &Task, table: Option<&(String, String)>) {
     let ts = format!("memref<{bq}x{bk}xf32>");
     let tob = format!("memref<{bq}x{ow}xf32>");
     let trow = format!("memref<{bq}xf32>");
-    let sbuf = c.let_(format_args!(
-        "memref.alloca() {{alignment = 64 : i64}} : {ts}"
-    ));
-    let obuf = c.let_(format_args!(
-        "memref.alloca() {{alignment = 64 : i64}} : {tob}"
-    ));
-    let mbuf = c.let_(format_args!(
-        "memref.alloca() {{alignment = 64 : i64}} : {trow}"
-    ));
-    let lbuf = c.let_(format_args!(
-        "memref.alloca() {{alignment = 64 : i64}} : {trow}"
-    ));
-    let abuf = c.let_(format_args!(
-        "memref.alloca() {{alignment = 64 : i64}} : {trow}"
-    ));
+    let sbuf = c.alloca(&ts);
+    let obuf = c.alloca(&tob);
+    let mbuf = c.alloca(&trow);
+    let lbuf = c.alloca(&trow);
+    let abuf = c.alloca(&trow);
     // Row sums of a block, until a vector pass folds them into l.
-    let sums = c.let_(format_args!(
-        "memref.alloca() {{alignment = 64 : i64}} : {trow}"
-    ));
+    let sums = c.alloca(&trow);
     let zero = c.idx(0);
     let bqv = c.idx(bq);
     let q0 = c.mad(&zero, &t.qb, bq);

@@ -124,20 +124,25 @@ impl Code {
         v
     }
 
-    /// A constant, defined once per region it is first used in (and visible in the
-    /// regions nested in it).
-    pub fn constant(&mut self, literal: impl Display, ty: &str) -> String {
-        let key = format!("{literal}:{ty}");
+    /// `rhs` bound to a fresh name once per region it is first needed in (and visible
+    /// in the regions nested in it), looked up by `key`.
+    fn cached(&mut self, key: String, rhs: impl Display) -> String {
         for scope in self.consts.iter().rev() {
             if let Some(v) = scope.get(&key) {
                 return v.clone();
             }
         }
-        let v = self.let_(format_args!("arith.constant {literal} : {ty}"));
+        let v = self.let_(rhs);
         if let Some(scope) = self.consts.last_mut() {
             scope.insert(key, v.clone());
         }
         v
+    }
+
+    /// A constant (see [`Code::cached`]).
+    pub fn constant(&mut self, literal: impl Display, ty: &str) -> String {
+        let key = format!("{literal}:{ty}");
+        self.cached(key, format_args!("arith.constant {literal} : {ty}"))
     }
 
     pub fn idx(&mut self, n: usize) -> String {
@@ -148,21 +153,21 @@ impl Code {
         self.constant(format_args!("0x{:08X}", value.to_bits()), "f32")
     }
 
+    /// `value` in every lane of a `vector<LANES x f32>`.
     pub fn splat(&mut self, value: f32) -> String {
         let s = self.f32(value);
         let key = format!("splat:{s}");
-        for scope in self.consts.iter().rev() {
-            if let Some(v) = scope.get(&key) {
-                return v.clone();
-            }
-        }
-        let v = self.let_(format_args!(
-            "vector.broadcast {s} : f32 to vector<{LANES}xf32>"
-        ));
-        if let Some(scope) = self.consts.last_mut() {
-            scope.insert(key, v.clone());
-        }
-        v
+        self.cached(
+            key,
+            format_args!("vector.broadcast {s} : f32 to vector<{LANES}xf32>"),
+        )
+    }
+
+    /// A 64-byte aligned stack buffer of type `ty`.
+    pub fn alloca(&mut self, ty: &str) -> String {
+        self.let_(format_args!(
+            "memref.alloca() {{alignment = 64 : i64}} : {ty}"
+        ))
     }
 
     /// An index op: `arith.<op> a, b : index`.

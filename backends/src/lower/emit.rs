@@ -132,14 +132,12 @@ impl Val {
     }
 }
 
-/// One result of an indexing map: a loop dimension, the constant 0 that reads a
-/// broadcast (size-1) dimension, or a loop dimension divided (rounding down) by a
-/// constant (the KV head `h floordiv groups` that query head `h` reads).
+/// One result of an indexing map: a loop dimension, or the constant 0 that reads a
+/// broadcast (size-1) dimension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Ix {
     D(usize),
     Zero,
-    FloorDiv(usize, u64),
 }
 
 /// An affine map from `dims` loop dimensions to one index per operand dimension.
@@ -186,7 +184,6 @@ impl Display for Map {
             .map(|r| match r {
                 Ix::D(d) => format!("d{d}"),
                 Ix::Zero => "0".to_string(),
-                Ix::FloorDiv(d, n) => format!("d{d} floordiv {n}"),
             })
             .collect();
         write!(
@@ -513,8 +510,6 @@ mod tests {
         assert_eq!(m.to_string(), "affine_map<(d0, d1, d2) -> (d1, 0)>");
         let s = Map::broadcast(&[], &[2, 3]);
         assert_eq!(s.to_string(), "affine_map<(d0, d1) -> ()>");
-        let g = Map::new(2, vec![Ix::FloorDiv(0, 2), Ix::D(1)]);
-        assert_eq!(g.to_string(), "affine_map<(d0, d1) -> (d0 floordiv 2, d1)>");
     }
 
     #[test]

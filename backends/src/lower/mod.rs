@@ -34,7 +34,6 @@
 //! `tensor.empty`, slices and reshapes, `arith`, `math`), named `%vN` and located at
 //! `loc("<layer>:%<node> <op>")`. Families live in their own modules.
 
-mod attention;
 mod elementwise;
 mod emit;
 mod kernel_call;
@@ -361,10 +360,9 @@ impl Lowering<'_> {
         }
         let sizes = graph.sizes(id);
         let elem = Elem::of(node.ty.dtype);
-        if let Some(val) = self.lower_with_kernel(&node.op, &ops, &sizes) {
-            return Ok(val);
-        }
         let em = &mut self.em;
+        // Matmuls and attention are hand-scheduled kernels (`crate::kernels`).
+        let kernels = &mut self.kernels;
         Ok(match &node.op {
             // Arguments of `@forward`, entered where they are read (`lower_segment`).
             Op::Input { .. } | Op::Param { .. } => {
@@ -391,6 +389,9 @@ impl Lowering<'_> {
             Op::Softmax { axis } => reduce::softmax(em, &ops[0], *axis),
             Op::LayerNorm { eps } => reduce::layer_norm(em, &ops[0], &ops[1], &ops[2], *eps),
             Op::RmsNorm { eps } => reduce::rms_norm(em, &ops[0], &ops[1], *eps),
+            Op::MatMul if elem.is_float() => {
+                kernel_call::matmul(em, kernels, &ops[0], &ops[1], &sizes)
+            }
             Op::MatMul => reduce::matmul(em, &ops[0], &ops[1], &sizes),
             Op::Reshape { .. } => layout::reshape(em, &ops[0], &sizes),
             Op::Transpose { perm } => layout::transpose(em, &ops[0], perm),
@@ -404,9 +405,10 @@ impl Lowering<'_> {
             Op::Gather { axis } => self.checked_gather(id, &ops[0], &ops[1], *axis, &sizes),
             Op::Embedding => self.checked_gather(id, &ops[0], &ops[1], 0, &sizes),
             Op::Rope { theta } => layout::rope(em, &ops[0], *theta),
+            // Always float (the verifier requires it).
             Op::Attention(a) => {
-                let dims = &graph.dims;
-                attention::attention(em, a, &ops[0], &ops[1], &ops[2], ops.get(3), dims)
+                let (q, k, v, bias) = (&ops[0], &ops[1], &ops[2], ops.get(3));
+                kernel_call::attention(em, kernels, a, q, k, v, bias, &graph.dims)
             }
             Op::ScatterAdd { axis } => {
                 self.checked_scatter_add(id, &ops[0], &ops[1], &ops[2], *axis)
@@ -414,31 +416,6 @@ impl Lowering<'_> {
             Op::TopK { k, output } => select::topk(em, &ops[0], *k as usize, *output),
             Op::CumSum { axis } => select::cumsum(em, &ops[0], *axis),
         })
-    }
-
-    /// The ops a hand-scheduled kernel computes: float matmuls (and, below, fused
-    /// attention). `None` for everything else.
-    fn lower_with_kernel(&mut self, op: &Op, ops: &[Val], sizes: &[usize]) -> Option<Val> {
-        match op {
-            Op::MatMul if ops[0].elem.is_float() => Some(kernel_call::matmul(
-                &mut self.em,
-                &mut self.kernels,
-                &ops[0],
-                &ops[1],
-                sizes,
-            )),
-            Op::Attention(a) if ops[0].elem.is_float() => Some(kernel_call::attention(
-                &mut self.em,
-                &mut self.kernels,
-                a,
-                &ops[0],
-                &ops[1],
-                &ops[2],
-                ops.get(3),
-                &self.graph.dims,
-            )),
-            _ => None,
-        }
     }
 
     /// `gather` / `embedding`: read with clamped indices and check that none needed
