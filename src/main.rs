@@ -394,6 +394,14 @@ fn inspect_text(report: &attnc::InspectReport) -> String {
             ns(l.cost_before),
             ns(l.cost_after),
         );
+        if let (Some([bq, bk]), Some(d), Some(saved)) = (l.block, l.block_density, l.flops_saved) {
+            s += &format!(
+                "  blocks: {bq}x{bk}, density {:.3} ({:.1}% of blocks computed), {} FLOPs saved vs dense attention\n",
+                d,
+                100.0 * d,
+                human(saved as f64)
+            );
+        }
         if !l.rules.is_empty() {
             s += &format!("  rules:  {}\n", l.rules.join(", "));
         }

@@ -91,7 +91,10 @@ fn inspect_reports_layers_flops_and_bytes() {
     assert_eq!(attn["name"], "layers.0.attn");
     let has = |key: &str, op: &str| attn[key].as_array().unwrap().iter().any(|o| o == op);
     assert!(has("before", "softmax"));
-    assert!(has("after", "attention") && !has("after", "softmax"));
+    // Causal: fused, and over the lower triangle's blocks only.
+    assert!(has("after", "block_sparse_attention") && !has("after", "softmax"));
+    assert!(attn["block_density"].as_f64().unwrap() < 0.6, "{attn}");
+    assert!(attn["flops_saved"].as_u64().unwrap() > 0, "{attn}");
     assert!(attn["rules"]
         .as_array()
         .unwrap()
@@ -125,7 +128,7 @@ fn llama3_attention_is_fused_and_grouped_in_every_layer() {
     assert_eq!(attn.len(), 32);
     for l in attn {
         let after = l["after"].as_array().unwrap();
-        assert!(after.iter().any(|o| o == "attention"), "{l}");
+        assert!(after.iter().any(|o| o == "block_sparse_attention"), "{l}");
         assert!(
             !after.iter().any(|o| o == "softmax" || o == "broadcast"),
             "{l}"
@@ -222,7 +225,7 @@ fn mla_form_follows_the_cost_model() {
         let ir = succeeds(&args);
         let line = ir
             .lines()
-            .find(|l| l.contains("= attention"))
+            .find(|l| l.contains("attention \""))
             .unwrap()
             .to_string();
         line.contains("groups = 16")
@@ -380,7 +383,7 @@ fn bench_times_optimized_against_original_per_layer_and_model() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|op| op == "attention"),
+            .any(|op| op == "block_sparse_attention"),
         "{attn}"
     );
     let text = succeeds(&[
@@ -431,4 +434,57 @@ fn emit_obj_needs_an_output_path() {
         ],
         &["CPU output", "h100"],
     );
+}
+
+/// The sparse-attention examples: block-sparse attention in every layer at full size
+/// (`inspect --json`), and `run --check` on the tiny model — also at a shape where
+/// the tiny model skips blocks, so the compiled block-sparse kernel is what is checked.
+#[test]
+fn sparse_examples_inspect_block_sparse_and_check() {
+    for m in [
+        "longformer",
+        "bigbird",
+        "sparse-transformer",
+        "mistral-7b",
+        "streaming-llm",
+    ] {
+        let path = format!("examples/{m}.toml");
+        let r = run_json(&["inspect", &path, "--json"]);
+        let attn: Vec<&serde_json::Value> = r["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["name"].as_str().unwrap().ends_with(".attn"))
+            .collect();
+        assert!(!attn.is_empty());
+        for l in attn {
+            let after = l["after"].as_array().unwrap();
+            assert!(
+                after.iter().any(|o| o == "block_sparse_attention"),
+                "{m}: {l}"
+            );
+            let d = l["block_density"].as_f64().unwrap();
+            assert!(d > 0.0 && d < 0.5, "{m}: {l}");
+        }
+        let r = run_json(&["run", &path, "--tiny", "--check", "--json"]);
+        assert!(r["max_abs_err"].as_f64().unwrap() < 1e-4, "{m}: {r}");
+    }
+    for (m, sets) in [
+        ("longformer", ["seq=256", "half_window=16"]),
+        ("bigbird", ["seq=512", "block=16"]),
+        ("sparse-transformer", ["seq=256", "stride=16"]),
+    ] {
+        let path = format!("examples/{m}.toml");
+        let mut args = vec!["run", &path, "--tiny", "--check", "--json"];
+        for s in &sets {
+            args.extend(["--set", s]);
+        }
+        let r = run_json(&args);
+        assert!(r["max_abs_err"].as_f64().unwrap() < 1e-4, "{m}: {r}");
+        let fired = r["fired"].as_array().unwrap();
+        assert!(
+            fired.iter().any(|f| f[0] == "attention-block-sparse"),
+            "{m}: {r}"
+        );
+    }
 }

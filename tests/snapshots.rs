@@ -4,7 +4,8 @@
 //! read, and every later pass is a diff against it. Each optimizer pass (rule family)
 //! is recorded alone, as `--emit opt-ir --rules FAMILY` prints it (SSA text, the
 //! rules that fired, the estimated cost on the cpu target), at full width with two
-//! layers: every layer makes the same decision, so two show it.
+//! layers: every layer makes the same decision, so two show it. The `sparse` family
+//! works on fused attention, so its snapshot is `--rules fusion,sparse`.
 
 use attnc::{Emit, OptimizeOptions};
 use attnc_ir::spec::SpecSource;
@@ -26,8 +27,12 @@ fn ir_of(example: &str) -> String {
 }
 
 fn pass(example: &str, family: &str) -> String {
+    let rules = match family {
+        "sparse" => "fusion,sparse",
+        f => f,
+    };
     let options = OptimizeOptions {
-        rules: attnc::rules(family).unwrap(),
+        rules: attnc::rules(rules).unwrap(),
         ..OptimizeOptions::default()
     };
     attnc::compile(&load(example, &["layers=2"]), Emit::OptIr, &options).unwrap()
@@ -91,4 +96,104 @@ fn deepseek_v2_lite_algebra() {
 #[test]
 fn deepseek_v2_lite_fusion() {
     insta::assert_snapshot!(pass("deepseek-v2-lite", "fusion"));
+}
+
+#[test]
+fn gpt2_sparse() {
+    insta::assert_snapshot!(pass("gpt2", "sparse"));
+}
+
+#[test]
+fn llama3_8b_sparse() {
+    insta::assert_snapshot!(pass("llama3-8b", "sparse"));
+}
+
+#[test]
+fn mistral_7b_sparse() {
+    insta::assert_snapshot!(pass("mistral-7b", "sparse"));
+}
+
+#[test]
+fn deepseek_v2_lite_sparse() {
+    insta::assert_snapshot!(pass("deepseek-v2-lite", "sparse"));
+}
+
+#[test]
+fn longformer_ir() {
+    insta::assert_snapshot!(ir_of("longformer"));
+}
+
+#[test]
+fn longformer_algebra() {
+    insta::assert_snapshot!(pass("longformer", "algebra"));
+}
+
+#[test]
+fn longformer_fusion() {
+    insta::assert_snapshot!(pass("longformer", "fusion"));
+}
+
+#[test]
+fn longformer_sparse() {
+    insta::assert_snapshot!(pass("longformer", "sparse"));
+}
+
+#[test]
+fn bigbird_ir() {
+    insta::assert_snapshot!(ir_of("bigbird"));
+}
+
+#[test]
+fn bigbird_algebra() {
+    insta::assert_snapshot!(pass("bigbird", "algebra"));
+}
+
+#[test]
+fn bigbird_fusion() {
+    insta::assert_snapshot!(pass("bigbird", "fusion"));
+}
+
+#[test]
+fn bigbird_sparse() {
+    insta::assert_snapshot!(pass("bigbird", "sparse"));
+}
+
+#[test]
+fn sparse_transformer_ir() {
+    insta::assert_snapshot!(ir_of("sparse-transformer"));
+}
+
+#[test]
+fn sparse_transformer_algebra() {
+    insta::assert_snapshot!(pass("sparse-transformer", "algebra"));
+}
+
+#[test]
+fn sparse_transformer_fusion() {
+    insta::assert_snapshot!(pass("sparse-transformer", "fusion"));
+}
+
+#[test]
+fn sparse_transformer_sparse() {
+    insta::assert_snapshot!(pass("sparse-transformer", "sparse"));
+}
+
+#[test]
+fn streaming_llm_ir() {
+    insta::assert_snapshot!(ir_of("streaming-llm"));
+}
+
+#[test]
+fn streaming_llm_algebra() {
+    insta::assert_snapshot!(pass("streaming-llm", "algebra"));
+}
+
+#[test]
+fn streaming_llm_fusion() {
+    insta::assert_snapshot!(pass("streaming-llm", "fusion"));
+}
+
+#[test]
+fn streaming_llm_sparse() {
+    insta::assert_snapshot!(pass("streaming-llm", "sparse"));
 }

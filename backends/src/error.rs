@@ -13,6 +13,15 @@ pub enum BackendError {
         layer: Option<String>,
         node: usize,
     },
+    /// An op whose attributes this backend cannot compile (a block size its kernels
+    /// do not tile, a mask function with run-time arguments).
+    #[error("{}%{node} = {op}: {message}", layer_prefix(.layer))]
+    Unlowerable {
+        op: String,
+        layer: Option<String>,
+        node: usize,
+        message: String,
+    },
     /// A graph that breaks an IR invariant (it was not verified).
     #[error("invalid graph: {message}")]
     InvalidGraph { message: String },

@@ -15,6 +15,7 @@ mod mask;
 mod op;
 mod random;
 mod shape;
+mod sparse;
 pub mod spec;
 mod stats;
 mod tensor;
@@ -26,10 +27,13 @@ pub use dtype::DType;
 pub use error::{IrError, Result};
 pub use graph::{Graph, GraphBuilder, Node, NodeId};
 pub use infer::{broadcast_shapes, infer};
-pub use mask::{Coord, Coverage, MaskBinOp, MaskError, MaskExpr, MaskKind, MAX_MASK_DEPTH};
+pub use mask::{
+    random_blocks, Coord, Coverage, MaskBinOp, MaskError, MaskExpr, MaskKind, MAX_MASK_DEPTH,
+};
 pub use op::{Attention, BinaryOp, CmpOp, Op, ReduceKind, TopKOutput, UnaryOp};
 pub use random::{random_binding, random_bindings, Rng};
 pub use shape::{num_elements, Dim, Dims, Shape, TensorType, MAX_ELEMENTS};
+pub use sparse::{dense_attention_block, BlockLayout, MAX_LAYOUT_BLOCKS};
 pub use stats::{layer_stats, node_bytes, node_flops, op_bytes, op_flops, LayerStats};
 pub use tensor::{strides, Tensor};
 pub use text::{parse, print};

@@ -3,7 +3,10 @@
 //! `k <= q && q - k < window` is causal sliding-window attention. Integer arithmetic
 //! (`+ - * / %`, unary `-`), comparisons (`< <= > >= == !=`), `&&`, `||`, `!` and
 //! parentheses; any other name is a dimension bound in the graph's `dims` table.
-//! The expression stays symbolic in the IR so later passes can analyse it.
+//! One builtin, `random_blocks(qb, kb, r, n, seed)`, holds when key block `kb` is one
+//! of the `r` distinct blocks of `0..n` drawn (seeded) for query block `qb` — BigBird's
+//! random attention. The expression stays symbolic in the IR so later passes can
+//! analyse it.
 
 use crate::Dims;
 use std::fmt;
@@ -100,7 +103,42 @@ pub enum MaskExpr {
     Neg(Box<MaskExpr>),
     Not(Box<MaskExpr>),
     Bin(MaskBinOp, Box<MaskExpr>, Box<MaskExpr>),
+    /// `random_blocks(qb, kb, r, n, seed)`: a condition; see [`random_blocks`].
+    RandomBlocks(Box<[MaskExpr; 5]>),
 }
+
+/// Whether key block `kb` is one of the `r` distinct blocks of `0..n` drawn for query
+/// block `qb` with `seed` (Floyd's sampling over a splitmix64 stream seeded by `seed`
+/// and `qb`): exactly `min(r, n)` key blocks per query block in `0..n`, none for a
+/// query block outside it. The same draw everywhere: interpreter, analyses, kernels.
+pub fn random_blocks(qb: i64, kb: i64, r: i64, n: i64, seed: i64) -> bool {
+    if !(0..n).contains(&qb) || !(0..n).contains(&kb) || r <= 0 {
+        return false;
+    }
+    if r >= n {
+        return true;
+    }
+    let mut rng = crate::Rng::new(
+        (seed as u64)
+            ^ (qb as u64)
+                .wrapping_add(1)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    );
+    // Floyd: for j in n-r..n pick t in 0..=j; take t unless taken, else j.
+    let mut chosen: Vec<i64> = Vec::with_capacity(r as usize);
+    for j in n - r..n {
+        let t = (rng.next_u64() % (j as u64 + 1)) as i64;
+        let pick = if chosen.contains(&t) { j } else { t };
+        if pick == kb {
+            return true;
+        }
+        chosen.push(pick);
+    }
+    false
+}
+
+/// The builtin functions of the mask language: name and argument count.
+const BUILTINS: [(&str, usize); 1] = [("random_blocks", 5)];
 
 /// Tallest expression tree the parser accepts (nesting and operator chains alike):
 /// deep enough for any hand-written mask, shallow enough that every recursive walk
@@ -159,6 +197,14 @@ impl MaskExpr {
                 Bool => Ok(Bool),
                 Int => Err(format!("`!` needs a condition, got the integer `{e}`")),
             },
+            MaskExpr::RandomBlocks(args) => {
+                for a in args.iter() {
+                    if a.kind()? != Int {
+                        return Err(format!("`random_blocks` takes integers, got `{a}`"));
+                    }
+                }
+                Ok(Bool)
+            }
             MaskExpr::Bin(op, l, r) => {
                 let (lk, rk) = (l.kind()?, r.kind()?);
                 let want = if matches!(op, MaskBinOp::And | MaskBinOp::Or) {
@@ -187,7 +233,7 @@ impl MaskExpr {
             MaskExpr::Int(_) | MaskExpr::Coord(_) | MaskExpr::Dim(_) | MaskExpr::Neg(_) => {
                 MaskKind::Int
             }
-            MaskExpr::Not(_) => MaskKind::Bool,
+            MaskExpr::Not(_) | MaskExpr::RandomBlocks(_) => MaskKind::Bool,
             MaskExpr::Bin(op, ..) if op.is_arith() => MaskKind::Int,
             MaskExpr::Bin(..) => MaskKind::Bool,
         }
@@ -204,6 +250,13 @@ impl MaskExpr {
             }
         });
         out
+    }
+
+    /// Nodes of the expression tree: roughly the vector operations per element.
+    pub fn node_count(&self) -> usize {
+        let mut n = 0;
+        self.visit(&mut |_| n += 1);
+        n
     }
 
     /// The coordinates the expression reads.
@@ -227,6 +280,7 @@ impl MaskExpr {
                 l.visit(f);
                 r.visit(f);
             }
+            MaskExpr::RandomBlocks(args) => args.iter().for_each(|a| a.visit(f)),
             _ => {}
         }
     }
@@ -241,6 +295,10 @@ impl MaskExpr {
             MaskExpr::Dim(d) => dims.get(d).map_or(0, |v| v as i64),
             MaskExpr::Neg(e) => e.eval(at, dims).wrapping_neg(),
             MaskExpr::Not(e) => (e.eval(at, dims) == 0) as i64,
+            MaskExpr::RandomBlocks(args) => {
+                let [qb, kb, r, n, seed] = args.each_ref().map(|a| a.eval(at, dims));
+                random_blocks(qb, kb, r, n, seed) as i64
+            }
             MaskExpr::Bin(op, l, r) => {
                 let a = l.eval(at, dims);
                 // `&&` and `||` short-circuit like the C they look like.
@@ -284,6 +342,10 @@ impl MaskExpr {
             MaskExpr::Not(e) => {
                 f.write_str("!")?;
                 e.fmt_prec(f, 7)
+            }
+            MaskExpr::RandomBlocks(args) => {
+                let args: Vec<String> = args.iter().map(MaskExpr::to_string).collect();
+                write!(f, "random_blocks({})", args.join(", "))
             }
             MaskExpr::Bin(op, l, r) => {
                 let p = op.precedence();
@@ -367,6 +429,17 @@ impl MaskExpr {
                 fit(-(hi as i128), -(lo as i128))
             }
             MaskExpr::Not(e) => boolean(truth(e.range(bounds, dims)).map(|t| !t)),
+            // By evaluation: exact where every argument is one value over the box
+            // (a block inside one query block and one key block).
+            MaskExpr::RandomBlocks(args) => {
+                let r = args.each_ref().map(|a| a.range(bounds, dims));
+                if r.iter().all(|(lo, hi)| lo == hi) {
+                    let held = random_blocks(r[0].0, r[1].0, r[2].0, r[3].0, r[4].0);
+                    boolean(Some(held))
+                } else {
+                    (0, 1)
+                }
+            }
             MaskExpr::Bin(op, l, r) => {
                 let a = l.range(bounds, dims);
                 let b = r.range(bounds, dims);
@@ -461,6 +534,7 @@ enum Tok {
     Op(&'static str),
     LParen,
     RParen,
+    Comma,
 }
 
 impl fmt::Display for Tok {
@@ -471,6 +545,7 @@ impl fmt::Display for Tok {
             Tok::Op(s) => f.write_str(s),
             Tok::LParen => f.write_str("("),
             Tok::RParen => f.write_str(")"),
+            Tok::Comma => f.write_str(","),
         }
     }
 }
@@ -480,8 +555,9 @@ struct Token {
     col: usize,
 }
 
-const OPERATORS: [&str; 18] = [
+const OPERATORS: [&str; 19] = [
     "&&", "||", "<=", ">=", "==", "!=", "<", ">", "+", "-", "*", "/", "%", "!", "(", ")", "&", "|",
+    ",",
 ];
 
 fn lex(text: &str) -> Result<Vec<Token>, MaskError> {
@@ -536,6 +612,7 @@ fn lex(text: &str) -> Result<Vec<Token>, MaskError> {
                 tok: match *op {
                     "(" => Tok::LParen,
                     ")" => Tok::RParen,
+                    "," => Tok::Comma,
                     op => Tok::Op(op),
                 },
                 col,
@@ -664,6 +741,17 @@ impl Parser {
         self.pos += 1;
         match tok {
             Tok::Int(n) => Ok((MaskExpr::Int(n), 1)),
+            Tok::Name(name)
+                if matches!(
+                    self.peek(),
+                    Some(Token {
+                        tok: Tok::LParen,
+                        ..
+                    })
+                ) =>
+            {
+                self.call(&name)
+            }
             Tok::Name(name) => Ok((
                 match name.as_str() {
                     "b" => MaskExpr::Coord(Coord::B),
@@ -713,6 +801,48 @@ impl Parser {
                 self.err(format!("expected a value, found `{other}`"))
             }
         }
+    }
+
+    /// `name(arg, ...)`, the name just consumed and `(` next.
+    fn call(&mut self, name: &str) -> Result<(MaskExpr, usize), MaskError> {
+        let col = self.tokens[self.pos - 1].col;
+        let Some(&(_, arity)) = BUILTINS.iter().find(|(n, _)| *n == name) else {
+            let known: Vec<&str> = BUILTINS.iter().map(|(n, _)| *n).collect();
+            return Err(MaskError {
+                col,
+                message: format!(
+                    "unknown function `{name}`; the mask language has {}",
+                    known.join(", ")
+                ),
+            });
+        };
+        self.pos += 1; // `(`
+        let mut args = Vec::new();
+        let mut height = 1;
+        loop {
+            let (e, h) = self.expr(0)?;
+            if e.top_kind() != MaskKind::Int {
+                return Err(MaskError {
+                    col,
+                    message: format!("`{name}` takes integers, got the condition `{e}`"),
+                });
+            }
+            height = height.max(h + 1);
+            args.push(e);
+            match self.peek().map(|t| &t.tok) {
+                Some(Tok::Comma) => self.pos += 1,
+                Some(Tok::RParen) => {
+                    self.pos += 1;
+                    break;
+                }
+                _ => return self.err("expected `,` or `)` in the arguments"),
+            }
+        }
+        let args: [MaskExpr; 5] = args.try_into().map_err(|a: Vec<MaskExpr>| MaskError {
+            col,
+            message: format!("`{name}` takes {arity} arguments, got {}", a.len()),
+        })?;
+        Ok((MaskExpr::RandomBlocks(Box::new(args)), height))
     }
 
     fn nested_unary(&mut self) -> Result<(MaskExpr, usize), MaskError> {

@@ -296,6 +296,10 @@ pub struct Attention {
     pub groups: u64,
     /// Whether a fourth operand, the additive bias, is present.
     pub bias: bool,
+    /// `block_sparse_attention`: the `[query, key]` block size over which the mask's
+    /// block layout ([`crate::BlockLayout`]) is taken; only non-empty blocks are
+    /// computed. The function is the same as without it: this is a schedule.
+    pub block: Option<[u64; 2]>,
 }
 
 impl Attention {
@@ -307,6 +311,7 @@ impl Attention {
             mask: None,
             groups: 1,
             bias: false,
+            block: None,
         }
     }
 }
@@ -348,6 +353,7 @@ impl Op {
             } => "topk_indices",
             Op::CumSum { .. } => "cumsum",
             Op::Mask { .. } => "mask",
+            Op::Attention(a) if a.block.is_some() => "block_sparse_attention",
             Op::Attention(_) => "attention",
         }
     }

@@ -6,18 +6,19 @@
 //! the operands read plus the result written, at the dtype's width. Views (reshape)
 //! and sources move nothing. Counts saturate at `u64::MAX` rather than overflow.
 
-use crate::{DType, Graph, NodeId, Op};
+use crate::{BlockLayout, DType, Dims, Graph, NodeId, Op};
 
 /// FLOPs of one node.
 pub fn node_flops(graph: &Graph, id: NodeId) -> u64 {
     let args: Vec<Vec<usize>> = graph.operands(id).iter().map(|&a| graph.sizes(a)).collect();
     let args: Vec<&[usize]> = args.iter().map(Vec::as_slice).collect();
-    op_flops(&graph.node(id).op, &args, &graph.sizes(id))
+    op_flops(&graph.node(id).op, &args, &graph.sizes(id), &graph.dims)
 }
 
 /// FLOPs of `op` applied to operands of sizes `args`, giving a result of size `out`:
-/// the one formula per op, shared by [`node_flops`] and the cost models.
-pub fn op_flops(op: &Op, args: &[&[usize]], out: &[usize]) -> u64 {
+/// the one formula per op, shared by [`node_flops`] and the cost models. `dims` binds
+/// the names a mask reads (a block-sparse attention counts only its computed blocks).
+pub fn op_flops(op: &Op, args: &[&[usize]], out: &[usize], dims: &Dims) -> u64 {
     let count = |s: &[usize]| s.iter().map(|&n| n as u64).product::<u64>();
     let out_n = count(out);
     let first_in = || args.first().map_or(0, |a| count(a));
@@ -43,12 +44,25 @@ pub fn op_flops(op: &Op, args: &[&[usize]], out: &[usize]) -> u64 {
         Op::Rope { .. } => out_n.saturating_mul(4),
         // a comparison per input element and pass
         Op::TopK { k, .. } => first_in().saturating_mul(*k),
-        // Two matmuls (q·kᵀ and p·v) plus the online softmax and masking per score.
-        Op::Attention(_) => {
+        // Two matmuls (q·kᵀ and p·v) plus the online softmax and masking per score;
+        // block-sparse: per score of the computed blocks.
+        Op::Attention(a) => {
             let (q, k, v) = (args[0], args[1], args[2]);
-            let rows = (q[0] * q[1] * q[2]) as u64;
             let per_score = 2 * (q[3] + v[3]) as u64 + 6;
-            rows.saturating_mul(k[2] as u64).saturating_mul(per_score)
+            let dense = ((q[0] * q[1] * q[2]) as u64)
+                .saturating_mul(k[2] as u64)
+                .saturating_mul(per_score);
+            let Some([bq, bk]) = a.block else {
+                return dense;
+            };
+            let sizes = [q[0], q[1], q[2], k[2]];
+            match BlockLayout::of(a.mask.as_ref(), dims, sizes, [bq as usize, bk as usize]) {
+                Ok(l) => l
+                    .computed_blocks()
+                    .saturating_mul(bq * bk)
+                    .saturating_mul(per_score),
+                Err(_) => dense,
+            }
         }
         Op::MatMul => {
             let k = *args[0].last().unwrap_or(&1) as u64;

@@ -148,6 +148,10 @@ fn attributes(op: &Op) -> Vec<(&'static str, String)> {
                 attrs.push(("softcap", float_text(c)));
             }
             attrs.push(("bias", a.bias.to_string()));
+            if let Some([bq, bk]) = a.block {
+                attrs.push(("block_q", bq.to_string()));
+                attrs.push(("block_k", bk.to_string()));
+            }
             attrs
         }
         Op::Input { .. }
@@ -891,6 +895,11 @@ fn op_templates() -> Vec<Op> {
             softcap: Some(1.0),
             ..Attention::new(1.0)
         }),
+        Op::Attention(Attention {
+            softcap: Some(1.0),
+            block: Some([1, 1]),
+            ..Attention::new(1.0)
+        }),
     ];
     ops.extend(UnaryOp::ALL.map(Op::Unary));
     ops.extend(BinaryOp::ALL.map(Op::Binary));
@@ -971,6 +980,10 @@ fn fill(template: Op, attrs: &Attrs) -> Result<Op> {
             bias: attrs
                 .optional("bias")
                 .map_or(Ok(false), |_| attrs.bool("bias"))?,
+            block: match a.block {
+                Some(_) => Some([attrs.u64("block_q")?, attrs.u64("block_k")?]),
+                None => None,
+            },
             mask: a.mask,
         }),
         op @ (Op::Input { .. }

@@ -44,8 +44,19 @@ fn bool_expr() -> impl Strategy<Value = MaskExpr> {
         Just(MaskBinOp::Eq),
         Just(MaskBinOp::Ne)
     ];
-    let leaf = (cmp, int_expr(), int_expr())
+    let compare = (cmp, int_expr(), int_expr())
         .prop_map(|(op, l, r)| MaskExpr::Bin(op, Box::new(l), Box::new(r)));
+    let random =
+        (int_expr(), int_expr(), 0i64..4, 1i64..8, 0i64..50).prop_map(|(qb, kb, r, n, seed)| {
+            MaskExpr::RandomBlocks(Box::new([
+                qb,
+                kb,
+                MaskExpr::Int(r),
+                MaskExpr::Int(n),
+                MaskExpr::Int(seed),
+            ]))
+        });
+    let leaf = prop_oneof![4 => compare, 1 => random];
     leaf.prop_recursive(3, 12, 2, |inner| {
         prop_oneof![
             inner.clone().prop_map(|e| MaskExpr::Not(Box::new(e))),
@@ -122,6 +133,10 @@ fn named_mask() -> impl Strategy<Value = String> {
         (1i64..30).prop_map(|p| format!("k < {p} || k <= q")),
         (2i64..20).prop_map(|s| format!("k / {s} <= q / {s}")),
         Just("h % 2 == 0 || k <= q".to_string()),
+        // BigBird: window and global blocks, seeded random blocks.
+        (2i64..8, 1i64..4, 0i64..100).prop_map(|(s, r, seed)| format!(
+            "(q / {s} - k / {s} <= 1 && k / {s} - q / {s} <= 1) || q < {s} || k < {s} || random_blocks(q / {s}, k / {s}, {r}, 70 / {s} + 1, {seed})"
+        )),
     ]
 }
 
@@ -163,6 +178,53 @@ proptest! {
                 .count();
             prop_assert_eq!(skipped, above);
         }
+    }
+
+    /// The block layout lists exactly the blocks where the mask may hold: a block left
+    /// out holds nowhere, a block listed as full holds everywhere, and every block
+    /// where the mask holds somewhere is listed — per head and batch row when the mask
+    /// reads them.
+    #[test]
+    fn block_layout_agrees_with_the_dense_mask(
+        text in named_mask(),
+        n in 1i64..70,
+        bq in 1usize..20,
+        bk in 1usize..20,
+    ) {
+        let m = MaskExpr::parse(&text).unwrap();
+        let dims = Dims::new();
+        let (batch, heads) = (2usize, 3usize);
+        let l = attnc_ir::BlockLayout::of(Some(&m), &dims, [batch, heads, n as usize, n as usize], [bq, bk]).unwrap();
+        for b in 0..batch {
+            for h in 0..heads {
+                let g = l.group(b, h);
+                for qb in 0..l.q_blocks {
+                    let listed: Vec<(usize, bool)> = l.row(g, qb).collect();
+                    for kb in 0..l.k_blocks {
+                        let Some(mut bounds) = block(n, bq as i64, bk as i64, qb as i64, kb as i64) else { continue };
+                        bounds[0] = (b as i64, b as i64);
+                        bounds[1] = (h as i64, h as i64);
+                        let (any, all) = any_all(&m, bounds, &dims);
+                        match listed.iter().find(|e| e.0 == kb) {
+                            None => prop_assert!(!any, "{} {:?}: left out, but holds", text, bounds),
+                            Some((_, false)) => prop_assert!(all, "{} {:?}: full, but fails", text, bounds),
+                            Some((_, true)) => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `random_blocks` draws exactly `min(r, n)` distinct key blocks per query block.
+    #[test]
+    fn random_blocks_draws_exactly_r_blocks(r in 0i64..12, n in 1i64..40, seed in 0i64..1000) {
+        for qb in 0..n {
+            let drawn = (0..n).filter(|&kb| attnc_ir::random_blocks(qb, kb, r, n, seed)).count();
+            prop_assert_eq!(drawn as i64, r.min(n));
+        }
+        prop_assert!(!attnc_ir::random_blocks(n, 0, r, n, seed));
+        prop_assert!(!attnc_ir::random_blocks(-1, 0, r, n, seed));
     }
 
     /// Sound for any expression at all (random trees of every operator).

@@ -6,7 +6,27 @@
 //! Costs are pure arithmetic on shapes: deterministic, so they can sit in snapshots.
 
 use crate::{Attn, EGraph};
-use attnc_ir::{op_bytes, op_flops, DType, Op, TensorType};
+use attnc_ir::{
+    dense_attention_block, op_bytes, op_flops, BlockLayout, DType, Dims, MaskExpr, Op, TensorType,
+};
+
+/// Vector operations of the online softmax per score: scale, max, exp2 (a few
+/// FMAs on the polynomial), sum.
+const SOFTMAX_OPS_PER_SCORE: f64 = 6.0;
+
+/// Fixed vector work per computed block beyond its scores (loop setup, the block's
+/// row max and `α` passes, loads of the layout), and the slowdown of 128-row tiles:
+/// fitted to the CPU kernel's times for 16×16 … 128×64 blocks (`sparse_speed`).
+const BLOCK_OVERHEAD_OPS: f64 = 1500.0;
+const TALL_TILE_PENALTY: f64 = 1.2;
+
+/// Fraction of the smaller of compute and traffic time that does not overlap the
+/// larger.
+const OVERLAP_LOSS: f64 = 0.1;
+
+fn half_out(d: DType) -> bool {
+    matches!(d, DType::F16 | DType::BF16)
+}
 use serde::Deserialize;
 use std::cmp::Ordering;
 use std::fmt;
@@ -147,26 +167,95 @@ impl Target {
     }
 
     /// Roofline time of `op` on operands `args` giving `out`, sizes resolved.
-    pub fn op_cost(&self, op: &Op, args: &[(&[usize], DType)], out: (&[usize], DType)) -> Cost {
+    pub fn op_cost(
+        &self,
+        op: &Op,
+        args: &[(&[usize], DType)],
+        out: (&[usize], DType),
+        dims: &Dims,
+    ) -> Cost {
         // Sources are bound, not computed; a reshape is a view: no kernel, no traffic.
         if op.is_source() || matches!(op, Op::Reshape { .. }) {
             return Cost(0.0);
         }
         let sizes: Vec<&[usize]> = args.iter().map(|a| a.0).collect();
-        let flops = op_flops(op, &sizes, out.0) as f64;
         let bytes = op_bytes(op, args, out) as f64;
-        let half = matches!(out.1, DType::F16 | DType::BF16);
+        if let Op::Attention(a) = op {
+            let memory = bytes / self.bandwidth_gbs;
+            // Compute and traffic overlap imperfectly: a memory-bound attention still
+            // gains from skipping blocks (which a pure roofline would call a tie).
+            return match self.attention_compute(a, &sizes, half_out(out.1), dims) {
+                Some(compute) => Cost(
+                    compute.max(memory) + OVERLAP_LOSS * compute.min(memory) + self.launch_us * 1e3,
+                ),
+                None => Cost::INFINITE,
+            };
+        }
+        let flops = op_flops(op, &sizes, out.0, dims) as f64;
         let peak = match op {
-            Op::MatMul | Op::Attention(_) if half => {
-                self.half_matmul_gflops.unwrap_or(self.matmul_gflops)
-            }
-            Op::MatMul | Op::Attention(_) => self.matmul_gflops,
+            Op::MatMul if half_out(out.1) => self.half_matmul_gflops.unwrap_or(self.matmul_gflops),
+            Op::MatMul => self.matmul_gflops,
             _ => self.vector_gflops,
         };
         // GFLOP/s and GB/s are FLOPs and bytes per nanosecond.
         let compute = flops / peak;
         let memory = bytes / self.bandwidth_gbs;
         Cost(compute.max(memory) + self.launch_us * 1e3)
+    }
+
+    /// Compute time (ns) of a fused attention, block by block as the kernels run it:
+    /// the two contractions of every computed block at the contraction peak; the
+    /// online softmax of its scores, the mask of its partial blocks and the per-block
+    /// rescale of the output rows at the vector rate. Dense attention computes every
+    /// block ([`dense_attention_block`]) and evaluates its mask in each; block-sparse only the blocks of
+    /// its layout, the mask only in partial ones. `None` if the layout is too large.
+    fn attention_compute(
+        &self,
+        a: &attnc_ir::Attention,
+        args: &[&[usize]],
+        half: bool,
+        dims: &Dims,
+    ) -> Option<f64> {
+        let (q, k, v) = (args[0], args[1], args[2]);
+        let (dk, dv) = (q[3] as f64, v[3] as f64);
+        let [bq, bk] = a
+            .block
+            .map_or(dense_attention_block(q[2], k[2]), |b| b.map(|n| n as usize));
+        let (blocks, partial) = match a.block {
+            Some(_) => {
+                let sizes = [q[0], q[1], q[2], k[2]];
+                let l = BlockLayout::of(a.mask.as_ref(), dims, sizes, [bq, bk]).ok()?;
+                (l.computed_blocks() as f64, l.partial_blocks() as f64)
+            }
+            None => {
+                let rows = (q[0] * q[1]) as f64 * q[2].div_ceil(bq) as f64;
+                let all = rows * k[2].div_ceil(bk) as f64;
+                let partial = if a.mask.is_some() {
+                    all
+                } else if k[2] % bk != 0 {
+                    rows
+                } else {
+                    0.0
+                };
+                (all, partial)
+            }
+        };
+        let scores = blocks * (bq * bk) as f64;
+        let mask_ops = a.mask.as_ref().map_or(1, MaskExpr::node_count) as f64 + 1.0;
+        let peak = if half {
+            self.half_matmul_gflops.unwrap_or(self.matmul_gflops)
+        } else {
+            self.matmul_gflops
+        };
+        let mut contraction = scores * 2.0 * (dk + dv) / peak;
+        if bq > 64 {
+            // Taller tiles than measured best: the score and output tiles leave L1.
+            contraction *= TALL_TILE_PENALTY;
+        }
+        let softmax = scores * SOFTMAX_OPS_PER_SCORE;
+        let mask = partial * (bq * bk) as f64 * mask_ops;
+        let rescale = blocks * (bq as f64 * (dv + 8.0) + BLOCK_OVERHEAD_OPS);
+        Some(contraction + (softmax + mask + rescale) / self.vector_gflops)
     }
 
     /// The cost of `node`, a member of class `class`; operand types come from the
@@ -207,7 +296,7 @@ impl Target {
         };
         let out: Vec<usize> = out.iter().map(|&n| n as usize).collect();
         let args: Vec<(&[usize], DType)> = args.iter().map(|(s, d)| (s.as_slice(), *d)).collect();
-        self.op_cost(&op, &args, (&out, ty.dtype))
+        self.op_cost(&op, &args, (&out, ty.dtype), dims)
     }
 }
 
@@ -230,16 +319,23 @@ mod tests {
         let t = Target::cpu();
         // 512^3 matmul: 268 MFLOP over 3 MiB: compute-bound on this target.
         let a: &[usize] = &[512, 512];
+        let dims = Dims::new();
         let c = t.op_cost(
             &Op::MatMul,
             &[(a, DType::F32), (a, DType::F32)],
             (a, DType::F32),
+            &dims,
         );
         let flops = 2.0 * 512f64.powi(3);
         assert_eq!(c.ns(), flops / t.matmul_gflops);
         // An add moves 3 MiB for 262k FLOPs: memory-bound.
         let add = Op::Binary(attnc_ir::BinaryOp::Add);
-        let c = t.op_cost(&add, &[(a, DType::F32), (a, DType::F32)], (a, DType::F32));
+        let c = t.op_cost(
+            &add,
+            &[(a, DType::F32), (a, DType::F32)],
+            (a, DType::F32),
+            &dims,
+        );
         assert_eq!(c.ns(), 3.0 * 512.0 * 512.0 * 4.0 / t.bandwidth_gbs);
         assert_eq!(Cost(1234567.0).to_string(), "1.235 ms");
     }

@@ -101,6 +101,8 @@ pub enum Attr {
         mask: Option<MaskExpr>,
         groups: u64,
         bias: bool,
+        /// `block=64x64`: block-sparse.
+        block: Option<[u64; 2]>,
     },
 }
 
@@ -112,6 +114,7 @@ impl Attr {
             mask: a.mask.clone(),
             groups: a.groups,
             bias: a.bias,
+            block: a.block,
         }
     }
 
@@ -124,12 +127,14 @@ impl Attr {
                 mask,
                 groups,
                 bias,
+                block,
             } => Some(attnc_ir::Attention {
                 scale: scale.get(),
                 softcap: softcap.map(F64::get),
                 mask: mask.clone(),
                 groups: *groups,
                 bias: *bias,
+                block: *block,
             }),
             _ => None,
         }
@@ -208,6 +213,7 @@ impl fmt::Display for Attr {
                 mask,
                 groups,
                 bias,
+                block,
             } => {
                 write!(f, "scale={scale};groups={groups}")?;
                 if let Some(c) = softcap {
@@ -215,6 +221,9 @@ impl fmt::Display for Attr {
                 }
                 if *bias {
                     f.write_str(";bias")?;
+                }
+                if let Some([bq, bk]) = block {
+                    write!(f, ";block={bq}x{bk}")?;
                 }
                 if let Some(m) = mask {
                     write!(f, ";mask={m}")?;
@@ -287,6 +296,7 @@ impl FromStr for Attr {
             let mut parts = rest.split(';');
             let scale = float(parts.next().unwrap_or_default())?;
             let mut attr = (None, None, false);
+            let mut block = None;
             for part in parts {
                 if let Some(g) = part.strip_prefix("groups=") {
                     attr.0 = Some(g.parse().map_err(|_| format!("bad groups `{g}`"))?);
@@ -294,6 +304,10 @@ impl FromStr for Attr {
                     attr.1 = Some(float(c)?);
                 } else if part == "bias" {
                     attr.2 = true;
+                } else if let Some(b) = part.strip_prefix("block=") {
+                    let bad = || format!("bad block `{b}`, expected `QxK`");
+                    let (q, k) = b.split_once('x').ok_or_else(bad)?;
+                    block = Some([q.parse().map_err(|_| bad())?, k.parse().map_err(|_| bad())?]);
                 } else {
                     return Err(format!("`{part}` is not an attention attribute"));
                 }
@@ -303,6 +317,7 @@ impl FromStr for Attr {
                 groups: attr.0.ok_or("attention needs `groups=`")?,
                 softcap: attr.1,
                 bias: attr.2,
+                block,
                 mask,
             });
         }
@@ -661,6 +676,7 @@ mod tests {
             mask: Some(MaskExpr::parse("k <= q && q - k < window").unwrap()),
             groups: 4,
             bias: true,
+            block: Some([64, 32]),
         };
         let text = attention.to_string();
         assert_eq!(text.parse::<Attr>(), Ok(attention), "{text}");

@@ -3,7 +3,7 @@
 
 use crate::rules::{Rule, RuleSelection};
 use crate::{build_graph, to_egraph_with, DagChoice, Program, Target};
-use attnc_ir::{layer_stats, DType, Graph, NodeId, Result};
+use attnc_ir::{layer_stats, op_flops, BlockLayout, DType, Graph, NodeId, Op, Result};
 use egg::{Runner, StopReason};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -55,6 +55,54 @@ pub struct LayerReport {
     pub cost_after: f64,
     /// Rules that fired on this layer's e-classes, in order of first firing.
     pub rules: Vec<String>,
+    /// Block-sparse attention in the optimized layer: the block size chosen, the
+    /// fraction of blocks computed, and the FLOPs that skips against the same
+    /// attention computed densely.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub block: Option<[u64; 2]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub block_density: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flops_saved: Option<u64>,
+}
+
+/// `(block, density, FLOPs saved)` of the block-sparse attentions of each layer (the
+/// density over all of them, weighted by their blocks).
+fn sparsity(graph: &Graph) -> HashMap<String, ([u64; 2], f64, u64)> {
+    let mut acc: HashMap<String, ([u64; 2], u64, u64, u64)> = HashMap::new();
+    for id in graph.node_ids() {
+        let node = graph.node(id);
+        let Op::Attention(a) = &node.op else { continue };
+        let Some(block) = a.block else { continue };
+        let ops = graph.operands(id);
+        let (q, k) = (graph.sizes(ops[0]), graph.sizes(ops[1]));
+        let sizes = [q[0], q[1], q[2], k[2]];
+        let bs = block.map(|n| n as usize);
+        let Ok(l) = BlockLayout::of(a.mask.as_ref(), &graph.dims, sizes, bs) else {
+            continue;
+        };
+        let args: Vec<Vec<usize>> = ops.iter().map(|&o| graph.sizes(o)).collect();
+        let args: Vec<&[usize]> = args.iter().map(Vec::as_slice).collect();
+        let out = graph.sizes(id);
+        let dense = Op::Attention(attnc_ir::Attention {
+            block: None,
+            ..a.clone()
+        });
+        let saved = op_flops(&dense, &args, &out, &graph.dims).saturating_sub(op_flops(
+            &node.op,
+            &args,
+            &out,
+            &graph.dims,
+        ));
+        let name = node.layer.clone().unwrap_or_else(|| "(none)".into());
+        let e = acc.entry(name).or_insert((block, 0, 0, 0));
+        e.1 += l.computed_blocks();
+        e.2 += l.total_blocks();
+        e.3 = e.3.saturating_add(saved);
+    }
+    acc.into_iter()
+        .map(|(k, (b, c, t, s))| (k, (b, c as f64 / t.max(1) as f64, s)))
+        .collect()
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -93,7 +141,12 @@ pub fn node_costs(graph: &Graph, target: &Target) -> Vec<f64> {
                 args.iter().map(|(s, d)| (s.as_slice(), *d)).collect();
             let node = graph.node(id);
             target
-                .op_cost(&node.op, &args, (&graph.sizes(id), node.ty.dtype))
+                .op_cost(
+                    &node.op,
+                    &args,
+                    (&graph.sizes(id), node.ty.dtype),
+                    &graph.dims,
+                )
                 .ns()
         })
         .collect()
@@ -192,6 +245,7 @@ pub fn optimize(graph: &Graph, options: &Options) -> Result<Optimized> {
         .collect();
 
     let (before, after) = (layer_stats(graph), layer_stats(&optimized));
+    let sparse = sparsity(&optimized);
     let (cost_b, total_b) = layer_costs(graph, target);
     let (cost_a, total_a) = layer_costs(&optimized, target);
     let mut layers: Vec<LayerReport> = Vec::new();
@@ -208,6 +262,9 @@ pub fn optimize(graph: &Graph, options: &Options) -> Result<Optimized> {
             cost_before: cost_b.get(&l.name).copied().unwrap_or(0.0),
             cost_after: cost_a.get(&l.name).copied().unwrap_or(0.0),
             rules: per_layer.remove(&l.name).unwrap_or_default(),
+            block: sparse.get(&l.name).map(|s| s.0),
+            block_density: sparse.get(&l.name).map(|s| s.1),
+            flops_saved: sparse.get(&l.name).map(|s| s.2),
         });
     }
     for a in after
@@ -225,6 +282,9 @@ pub fn optimize(graph: &Graph, options: &Options) -> Result<Optimized> {
             cost_before: 0.0,
             cost_after: cost_a.get(&a.name).copied().unwrap_or(0.0),
             rules: per_layer.remove(&a.name).unwrap_or_default(),
+            block: sparse.get(&a.name).map(|s| s.0),
+            block_density: sparse.get(&a.name).map(|s| s.1),
+            flops_saved: sparse.get(&a.name).map(|s| s.2),
         });
     }
     let report = Report {

@@ -40,6 +40,54 @@ fn attention_layers(opt: &attnc_passes::Optimized) -> Vec<&attnc_passes::LayerRe
         .collect()
 }
 
+/// At their published sizes the sparse-attention examples run block-sparse in every
+/// layer (two layers of each, so both kinds of the Sparse Transformer's pattern),
+/// skipping most blocks; shrunk so the interpreter can check them, they stay equal.
+#[test]
+fn sparse_examples_are_block_sparse_in_every_layer() {
+    let cases: [(&str, &[&str], f64); 6] = [
+        ("longformer", &[], 0.2),
+        ("bigbird", &[], 0.2),
+        ("sparse-transformer", &[], 0.2),
+        ("streaming-llm", &[], 0.3),
+        ("mistral-7b", &[], 0.45),
+        ("llama3-8b", &[], 0.55),
+    ];
+    for (name, sets, max_density) in cases {
+        let mut sets = sets.to_vec();
+        sets.push("layers=2");
+        let g = example(name, false, &sets);
+        let opt = optimize(&g, &Options::new(Target::cpu())).unwrap();
+        for l in attention_layers(&opt) {
+            assert!(
+                l.after.contains(&"block_sparse_attention".to_string()),
+                "{name} {}: {:?}",
+                l.name,
+                l.after
+            );
+            let d = l.block_density.unwrap();
+            assert!(d < max_density, "{name} {}: density {d}", l.name);
+            assert!(l.flops_saved.unwrap() > 0);
+        }
+    }
+    let shrunk: [(&str, &[&str]); 2] = [
+        ("longformer", &["seq=256", "half_window=16"]),
+        ("bigbird", &["seq=512", "block=16"]),
+    ];
+    for (name, sets) in shrunk {
+        let g = example(name, true, sets);
+        let opt = check(&g, "cpu");
+        for l in attention_layers(&opt) {
+            assert!(
+                l.after.contains(&"block_sparse_attention".to_string()),
+                "{name} {}: {:?}",
+                l.name,
+                l.after
+            );
+        }
+    }
+}
+
 #[test]
 fn every_example_fuses_its_attention_and_stays_equal() {
     for name in ["gpt2", "llama3-8b", "mistral-7b", "deepseek-v2-lite"] {
@@ -49,7 +97,9 @@ fn every_example_fuses_its_attention_and_stays_equal() {
         assert!(!layers.is_empty());
         for l in layers {
             assert!(
-                l.after.contains(&"attention".to_string()),
+                l.after
+                    .iter()
+                    .any(|o| o == "attention" || o == "block_sparse_attention"),
                 "{name} {}: {:?}",
                 l.name,
                 l.after

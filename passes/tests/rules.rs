@@ -508,6 +508,56 @@ fn mla_absorbs_the_up_projections() {
     );
 }
 
+/// A fused masked attention over 40 queries and keys: with 16- and 32-blocks the
+/// causal window leaves blocks empty, so block-sparse forms join its class; the
+/// extraction (forced onto them) runs one, and it agrees with the dense attention.
+#[test]
+fn masked_attention_becomes_block_sparse() {
+    for mask in [
+        "k <= q",
+        "k <= q && q - k < 9",
+        "k < 2 || (q - k <= 4 && k - q <= 4)",
+        "h == 0 || k <= q",
+    ] {
+        let mut b = builder();
+        let (h, s, d) = (2, 40, 4);
+        let q = input(&mut b, "q", &[1, h, s, d]);
+        let k = input(&mut b, "k", &[1, h, s, d]);
+        let v = input(&mut b, "v", &[1, h, s, d]);
+        let attn = Attention {
+            mask: Some(attnc_ir::MaskExpr::parse(mask).unwrap()),
+            ..Attention::new(0.5)
+        };
+        let o = b.op(Op::Attention(attn), &[q, k, v]).unwrap();
+        let g = done(b, o);
+        let out = check_rule("attention-block-sparse", &g);
+        let a = attention_of(&out);
+        assert_eq!(a.len(), 1);
+        assert!(a[0].block.is_some(), "{mask}: {}", attnc_ir::print(&out));
+    }
+    // Full attention has no empty block: nothing to rewrite.
+    let mut b = builder();
+    let q = input(&mut b, "q", &[1, 1, 40, 4]);
+    let o = b
+        .op(
+            Op::Attention(Attention {
+                mask: Some(attnc_ir::MaskExpr::parse("k < 40").unwrap()),
+                ..Attention::new(0.5)
+            }),
+            &[q, q, q],
+        )
+        .unwrap();
+    let g = done(b, o);
+    let mut program = to_egraph(&g).unwrap();
+    let rules = RuleSelection::parse("attention-block-sparse")
+        .unwrap()
+        .rules();
+    let runner = egg::Runner::default()
+        .with_egraph(std::mem::take(&mut program.egraph))
+        .run(rules.iter().map(|r| &r.rewrite));
+    assert!(runner.egraph.analysis.fired.is_empty());
+}
+
 #[test]
 fn every_rule_is_tested_here() {
     let source = include_str!("rules.rs");

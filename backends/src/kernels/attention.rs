@@ -15,26 +15,52 @@
 //!   and contributes nothing; a row masked everywhere ends `0/0 = NaN`, as the
 //!   interpreter's softmax does.
 //! - `O += P·V`: `RP`-row register tiles over Dv, loaded and rescaled once per block.
-//! - Blocks: the mask's [`Coverage`] of each (query block, key block), computed at
-//!   compile time from the mask expression, is a constant table: empty blocks (above
-//!   the causal diagonal, outside a window) are skipped, full ones never evaluate the
-//!   mask, only partial ones do, 16 keys at a time.
+//! - Blocks: dense `attention` visits every key block and, when it has a mask,
+//!   evaluates it everywhere, 16 keys at a time. `block_sparse_attention` visits only
+//!   the blocks of its [`BlockLayout`] — computed at compile time from the mask
+//!   expression and stored as a constant CSR list (`rows`, `entries`), one per layout
+//!   group (shared by all heads and batch rows when the mask reads neither) — and
+//!   evaluates the mask only in the partial ones. The block size is the op's.
 //! - GQA: the query heads of a group are adjacent tasks, so a thread streams one KV
 //!   head's blocks for all of them while they are in cache; K/V are never repeated.
 //! - Load balance: query blocks are visited in a zigzag (first, last, second, ...), so
 //!   OpenMP's static chunks get as many long causal rows as short ones.
 
 use super::{function, strided_type, Code, KernelSet, LANES};
-use attnc_ir::{Attention, Coverage, Dims, MaskBinOp, MaskExpr};
+use attnc_ir::{dense_attention_block, Attention, BlockLayout, Dims, MaskBinOp, MaskExpr};
 use std::collections::hash_map::DefaultHasher;
 use std::fmt::Write;
 use std::hash::{Hash, Hasher};
 
-/// Query rows per task and keys per block: `(BQ, BK)`, multiples of 16. 64 × 64 was
-/// the best of {32, 64} × {32, 64, 128} measured for D = 64 and D = 128 (128 keys
-/// need 32 accumulators per score tile and spill).
-fn blocks() -> (usize, usize) {
-    (64, 64)
+/// Query rows per task and keys per block: `(BQ, BK)`. Dense attention uses
+/// [`dense_attention_block`] — 64 × 64 was the best of {32, 64} × {32, 64, 128}
+/// measured for D = 64 and D = 128 (128 keys need 32 accumulators per score tile and
+/// spill); block-sparse its own.
+fn blocks(a: &Attention, sq: usize, sk: usize) -> (usize, usize) {
+    let [bq, bk] = match a.block {
+        Some(b) => b.map(|n| n as usize),
+        None => dense_attention_block(sq, sk),
+    };
+    (bq, bk)
+}
+
+/// Whether the kernel can compile `a`: block-sparse blocks of 16 to 128 query rows
+/// (a multiple of 16: `α` and `l` are updated 16 rows at a time) and 16, 32 or 64 keys
+/// (the score tile's accumulators), and a mask the backends can evaluate.
+pub(crate) fn check(a: &Attention, dims: &Dims) -> Result<(), String> {
+    if let Some([bq, bk]) = a.block {
+        let rows_ok = bq % 16 == 0 && (16..=128).contains(&bq);
+        let keys_ok = matches!(bk, 16 | 32 | 64);
+        if !rows_ok || !keys_ok {
+            return Err(format!(
+                "the CPU kernel tiles blocks of 16 to 128 query rows (a multiple of 16) by 16, 32 or 64 keys, not {bq}x{bk}"
+            ));
+        }
+    }
+    match &a.mask {
+        Some(m) => super::check_mask(m, dims),
+        None => Ok(()),
+    }
 }
 /// Rows of a score register tile.
 const RS: usize = 4;
@@ -59,7 +85,13 @@ impl AttentionKernel<'_> {
     fn key(&self) -> String {
         let mut h = DefaultHasher::new();
         let a = self.op;
-        (a.scale.to_bits(), a.softcap.map(f64::to_bits), a.groups).hash(&mut h);
+        (
+            a.scale.to_bits(),
+            a.softcap.map(f64::to_bits),
+            a.groups,
+            a.block,
+        )
+            .hash(&mut h);
         a.mask.as_ref().map(|m| m.to_string()).hash(&mut h);
         (&self.q, &self.k, &self.v, &self.bias).hash(&mut h);
         if let Some(m) = &a.mask {
@@ -87,6 +119,9 @@ impl AttentionKernel<'_> {
 
 /// The kernel for `a` (written once per distinct op and shapes); returns its symbol.
 pub(crate) fn attention(set: &mut KernelSet, a: &AttentionKernel) -> String {
+    if let Some(m) = &a.op.mask {
+        super::declare_random_tables(set, m, a.dims);
+    }
     let avx512 = set.avx512;
     set.get(a.key(), |name| write_attention(name, a, avx512))
 }
@@ -119,7 +154,7 @@ fn write_attention(name: &str, a: &AttentionKernel, avx512: bool) -> String {
         .into_iter()
         .find(|r| r * nvd <= 16)
         .unwrap_or(1);
-    let (bq, bk) = blocks();
+    let (bq, bk) = blocks(a.op, sq, sk);
     let s = Shape {
         bq,
         bk,
@@ -149,17 +184,32 @@ fn write_attention(name: &str, a: &AttentionKernel, avx512: bool) -> String {
     let (tq, tk, tv, to) = (&types[0], &types[1], &types[2], types.last().unwrap());
     let tbias = a.bias.as_ref().map(|_| types[3].clone());
 
+    // Block-sparse: the layout as two constant lists (`check` bounded its size).
     let mut prelude = String::new();
-    let table = a.op.mask.as_ref().map(|m| {
-        let global = format!("{name}.blocks");
-        let _ = writeln!(
-            prelude,
-            "memref.global \"private\" constant @{global} : memref<{}x{}xi8> = dense<\"0x{}\">",
-            s.nqb,
-            s.nkb,
-            block_table(m, &s, a.dims)
-        );
-        global
+    let layout = a.op.block.and_then(|_| {
+        let sizes = [s.b, s.hk * s.groups, s.sq, s.sk];
+        let l = BlockLayout::of(a.op.mask.as_ref(), a.dims, sizes, [bq, bk]).ok()?;
+        let mut globals = Vec::new();
+        for (suffix, xs) in [("rows", &l.rows), ("entries", &l.entries)] {
+            let hex: String = xs
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .map(|b| format!("{b:02X}"))
+                .collect();
+            // An empty list still needs one element to be a valid memref.
+            let (n, hex) = if xs.is_empty() {
+                (1, "00000000".to_string())
+            } else {
+                (xs.len(), hex)
+            };
+            let g = format!("{name}.{suffix}");
+            let _ = writeln!(
+                prelude,
+                "memref.global \"private\" constant @{g} : memref<{n}xi32> = dense<\"0x{hex}\">"
+            );
+            globals.push((g, format!("memref<{n}xi32>")));
+        }
+        Some((l, globals))
     });
 
     let mut c = Code::new();
@@ -195,9 +245,19 @@ fn write_attention(name: &str, a: &AttentionKernel, avx512: bool) -> String {
         });
     });
 
-    let table = table.map(|g| {
-        let t = format!("memref<{}x{}xi8>", s.nqb, s.nkb);
-        (c.let_(format_args!("memref.get_global @{g} : {t}")), t)
+    let blocks = layout.as_ref().map(|(l, globals)| {
+        let [rows, entries] = [&globals[0], &globals[1]].map(|(g, t)| {
+            (
+                c.let_(format_args!("memref.get_global @{g} : {t}")),
+                t.clone(),
+            )
+        });
+        Blocks {
+            rows,
+            entries,
+            by_batch: l.by_batch,
+            by_head: l.by_head,
+        }
     });
     let gv = c.idx(s.groups);
     let nqbv = c.idx(s.nqb);
@@ -217,32 +277,25 @@ fn write_attention(name: &str, a: &AttentionKernel, avx512: bool) -> String {
             tbias: tbias.clone(),
             avx512,
         };
-        task(c, &ctx, table.as_ref());
+        task(c, &ctx, blocks.as_ref());
     });
     prelude + &function(name, &params, c.finish())
 }
 
-/// The Coverage of every (query block, key block) as hex bytes: 0 empty, 1 full,
-/// 2 partial (the mask, or the end of the keys, cuts through it).
-fn block_table(m: &MaskExpr, s: &Shape, dims: &Dims) -> String {
-    let (bq, bk) = (s.bq, s.bk);
-    let mut hex = String::with_capacity(2 * s.nqb * s.nkb);
-    let hq = (s.hk * s.groups) as i64;
-    for qb in 0..s.nqb {
-        for kb in 0..s.nkb {
-            let q = ((qb * bq) as i64, ((qb * bq + bq).min(s.sq) - 1) as i64);
-            let k = ((kb * bk) as i64, ((kb * bk + bk).min(s.sk) - 1) as i64);
-            let bounds = [(0, s.b as i64 - 1), (0, hq - 1), q, k];
-            let ragged = (kb + 1) * bk > s.sk;
-            let kind = match m.coverage(bounds, dims) {
-                Coverage::Empty => 0,
-                Coverage::Full if !ragged => 1,
-                _ => 2,
-            };
-            let _ = write!(hex, "{kind:02X}");
-        }
-    }
-    hex
+/// Whether a block evaluates the mask.
+enum Partial {
+    Static(bool),
+    /// An `i1` computed at run time.
+    Dynamic(String),
+}
+
+/// A block-sparse layout in the kernel: the loaded CSR lists and how a task finds
+/// its group.
+struct Blocks {
+    rows: (String, String),
+    entries: (String, String),
+    by_batch: bool,
+    by_head: bool,
 }
 
 /// `qz`-th query block in zigzag order: 0, n-1, 1, n-2, ...
@@ -275,7 +328,7 @@ struct Task<'a> {
     avx512: bool,
 }
 
-fn task(c: &mut Code, t: &Task, table: Option<&(String, String)>) {
+fn task(c: &mut Code, t: &Task, blocks: Option<&Blocks>) {
     let s = t.s;
     let (bq, bk) = (s.bq, s.bk);
     let vt = format!("vector<{LANES}xf32>");
@@ -325,47 +378,69 @@ fn task(c: &mut Code, t: &Task, table: Option<&(String, String)>) {
     };
     let ragged = !s.sk.is_multiple_of(bk);
     let masked = t.a.op.mask.is_some() || ragged;
-    c.for_range(&zero, &nkbv, 1, |c, kb| {
-        let kind = match table {
-            Some((tab, tt)) => {
-                let k8 = c.let_(format_args!("memref.load {tab}[{}, {kb}] : {tt}", t.qb));
-                c.let_(format_args!("arith.index_cast {k8} : i8 to index"))
-            }
-            None if ragged => {
-                let last = c.idx(s.nkb - 1);
-                let is_last = c.let_(format_args!("arith.cmpi eq, {kb}, {last} : index"));
-                let (one, two) = (c.idx(1), c.idx(2));
-                c.let_(format_args!("arith.select {is_last}, {two}, {one} : index"))
-            }
-            None => c.idx(1),
-        };
+    // One key block: scores, (masked) online softmax, `O += P·V`. `partial` is whether
+    // the mask is evaluated, known at compile time or read from the layout.
+    let block = |c: &mut Code, kb: &str, partial: Partial| {
         let zero = c.idx(0);
-        let live = c.let_(format_args!("arith.cmpi ne, {kind}, {zero} : index"));
-        c.if_(&live, |c| {
-            let k0 = c.mad(&zero, kb, bk);
-            scores(c, t, &sbuf, &ts, kb, &q0, tile_scale);
-            let softmax = |c: &mut Code, partial: bool| {
-                softmax_rows(
-                    c,
-                    t,
-                    (&sbuf, &ts),
-                    (&mbuf, &lbuf, &abuf, &sums, &trow),
-                    &q0,
-                    &k0,
-                    partial,
-                    exp_scale,
-                );
-            };
-            if masked {
-                let two = c.idx(2);
-                let partial = c.let_(format_args!("arith.cmpi eq, {kind}, {two} : index"));
-                c.if_else(&partial, |c| softmax(c, true), |c| softmax(c, false));
-            } else {
-                softmax(c, false);
+        let k0 = c.mad(&zero, kb, bk);
+        scores(c, t, &sbuf, &ts, kb, &q0, tile_scale);
+        let softmax = |c: &mut Code, partial: bool| {
+            softmax_rows(
+                c,
+                t,
+                (&sbuf, &ts),
+                (&mbuf, &lbuf, &abuf, &sums, &trow),
+                &q0,
+                &k0,
+                partial,
+                exp_scale,
+            );
+        };
+        match partial {
+            Partial::Static(p) => softmax(c, p),
+            Partial::Dynamic(p) => {
+                c.if_else(&p, |c| softmax(c, true), |c| softmax(c, false));
             }
-            accumulate(c, t, (&sbuf, &ts), (&obuf, &tob), (&abuf, &trow), &k0);
-        });
-    });
+        }
+        accumulate(c, t, (&sbuf, &ts), (&obuf, &tob), (&abuf, &trow), &k0);
+    };
+    match blocks {
+        // Block-sparse: the entries of this task's row of its group's layout.
+        Some(bl) => {
+            let group = match (bl.by_batch, bl.by_head) {
+                (true, _) => c.mad(&t.ih, &t.ib, s.hk * s.groups),
+                (false, true) => t.ih.clone(),
+                _ => c.idx(0),
+            };
+            let row = c.mad(&t.qb, &group, s.nqb);
+            let next = c.add_const(&row, 1);
+            let ((rows_m, rows_t), (ents_m, ents_t)) = (&bl.rows, &bl.entries);
+            let bound = |c: &mut Code, r: &str| {
+                let x = c.let_(format_args!("memref.load {rows_m}[{r}] : {rows_t}"));
+                c.let_(format_args!("arith.index_cast {x} : i32 to index"))
+            };
+            let (start, end) = (bound(c, &row), bound(c, &next));
+            c.for_range(&start, &end, 1, |c, e| {
+                let x = c.let_(format_args!("memref.load {ents_m}[{e}] : {ents_t}"));
+                let x = c.let_(format_args!("arith.index_cast {x} : i32 to index"));
+                let one = c.idx(1);
+                let kb = c.ix("shrui", &x, &one);
+                let bit = c.ix("andi", &x, &one);
+                let partial = c.let_(format_args!("arith.cmpi eq, {bit}, {one} : index"));
+                block(c, &kb, Partial::Dynamic(partial));
+            });
+        }
+        // Dense: every key block; the mask everywhere, or only past the last key.
+        None => c.for_range(&zero, &nkbv, 1, |c, kb| {
+            let partial = if masked && t.a.op.mask.is_none() {
+                let last = c.idx(s.nkb - 1);
+                Partial::Dynamic(c.let_(format_args!("arith.cmpi eq, {kb}, {last} : index")))
+            } else {
+                Partial::Static(masked)
+            };
+            block(c, kb, partial);
+        }),
+    }
     // out = O / l for the rows of the block.
     let zero = c.idx(0);
     let one_f = c.f32(1.0);
@@ -825,6 +900,34 @@ fn mask_value(c: &mut Code, e: &MaskExpr, coords: &[String; 4], dims: &Dims) -> 
         }
     };
     match e {
+        MaskExpr::RandomBlocks(args) => {
+            // A gather from the module's bitmap (`declare_random_tables`).
+            let (symbol, ty, n) = super::random_table(args, dims);
+            let qb = mask_value(c, &args[0], coords, dims);
+            let qb = as_int(c, qb);
+            let kb = mask_value(c, &args[1], coords, dims);
+            let kb = as_int(c, kb);
+            let (z, nv) = (int(c, 0), int(c, n));
+            let mut ok = c.constant("dense<true>", &vb);
+            for x in [&qb, &kb] {
+                let lo = c.let_(format_args!("arith.cmpi sge, {x}, {z} : {vi}"));
+                let hi = c.let_(format_args!("arith.cmpi slt, {x}, {nv} : {vi}"));
+                ok = c.let_(format_args!("arith.andi {ok}, {lo} : {vb}"));
+                ok = c.let_(format_args!("arith.andi {ok}, {hi} : {vb}"));
+            }
+            let row = c.let_(format_args!("arith.muli {qb}, {nv} : {vi}"));
+            let at = c.let_(format_args!("arith.addi {row}, {kb} : {vi}"));
+            let at = c.let_(format_args!("arith.select {ok}, {at}, {z} : {vb}, {vi}"));
+            let table = c.let_(format_args!("memref.get_global @{symbol} : {ty}"));
+            let v8 = format!("vector<{LANES}xi8>");
+            let pass = c.constant("dense<0>", &v8);
+            let base = c.idx(0);
+            let bytes = c.let_(format_args!(
+                "vector.gather {table}[{base}] [{at}], {ok}, {pass} : {ty}, {vi}, {vb}, {v8} into {v8}"
+            ));
+            let held = c.let_(format_args!("arith.cmpi ne, {bytes}, {pass} : {v8}"));
+            (c.let_(format_args!("arith.andi {ok}, {held} : {vb}")), true)
+        }
         MaskExpr::Int(n) => (int(c, *n), false),
         MaskExpr::Coord(k) => (coords[*k as usize].clone(), false),
         MaskExpr::Dim(d) => (int(c, dims.get(d).map_or(0, |v| v as i64)), false),

@@ -14,8 +14,93 @@
 pub(crate) mod attention;
 pub(crate) mod gemm;
 
+use attnc_ir::{Dims, MaskExpr};
 use std::collections::HashMap;
 use std::fmt::{Display, Write};
+
+/// Most key blocks a `random_blocks` table may have (its bitmap is `n × n` bytes).
+const MAX_RANDOM_BLOCKS: i64 = 4096;
+
+/// The compile-time `(r, n, seed)` of a `random_blocks(qb, kb, r, n, seed)` call.
+fn random_constants(args: &[MaskExpr; 5], dims: &Dims) -> Result<[i64; 3], String> {
+    let any = (i64::MIN, i64::MAX);
+    let mut out = [0; 3];
+    for (i, name) in ["count", "block count", "seed"].into_iter().enumerate() {
+        let (lo, hi) = args[i + 2].range([any; 4], dims);
+        if lo != hi {
+            return Err(format!(
+                "the {name} of `random_blocks` must be a constant, got `{}`",
+                args[i + 2]
+            ));
+        }
+        out[i] = lo;
+    }
+    if !(0..=MAX_RANDOM_BLOCKS).contains(&out[1]) {
+        return Err(format!(
+            "`random_blocks` over {} blocks: the compiled table supports 0 to {MAX_RANDOM_BLOCKS}",
+            out[1]
+        ));
+    }
+    Ok(out)
+}
+
+/// Whether the backends can compile `expr`: every `random_blocks` has constant count,
+/// block count and seed.
+pub(crate) fn check_mask(expr: &MaskExpr, dims: &Dims) -> Result<(), String> {
+    let mut result = Ok(());
+    visit_random_blocks(expr, &mut |args| {
+        if result.is_ok() {
+            result = random_constants(args, dims).map(|_| ());
+        }
+    });
+    result
+}
+
+fn visit_random_blocks(e: &MaskExpr, f: &mut impl FnMut(&[MaskExpr; 5])) {
+    match e {
+        MaskExpr::RandomBlocks(args) => {
+            f(args);
+            args.iter().for_each(|a| visit_random_blocks(a, f));
+        }
+        MaskExpr::Neg(x) | MaskExpr::Not(x) => visit_random_blocks(x, f),
+        MaskExpr::Bin(_, l, r) => {
+            visit_random_blocks(l, f);
+            visit_random_blocks(r, f);
+        }
+        MaskExpr::Int(_) | MaskExpr::Coord(_) | MaskExpr::Dim(_) => {}
+    }
+}
+
+/// The module constant holding the bitmap of `random_blocks(·, ·, r, n, seed)`, `n·n`
+/// bytes (row = query block): `(symbol, memref type, n)`. [`declare_random_tables`]
+/// writes it.
+pub(crate) fn random_table(args: &[MaskExpr; 5], dims: &Dims) -> (String, String, i64) {
+    // `check_mask` ran before any lowering.
+    let [r, n, seed] = random_constants(args, dims).unwrap_or([0, 0, 0]);
+    let symbol = format!("attnc.random_blocks.{r}.{n}.{seed}").replace('-', "m");
+    (symbol, format!("memref<{}xi8>", (n * n).max(1)), n)
+}
+
+/// Declares (once per module) the bitmap of every `random_blocks` call in `expr`.
+pub(crate) fn declare_random_tables(set: &mut KernelSet, expr: &MaskExpr, dims: &Dims) {
+    visit_random_blocks(expr, &mut |args| {
+        let (symbol, ty, n) = random_table(args, dims);
+        let [r, _, seed] = random_constants(args, dims).unwrap_or([0, 0, 0]);
+        let mut hex = String::with_capacity(2 * (n * n).max(1) as usize);
+        for qb in 0..n {
+            for kb in 0..n {
+                let held = attnc_ir::random_blocks(qb, kb, r, n, seed);
+                let _ = write!(hex, "{:02X}", held as u8);
+            }
+        }
+        if n == 0 {
+            hex.push_str("00");
+        }
+        set.declare(&format!(
+            "memref.global \"private\" constant @{symbol} : {ty} = dense<\"0x{hex}\">\n"
+        ));
+    });
+}
 
 /// The vector width in f32 lanes the kernels are written for (AVX-512; on narrower
 /// hosts LLVM splits each vector in two, which keeps them correct and fast).

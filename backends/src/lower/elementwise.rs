@@ -427,6 +427,30 @@ fn mask_value(
             let (b, _) = mask_value(em, r, coords, dims);
             mask_binary(em, *op, &a, &b)
         }
+        MaskExpr::RandomBlocks(args) => {
+            // A lookup in the module's bitmap (`kernels::declare_random_tables`).
+            let (symbol, ty, n) = crate::kernels::random_table(args, dims);
+            let (qb, _) = mask_value(em, &args[0], coords, dims);
+            let (kb, _) = mask_value(em, &args[1], coords, dims);
+            let zero = int_constant(em, 0);
+            let nv = int_constant(em, n);
+            let mut ok = em.op("arith.constant true");
+            for x in [&qb, &kb] {
+                let lo = em.cmpi("sge", x, &zero, i64t);
+                let hi = em.cmpi("slt", x, &nv, i64t);
+                ok = em.arith2("andi", &ok, &lo, Elem::I1);
+                ok = em.arith2("andi", &ok, &hi, Elem::I1);
+            }
+            let row = em.arith2("muli", &qb, &nv, i64t);
+            let at = em.arith2("addi", &row, &kb, i64t);
+            let at = em.select(&ok, &at, &zero, i64t);
+            let at = em.convert("index_cast", &at, i64t, Elem::Index);
+            let table = em.op(format_args!("memref.get_global @{symbol} : {ty}"));
+            let byte = em.op(format_args!("memref.load {table}[{at}] : {ty}"));
+            let zero8 = em.op("arith.constant 0 : i8");
+            let held = em.cmpi("ne", &byte, &zero8, Elem::I8);
+            (em.arith2("andi", &ok, &held, Elem::I1), MaskKind::Bool)
+        }
     }
 }
 

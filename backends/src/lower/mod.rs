@@ -361,6 +361,21 @@ impl Lowering<'_> {
         let sizes = graph.sizes(id);
         let elem = Elem::of(node.ty.dtype);
         let em = &mut self.em;
+        let unlowerable = |message: String| BackendError::Unlowerable {
+            op: node.op.name().to_string(),
+            layer: node.layer.clone(),
+            node: id.index(),
+            message,
+        };
+        match &node.op {
+            Op::Mask { expr } => {
+                crate::kernels::check_mask(expr, &graph.dims).map_err(unlowerable)?
+            }
+            Op::Attention(a) => {
+                crate::kernels::attention::check(a, &graph.dims).map_err(unlowerable)?
+            }
+            _ => {}
+        }
         // Matmuls and attention are hand-scheduled kernels (`crate::kernels`).
         let kernels = &mut self.kernels;
         Ok(match &node.op {
@@ -380,7 +395,10 @@ impl Lowering<'_> {
             Op::Compare(c) => elementwise::compare(em, *c, &ops[0], &ops[1], &sizes),
             Op::Select => elementwise::select(em, &ops[0], &ops[1], &ops[2], &sizes),
             Op::Cast { to } => elementwise::cast(em, &ops[0], Elem::of(*to)),
-            Op::Mask { expr } => elementwise::mask(em, expr, &sizes, &graph.dims),
+            Op::Mask { expr } => {
+                crate::kernels::declare_random_tables(kernels, expr, &graph.dims);
+                elementwise::mask(em, expr, &sizes, &graph.dims)
+            }
             Op::Reduce {
                 kind,
                 axes,

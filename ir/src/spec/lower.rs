@@ -346,11 +346,7 @@ impl Lowerer<'_> {
             s = self.bin(BinaryOp::Add, s, bias)?;
         }
         if let Some(expr) = &a.mask {
-            let uses = |c: crate::Coord| {
-                let mut found = false;
-                visit_coords(expr, &mut |x| found |= x == c);
-                found
-            };
+            let uses = |c: crate::Coord| expr.coords().contains(&c);
             let mut shape = vec![seq.clone(), seq.clone()];
             if uses(crate::Coord::H) || uses(crate::Coord::B) {
                 shape.insert(0, heads.clone());
@@ -510,18 +506,5 @@ impl Lowerer<'_> {
         };
         let logits = self.op(Op::MatMul, &[x, w])?;
         self.b.output("logits", logits)
-    }
-}
-
-fn visit_coords(e: &crate::MaskExpr, f: &mut impl FnMut(crate::Coord)) {
-    use crate::MaskExpr::*;
-    match e {
-        Coord(c) => f(*c),
-        Neg(x) | Not(x) => visit_coords(x, f),
-        Bin(_, l, r) => {
-            visit_coords(l, f);
-            visit_coords(r, f);
-        }
-        Int(_) | Dim(_) => {}
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod algebra;
 pub mod fusion;
+pub mod sparse;
 
 use crate::{type_with, Attn, Attr, EGraph, Source, TypeAnalysis};
 use attnc_ir::{DType, Shape, TensorType};
@@ -23,15 +24,18 @@ pub enum Family {
     Algebra,
     /// Plain attention into fused attention, GQA, MLA absorption.
     Fusion,
+    /// Masked attention into block-sparse attention over the mask's non-empty blocks.
+    Sparse,
 }
 
 impl Family {
-    pub const ALL: [Family; 2] = [Family::Algebra, Family::Fusion];
+    pub const ALL: [Family; 3] = [Family::Algebra, Family::Fusion, Family::Sparse];
 
     pub fn name(self) -> &'static str {
         match self {
             Family::Algebra => "algebra",
             Family::Fusion => "fusion",
+            Family::Sparse => "sparse",
         }
     }
 }
@@ -55,6 +59,7 @@ pub struct Rule {
 pub fn all_rules() -> Vec<Rule> {
     let mut rules = algebra::rules();
     rules.extend(fusion::rules());
+    rules.extend(sparse::rules());
     rules
 }
 
@@ -115,7 +120,7 @@ impl RuleSelection {
                     .map(|n| format!("; did you mean `{n}`?"))
                     .unwrap_or_default();
                 return Err(format!(
-                    "unknown rule or family `{name}`{hint} (families: algebra, fusion; \
+                    "unknown rule or family `{name}`{hint} (families: algebra, fusion, sparse; \
                      `attnc inspect --list-rules` lists the rules)"
                 ));
             }

@@ -1,0 +1,95 @@
+//! `block_sparse_attention` compiled and compared with the interpreter: every block
+//! size the kernel tiles, sizes that are not multiples of a block, the sparse masks of
+//! the shipped examples (sliding windows, global tokens, strided and fixed patterns,
+//! sinks, BigBird's random blocks), layouts per head and per batch row, GQA, a bias.
+//! Every query row keeps at least one key (a fully masked row is NaN in both).
+
+mod common;
+
+use attnc_ir::{Attention, DType, Dims, MaskExpr, Op};
+use common::{check, graph_with_dims, shape};
+
+const BLOCKS: [[u64; 2]; 6] = [[16, 16], [32, 32], [64, 32], [64, 64], [128, 64], [48, 16]];
+
+fn graph(
+    dims: &Dims,
+    mask: &str,
+    block: [u64; 2],
+    [b, h, hkv, s, d]: [u64; 5],
+    bias: bool,
+) -> attnc_ir::Graph {
+    let attn = Attention {
+        mask: Some(MaskExpr::parse(mask).unwrap()),
+        groups: h / hkv,
+        bias,
+        block: Some(block),
+        ..Attention::new(0.3)
+    };
+    graph_with_dims(dims.clone(), |g| {
+        let q = g.input("q", shape(&[b, h, s, d]), DType::F32)?;
+        let k = g.input("k", shape(&[b, hkv, s, d]), DType::F32)?;
+        let v = g.input("v", shape(&[b, hkv, s, d + 4]), DType::F32)?;
+        let mut operands = vec![q, k, v];
+        if bias {
+            operands.push(g.input("bias", shape(&[h, 1, s]), DType::F32)?);
+        }
+        Ok(vec![g.op(Op::Attention(attn), &operands)?])
+    })
+}
+
+fn dims() -> Dims {
+    let mut d = Dims::new();
+    for (name, v) in [
+        ("window", 40),
+        ("half", 20),
+        ("stride", 24),
+        ("sinks", 3),
+        ("block", 16),
+    ] {
+        d.bind(name, v);
+    }
+    d.bind("seq", 150);
+    d
+}
+
+const MASKS: [&str; 8] = [
+    "k <= q",
+    "k <= q && q - k < window",
+    "(q - k <= half && k - q <= half) || q == 0 || k == 0",
+    "k <= q && (q - k < stride || (q - k) % stride == 0)",
+    "k <= q && (k / stride == q / stride || k % stride >= stride - 4)",
+    "k <= q && (k < sinks || q - k < window)",
+    "(q / block - k / block <= 1 && k / block - q / block <= 1) || q < block || k < block || random_blocks(q / block, k / block, 2, (seq + block - 1) / block, 5)",
+    "k == 0 || (k <= q && q - k < window) || k % 17 == 3",
+];
+
+#[test]
+fn every_block_size_on_every_sparse_mask() {
+    let d = dims();
+    for mask in MASKS {
+        for block in BLOCKS {
+            check(&graph(&d, mask, block, [1, 2, 1, 150, 8], false));
+        }
+    }
+}
+
+#[test]
+fn layouts_per_head_and_per_batch_row() {
+    let d = dims();
+    let masks = [
+        "k <= q && (h % 2 == 0 || q - k < window)",
+        "k <= q && (b == 0 || k % 3 == 0 || k == q)",
+    ];
+    for mask in masks {
+        for block in [[32, 32], [64, 64]] {
+            check(&graph(&d, mask, block, [2, 4, 2, 130, 8], true));
+        }
+    }
+}
+
+#[test]
+fn a_single_block_and_more_blocks_than_keys() {
+    let d = dims();
+    check(&graph(&d, "k <= q", [128, 64], [1, 1, 1, 20, 4], false));
+    check(&graph(&d, "k <= q", [16, 16], [1, 1, 1, 1, 4], false));
+}
