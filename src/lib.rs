@@ -498,6 +498,11 @@ pub struct BenchCase {
     /// The forms before and after (op names), as `inspect` lists them.
     pub before: Vec<String>,
     pub after: Vec<String>,
+    /// Block-sparse cases: the fraction of blocks computed. Their baseline is the same
+    /// attention fused but dense (mask evaluated everywhere), so the speedup's ideal
+    /// is `1 / density`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub density: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -545,7 +550,21 @@ pub fn bench(graph: &Graph, options: &BenchOptions) -> Result<BenchReport> {
         let fast = passes::layer_graph(&optimized.graph, &name).map_err(|e| err(e.to_string()))?;
         let (baseline_ms, ms, n) = time_pair(&plain, &fast, options)?;
         threads = n;
-        cases.push(case(name, &plain, baseline_ms, ms, before, after));
+        cases.push(case(name.clone(), &plain, baseline_ms, ms, before, after));
+        // Block-sparse attention alone against the same attention fused but dense.
+        for (sparse, dense, density) in block_sparse_alone(&fast)? {
+            let (baseline_ms, ms, _) = time_pair(&dense, &sparse, options)?;
+            let mut c = case(
+                format!("{name}.block_sparse_attention"),
+                &sparse,
+                baseline_ms,
+                ms,
+                vec!["attention".into()],
+                vec!["block_sparse_attention".into()],
+            );
+            c.density = Some(density);
+            cases.push(c);
+        }
     }
     let (baseline_ms, ms, n) = time_pair(graph, &optimized.graph, options)?;
     threads = threads.max(n);
@@ -563,6 +582,50 @@ pub fn bench(graph: &Graph, options: &BenchOptions) -> Result<BenchReport> {
         runs: options.runs,
         cases,
     })
+}
+
+/// Each block-sparse attention of `graph` as a graph of its own (its operands made
+/// inputs), with the same attention dense, and the fraction of blocks it computes.
+fn block_sparse_alone(graph: &Graph) -> Result<Vec<(Graph, Graph, f64)>> {
+    let mut out = Vec::new();
+    for id in graph.node_ids() {
+        let attnc_ir::Op::Attention(a) = &graph.node(id).op else {
+            continue;
+        };
+        let Some(block) = a.block else { continue };
+        let ops = graph.operands(id);
+        let alone = |attn: attnc_ir::Attention| -> attnc_ir::Result<Graph> {
+            let mut b = attnc_ir::GraphBuilder::new(graph.name.clone(), graph.dims.clone());
+            let names = ["q", "k", "v", "bias"];
+            let mut inputs = Vec::new();
+            for (i, &o) in ops.iter().enumerate() {
+                let ty = &graph.node(o).ty;
+                inputs.push(b.input(names[i], ty.shape.clone(), ty.dtype)?);
+            }
+            let y = b.op(attnc_ir::Op::Attention(attn), &inputs)?;
+            b.output("out", y)?;
+            b.finish()
+        };
+        let (q, k) = (graph.sizes(ops[0]), graph.sizes(ops[1]));
+        let layout = attnc_ir::BlockLayout::of(
+            a.mask.as_ref(),
+            &graph.dims,
+            [q[0], q[1], q[2], k[2]],
+            block.map(|n| n as usize),
+        )
+        .map_err(err)?;
+        let dense = attnc_ir::Attention {
+            block: None,
+            ..a.clone()
+        };
+        let e = |x: attnc_ir::IrError| err(x.to_string());
+        out.push((
+            alone(a.clone()).map_err(e)?,
+            alone(dense).map_err(e)?,
+            layout.density(),
+        ));
+    }
+    Ok(out)
 }
 
 fn case(
@@ -585,6 +648,7 @@ fn case(
         speedup: baseline_ms / ms,
         before,
         after,
+        density: None,
     }
 }
 

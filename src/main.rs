@@ -346,14 +346,22 @@ fn real_main(cli: Cli) -> attnc::Result<()> {
 
 fn bench_text(report: &attnc::BenchReport) -> String {
     let mut s = format!(
-        "{}: compiled optimized vs compiled original graph, {} threads, median of {} runs\n  {:<24} {:>12} {:>12} {:>8} {:>10}\n",
+        "{}: compiled optimized vs compiled original graph, {} threads, median of {} runs\n  {:<40} {:>12} {:>12} {:>8} {:>10}\n",
         report.model, report.threads, report.runs, "case", "optimized", "original", "speedup", "GFLOP/s"
     );
     for c in &report.cases {
         s += &format!(
-            "  {:<24} {:>9.3} ms {:>9.3} ms {:>7.2}x {:>10.1}\n",
+            "  {:<40} {:>9.3} ms {:>9.3} ms {:>7.2}x {:>10.1}\n",
             c.name, c.ms, c.baseline_ms, c.speedup, c.gflops
         );
+        if let Some(d) = c.density {
+            s += &format!(
+                "  {:<40} vs the same attention dense: density {d:.3}, ideal {:.2}x, reached {:.0}% of it\n",
+                "",
+                1.0 / d,
+                100.0 * c.speedup * d
+            );
+        }
     }
     s
 }

@@ -377,6 +377,13 @@ fn bench_times_optimized_against_original_per_layer_and_model() {
             assert!(v >= 0.0 && v.is_finite(), "{key} = {v} in {c}");
         }
     }
+    // The block-sparse attention alone, against the same attention dense.
+    let sparse = cases
+        .iter()
+        .find(|c| c["name"] == "layers.0.attn.block_sparse_attention")
+        .unwrap_or_else(|| panic!("{names:?}"));
+    let d = sparse["density"].as_f64().unwrap();
+    assert!(d > 0.0 && d < 1.0, "{sparse}");
     let attn = &cases[names.iter().position(|n| *n == "layers.0.attn").unwrap()];
     assert!(
         attn["after"]

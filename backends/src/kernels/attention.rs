@@ -7,7 +7,7 @@
 //! allocation is K repacked per block (`O(Sk · Dk)`).
 //!
 //! - Scores `S = Q·Kᵀ` of a block: `RS`-row register tiles over the `BK` keys of the
-//!   block (`RS·BK/16` accumulators), K packed transposed per block (`Kp[d][j]`,
+//!   block (`RS·BK/16` = 16 accumulators), K packed transposed per block (`Kp[d][j]`,
 //!   zero-padded past Sk) so each step is `BK/16` vector loads and `RS` broadcasts.
 //! - Softmax in base 2: scores are scaled by `scale·log2 e` (the modifiers — softcap,
 //!   bias, mask — work on the natural scores first), `2^x` is a vectorized polynomial
@@ -62,8 +62,11 @@ pub(crate) fn check(a: &Attention, dims: &Dims) -> Result<(), String> {
         None => Ok(()),
     }
 }
-/// Rows of a score register tile.
-const RS: usize = 4;
+/// Rows of a score register tile: 16 accumulators (4 rows of 64 keys, 8 of 32, 16 of
+/// 16), within one block.
+fn score_rows(bq: usize, bk: usize) -> usize {
+    (16 * LANES / bk).min(bq)
+}
 
 const LOG2E: f64 = std::f64::consts::LOG2_E;
 
@@ -463,7 +466,7 @@ fn task(c: &mut Code, t: &Task, blocks: Option<&Blocks>) {
 }
 
 /// `S[i][j] = q_i · k_j` (times `tile_scale` if given) for the block's keys, in
-/// `RS`-row tiles.
+/// `RS`-row tiles ([`score_rows`]).
 fn scores(
     c: &mut Code,
     t: &Task,
@@ -478,12 +481,13 @@ fn scores(
     let vt = format!("vector<{LANES}xf32>");
     let (kp, tkp) = (&t.kp.0, &t.kp.1);
     let zero = c.idx(0);
-    let tiles = c.idx(bq / RS);
+    let rs = score_rows(bq, bk);
+    let tiles = c.idx(bq / rs);
     let last_q = c.idx(s.sq - 1);
     c.for_range(&zero, &tiles, 1, |c, rt| {
         let zero = c.idx(0);
-        let r0 = c.mad(&zero, rt, RS);
-        let qrows: Vec<String> = (0..RS)
+        let r0 = c.mad(&zero, rt, rs);
+        let qrows: Vec<String> = (0..rs)
             .map(|r| {
                 let i = c.add_const(&r0, r);
                 let q = c.ix("addi", q0, &i);
@@ -491,7 +495,7 @@ fn scores(
             })
             .collect();
         let zv = c.splat(0.0);
-        let iters: Vec<(String, String)> = (0..RS * bk / LANES)
+        let iters: Vec<(String, String)> = (0..rs * bk / LANES)
             .map(|_| (zv.clone(), vt.clone()))
             .collect();
         let (dkv, one) = (c.idx(s.dk), c.idx(1));
@@ -520,7 +524,7 @@ fn scores(
             next
         });
         let scalev = tile_scale.map(|x| c.splat(x as f32));
-        for r in 0..RS {
+        for r in 0..rs {
             let i = c.add_const(&r0, r);
             for v in 0..bk / LANES {
                 let x = &acc[r * (bk / LANES) + v];
