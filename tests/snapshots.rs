@@ -197,3 +197,23 @@ fn streaming_llm_fusion() {
 fn streaming_llm_sparse() {
     insta::assert_snapshot!(pass("streaming-llm", "sparse"));
 }
+
+#[test]
+fn moba_ir() {
+    insta::assert_snapshot!(ir_of("moba"));
+}
+
+#[test]
+fn moba_algebra() {
+    insta::assert_snapshot!(pass("moba", "algebra"));
+}
+
+#[test]
+fn moba_fusion() {
+    insta::assert_snapshot!(pass("moba", "fusion"));
+}
+
+#[test]
+fn moba_sparse() {
+    insta::assert_snapshot!(pass("moba", "sparse"));
+}

@@ -93,3 +93,76 @@ fn a_single_block_and_more_blocks_than_keys() {
     check(&graph(&d, "k <= q", [128, 64], [1, 1, 1, 20, 4], false));
     check(&graph(&d, "k <= q", [16, 16], [1, 1, 1, 1, 4], false));
 }
+
+/// A block list given as data: listed `[lq, lk]` blocks larger than the kernel's
+/// tiles, `-1` and out-of-range slots (ignored), a repeated block (counted twice),
+/// with and without a causal mask inside the listed blocks.
+#[test]
+fn a_block_list_given_as_data() {
+    use common::{check_with, tensor};
+    let (b, h, s, d) = (1u64, 2u64, 100u64, 8u64);
+    for (mask, [lq, lk]) in [
+        (Some("k <= q"), [32u64, 32u64]),
+        (None, [16, 48]),
+        (Some("k <= q"), [64, 16]),
+    ] {
+        let rows = s.div_ceil(lq) as usize;
+        let key_blocks = s.div_ceil(lk) as i64;
+        let slots = 3usize;
+        let attn = Attention {
+            mask: mask.map(|m| MaskExpr::parse(m).unwrap()),
+            block: Some([lq, lk]),
+            listed: true,
+            ..Attention::new(0.4)
+        };
+        let g = graph_with_dims(Dims::new(), |g| {
+            let q = g.input("q", shape(&[b, h, s, d]), DType::F32)?;
+            let k = g.input("k", shape(&[b, h, s, d]), DType::F32)?;
+            let v = g.input("v", shape(&[b, h, s, d]), DType::F32)?;
+            let list = g.input(
+                "list",
+                shape(&[b, h, rows as u64, slots as u64]),
+                DType::I64,
+            )?;
+            Ok(vec![g.op(Op::Attention(attn), &[q, k, v, list])?])
+        });
+        let mut bindings = attnc_ir::random_bindings(&g, 3);
+        // Row r lists its own block (so no row is empty under the causal mask), a
+        // pseudo-random one (sometimes out of range) and either -1 or a repeat.
+        let mut data = Vec::new();
+        for hi in 0..h as i64 {
+            for r in 0..rows as i64 {
+                let own = (r * lq as i64 / lk as i64).min(key_blocks - 1);
+                let other = (r * 7 + hi * 3) % (key_blocks + 2) - 1;
+                let third = if r % 2 == 0 { -1 } else { own };
+                data.extend([own as f64, other as f64, third as f64]);
+            }
+        }
+        bindings.insert(
+            "list".into(),
+            tensor(DType::I64, &[b as usize, h as usize, rows, slots], &data),
+        );
+        check_with(&g, &bindings);
+    }
+}
+
+/// MoBA compiled (its block list computed by the graph, then the block-sparse kernel
+/// over it) against the interpreter's direct loops: MHA and GQA, several `top_k`.
+#[test]
+fn moba_block_top_k_attention() {
+    for (h, hk, top_k, block, s) in [(2, 2, 2, 16, 96), (4, 2, 1, 32, 128), (2, 1, 3, 16, 64)] {
+        let g = graph_with_dims(Dims::new(), |g| {
+            let q = g.input("q", shape(&[1, h, s, 8]), DType::F32)?;
+            let k = g.input("k", shape(&[1, hk, s, 8]), DType::F32)?;
+            let v = g.input("v", shape(&[1, hk, s, 12]), DType::F32)?;
+            let m = attnc_ir::Moba {
+                scale: 0.5,
+                groups: h / hk,
+                block,
+                top_k,
+            };
+            Ok(vec![g.op(Op::Moba(m), &[q, k, v])?])
+        });
+        check(&g);
+    }
+}

@@ -188,6 +188,28 @@ fn infer_unchecked(
             Ok(x.clone())
         }
         Op::Attention(attn) => infer_attention(attn, args, dims, &describe),
+        Op::Moba(m) => {
+            let attn = crate::Attention {
+                groups: m.groups,
+                ..crate::Attention::new(m.scale)
+            };
+            let ty = infer_attention(&attn, args, dims, &describe)?;
+            let (q, k) = (dims.resolve(&args[0].shape)?, dims.resolve(&args[1].shape)?);
+            if q[2] != k[2] {
+                return Err(format!(
+                    "`moba_attention` is self-attention: q and k need one length, got {} and {}",
+                    describe(args[0]),
+                    describe(args[1])
+                ));
+            }
+            if m.block == 0 || q[2] % m.block != 0 {
+                return Err(format!(
+                    "`moba_attention` needs a block size dividing the sequence ({}), got {}",
+                    q[2], m.block
+                ));
+            }
+            Ok(ty)
+        }
         Op::MatMul => {
             let (a, b) = (args[0], args[1]);
             if a.dtype != b.dtype || a.dtype == DType::Bool {
@@ -501,6 +523,34 @@ fn infer_attention(
         q.shape.0[2].clone(),
         v.shape.0[3].clone(),
     ]);
+    if let Some([bq, bk]) = attn.block {
+        if bq == 0 || bk == 0 {
+            return Err(format!(
+                "`block_sparse_attention` needs positive block sizes, got {bq}x{bk}"
+            ));
+        }
+    }
+    if attn.listed {
+        let Some([bq, _]) = attn.block else {
+            return Err("a block list needs a block size (`block_q`, `block_k`)".into());
+        };
+        let list = args[args.len() - 1];
+        let ls = dims.resolve(&list.shape)?;
+        let want_rows = sq[2].div_ceil(bq);
+        if list.dtype != crate::DType::I64
+            || ls.len() != 4
+            || ls[0] != sq[0]
+            || ls[1] != sq[1]
+            || ls[2] != want_rows
+        {
+            return Err(format!(
+                "the block list of `block_sparse_attention` must be i64 [{}, {}, {want_rows}, S] (batch, query heads, query blocks, slots), got {}",
+                sq[0],
+                sq[1],
+                describe(list)
+            ));
+        }
+    }
     if attn.bias {
         let bias = args[3];
         if bias.dtype != q.dtype {

@@ -328,7 +328,76 @@ fn compute(graph: &Graph, op: &Op, shape: &[usize], args: &[&Tensor]) -> Result<
         Op::TopK { k, output } => topk(args[0], *k as usize, *output),
         Op::CumSum { axis } => cumsum(args[0], *axis),
         Op::Attention(a) => attention(a, args, &graph.dims),
+        Op::Moba(m) => moba(m, args),
     })
+}
+
+/// MoBA: per query block, its own block plus the `top_k` earlier key blocks whose mean
+/// key scores highest against the block's mean query (a stable sort: ties keep the
+/// earlier block); then causal softmax attention over the chosen blocks' keys.
+fn moba(m: &crate::Moba, args: &[&Tensor]) -> Vec<f64> {
+    let (q, k, v) = (args[0], args[1], args[2]);
+    let (b, h, s, dk) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3]);
+    let (hkv, dv) = (k.shape[1], v.shape[3]);
+    let (bs, groups) = (m.block as usize, m.groups.max(1) as usize);
+    let nb = s / bs;
+    let row = |head: usize, heads: usize, bi: usize, i: usize, d: usize| -> usize {
+        ((bi * heads + head) * s + i) * d
+    };
+    let mean = |t: &Tensor, heads: usize, bi: usize, head: usize, blk: usize| -> Vec<f64> {
+        let mut out = vec![0.0; dk];
+        for i in blk * bs..(blk + 1) * bs {
+            let r = row(head, heads, bi, i, dk);
+            out.iter_mut()
+                .zip(&t.data[r..r + dk])
+                .for_each(|(o, x)| *o += x);
+        }
+        out.iter_mut().for_each(|o| *o /= bs as f64);
+        out
+    };
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    let mut out = vec![0.0; b * h * s * dv];
+    for bi in 0..b {
+        for hi in 0..h {
+            let kv = hi / groups;
+            let kbar: Vec<Vec<f64>> = (0..nb).map(|j| mean(k, hkv, bi, kv, j)).collect();
+            for blk in 0..nb {
+                let qbar = mean(q, h, bi, hi, blk);
+                let mut past: Vec<usize> = (0..blk).collect();
+                let score: Vec<f64> = past.iter().map(|&j| dot(&qbar, &kbar[j])).collect();
+                past.sort_by(|&x, &y| descending(score[x], score[y]));
+                let mut chosen: Vec<usize> = past.into_iter().take(m.top_k as usize).collect();
+                chosen.push(blk);
+                for qi in blk * bs..(blk + 1) * bs {
+                    let qr = row(hi, h, bi, qi, dk);
+                    let q_row = &q.data[qr..qr + dk];
+                    let keys: Vec<usize> = chosen
+                        .iter()
+                        .flat_map(|&j| j * bs..(j + 1) * bs)
+                        .filter(|&ki| ki <= qi)
+                        .collect();
+                    let scores: Vec<f64> = keys
+                        .iter()
+                        .map(|&ki| {
+                            let kr = row(kv, hkv, bi, ki, dk);
+                            dot(q_row, &k.data[kr..kr + dk]) * m.scale
+                        })
+                        .collect();
+                    let mx = scores.iter().copied().fold(f64::NEG_INFINITY, nan_max);
+                    let ps: Vec<f64> = scores.iter().map(|x| (x - mx).exp()).collect();
+                    let l: f64 = ps.iter().sum();
+                    let o = row(hi, h, bi, qi, dv);
+                    for (&ki, p) in keys.iter().zip(&ps) {
+                        let vr = row(kv, hkv, bi, ki, dv);
+                        for d in 0..dv {
+                            out[o + d] += p / l * v.data[vr + d];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------
@@ -708,7 +777,22 @@ fn attention(a: &Attention, args: &[&Tensor], dims: &Dims) -> Vec<f64> {
     let (b, h, sq, dk) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3]);
     let (hkv, sk, dv) = (k.shape[1], k.shape[2], v.shape[3]);
     let groups = a.groups.max(1) as usize;
-    let bias = args.get(3).map(|t| expand(t, &[b, h, sq, sk]));
+    let bias = a.bias.then(|| expand(args[3], &[b, h, sq, sk]));
+    // A block list: how many times each key block is listed for the query's block.
+    let listed = a.listed.then(|| {
+        let list = args[args.len() - 1];
+        let [bq, bk] = a.block.unwrap_or([1, 1]).map(|n| n as usize);
+        let slots = list.shape[3];
+        let nkb = sk.div_ceil(bk);
+        move |bi: usize, hi: usize, qi: usize, ki: usize| -> usize {
+            let row = ((bi * h + hi) * list.shape[2] + qi / bq) * slots;
+            let kb = (ki / bk) as f64;
+            list.data[row..row + slots]
+                .iter()
+                .filter(|&&e| e == kb && (e as usize) < nkb)
+                .count()
+        }
+    });
     let mut out = vec![0.0; b * h * sq * dv];
     let mut acc = vec![0.0; dv];
     let mut scores = [0.0; ATTENTION_BLOCK];
@@ -724,9 +808,11 @@ fn attention(a: &Attention, args: &[&Tensor], dims: &Dims) -> Vec<f64> {
                     let k1 = (k0 + ATTENTION_BLOCK).min(sk);
                     let mut block_max = f64::NEG_INFINITY;
                     for ki in k0..k1 {
-                        let masked = a.mask.as_ref().is_some_and(|e| {
-                            !e.holds(bi as i64, hi as i64, qi as i64, ki as i64, dims)
-                        });
+                        let times = listed.as_ref().map_or(1, |f| f(bi, hi, qi, ki));
+                        let masked = times == 0
+                            || a.mask.as_ref().is_some_and(|e| {
+                                !e.holds(bi as i64, hi as i64, qi as i64, ki as i64, dims)
+                            });
                         let s = if masked {
                             f64::NEG_INFINITY
                         } else {
@@ -738,6 +824,9 @@ fn attention(a: &Attention, args: &[&Tensor], dims: &Dims) -> Vec<f64> {
                             }
                             if let Some(bias) = &bias {
                                 s += bias[row * sk + ki];
+                            }
+                            if times > 1 {
+                                s += (times as f64).ln();
                             }
                             s
                         };

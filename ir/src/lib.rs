@@ -8,6 +8,7 @@
 mod dot;
 mod dtype;
 mod error;
+pub mod expand;
 mod graph;
 mod infer;
 pub mod interp;
@@ -30,10 +31,10 @@ pub use infer::{broadcast_shapes, infer};
 pub use mask::{
     random_blocks, Coord, Coverage, MaskBinOp, MaskError, MaskExpr, MaskKind, MAX_MASK_DEPTH,
 };
-pub use op::{Attention, BinaryOp, CmpOp, Op, ReduceKind, TopKOutput, UnaryOp};
+pub use op::{Attention, BinaryOp, CmpOp, Moba, Op, ReduceKind, TopKOutput, UnaryOp};
 pub use random::{random_binding, random_bindings, Rng};
 pub use shape::{num_elements, Dim, Dims, Shape, TensorType, MAX_ELEMENTS};
-pub use sparse::{dense_attention_block, BlockLayout, MAX_LAYOUT_BLOCKS};
+pub use sparse::{dense_attention_block, listed_tile, BlockLayout, MAX_LAYOUT_BLOCKS};
 pub use stats::{layer_stats, node_bytes, node_flops, op_bytes, op_flops, LayerStats};
 pub use tensor::{strides, Tensor};
 pub use text::{parse, print};

@@ -271,8 +271,10 @@ pub enum Op {
     Mask {
         expr: MaskExpr,
     },
-    /// Fused attention `(q, k, v [, bias])`; see [`Attention`].
+    /// Fused attention `(q, k, v [, bias] [, blocks])`; see [`Attention`].
     Attention(Attention),
+    /// MoBA-style block top-k attention `(q, k, v)`; see [`Moba`].
+    Moba(Moba),
 }
 
 /// Fused, IO-aware attention: `softmax(mask(bias + cap(q·kᵀ·scale)))·v` computed block
@@ -300,6 +302,25 @@ pub struct Attention {
     /// block layout ([`crate::BlockLayout`]) is taken; only non-empty blocks are
     /// computed. The function is the same as without it: this is a schedule.
     pub block: Option<[u64; 2]>,
+    /// With `block`: the blocks are data, not the mask's layout — a last operand
+    /// `blocks: i64 [B, H, ⌈Sq/bq⌉, S]` lists for each query block up to `S` key
+    /// blocks (`-1` and other indices outside the key blocks: none). A key counts
+    /// where its block is listed and the mask holds, weighted by how many times the
+    /// block is listed (once, for a list without repeats).
+    pub listed: bool,
+}
+
+/// Mixture of block attention (MoBA, Lu et al. 2025; NSA's selection branch is the
+/// same idea): causal self-attention where each query block of `block` rows attends
+/// to its own block and to the `top_k` earlier key blocks whose mean key scores
+/// highest against the block's mean query (ties: the earlier block). `q [B, H, S, D]`,
+/// `k, v [B, H/groups, S, ·]`, `S` a multiple of `block`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Moba {
+    pub scale: f64,
+    pub groups: u64,
+    pub block: u64,
+    pub top_k: u64,
 }
 
 impl Attention {
@@ -312,6 +333,7 @@ impl Attention {
             groups: 1,
             bias: false,
             block: None,
+            listed: false,
         }
     }
 }
@@ -355,6 +377,7 @@ impl Op {
             Op::Mask { .. } => "mask",
             Op::Attention(a) if a.block.is_some() => "block_sparse_attention",
             Op::Attention(_) => "attention",
+            Op::Moba(_) => "moba_attention",
         }
     }
 
@@ -395,8 +418,8 @@ impl Op {
             | Op::MatMul
             | Op::Gather { .. }
             | Op::Embedding => 2,
-            Op::Select | Op::LayerNorm { .. } | Op::ScatterAdd { .. } => 3,
-            Op::Attention(a) => 3 + a.bias as usize,
+            Op::Select | Op::LayerNorm { .. } | Op::ScatterAdd { .. } | Op::Moba(_) => 3,
+            Op::Attention(a) => 3 + a.bias as usize + a.listed as usize,
             Op::Concat { .. } => return None,
         })
     }

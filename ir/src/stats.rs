@@ -55,6 +55,14 @@ pub fn op_flops(op: &Op, args: &[&[usize]], out: &[usize], dims: &Dims) -> u64 {
             let Some([bq, bk]) = a.block else {
                 return dense;
             };
+            if a.listed {
+                // Every slot of the list, as if none were empty.
+                let slots = args.last().map_or(0, |l| l[3]) as u64;
+                return ((q[0] * q[1]) as u64 * q[2].div_ceil(bq as usize) as u64)
+                    .saturating_mul(slots)
+                    .saturating_mul(bq * bk)
+                    .saturating_mul(per_score);
+            }
             let sizes = [q[0], q[1], q[2], k[2]];
             match BlockLayout::of(a.mask.as_ref(), dims, sizes, [bq as usize, bk as usize]) {
                 Ok(l) => l
@@ -63,6 +71,21 @@ pub fn op_flops(op: &Op, args: &[&[usize]], out: &[usize], dims: &Dims) -> u64 {
                     .saturating_mul(per_score),
                 Err(_) => dense,
             }
+        }
+        // Block means and their scores, then attention over `top_k + 1` blocks per
+        // query block (causal inside its own).
+        Op::Moba(m) => {
+            let (q, k, v) = (args[0], args[1], args[2]);
+            let rows = (q[0] * q[1] * q[2]) as u64;
+            let nb = (q[2] as u64).checked_div(m.block).unwrap_or(0);
+            let pooling = ((q[0] * q[1] * q[2] * q[3]) + (k[0] * k[1] * k[2] * k[3])) as u64;
+            let scoring = (q[0] * q[1]) as u64 * nb * nb * 2 * q[3] as u64;
+            let keys = (m.top_k.min(nb) + 1) * m.block;
+            let per_score = 2 * (q[3] + v[3]) as u64 + 6;
+            rows.saturating_mul(keys)
+                .saturating_mul(per_score)
+                .saturating_add(pooling)
+                .saturating_add(scoring)
         }
         Op::MatMul => {
             let k = *args[0].last().unwrap_or(&1) as u64;

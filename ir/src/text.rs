@@ -151,9 +151,18 @@ fn attributes(op: &Op) -> Vec<(&'static str, String)> {
             if let Some([bq, bk]) = a.block {
                 attrs.push(("block_q", bq.to_string()));
                 attrs.push(("block_k", bk.to_string()));
+                if a.listed {
+                    attrs.push(("listed", "true".to_string()));
+                }
             }
             attrs
         }
+        Op::Moba(m) => vec![
+            ("scale", float_text(m.scale)),
+            ("groups", m.groups.to_string()),
+            ("block", m.block.to_string()),
+            ("top_k", m.top_k.to_string()),
+        ],
         Op::Input { .. }
         | Op::Param { .. }
         | Op::Const { .. }
@@ -895,9 +904,17 @@ fn op_templates() -> Vec<Op> {
             softcap: Some(1.0),
             ..Attention::new(1.0)
         }),
+        Op::Moba(crate::Moba {
+            scale: 1.0,
+            groups: 1,
+            block: 1,
+            top_k: 0,
+        }),
+        // A softcap and a block list, so the template accepts the optional attributes.
         Op::Attention(Attention {
             softcap: Some(1.0),
             block: Some([1, 1]),
+            listed: true,
             ..Attention::new(1.0)
         }),
     ];
@@ -970,6 +987,12 @@ fn fill(template: Op, attrs: &Attrs) -> Result<Op> {
             k: attrs.u64("k")?,
             output,
         },
+        Op::Moba(_) => Op::Moba(crate::Moba {
+            scale: attrs.f64("scale")?,
+            groups: attrs.u64("groups")?,
+            block: attrs.u64("block")?,
+            top_k: attrs.u64("top_k")?,
+        }),
         Op::Attention(a) => Op::Attention(Attention {
             scale: attrs.f64("scale")?,
             groups: attrs.u64("groups")?,
@@ -984,6 +1007,10 @@ fn fill(template: Op, attrs: &Attrs) -> Result<Op> {
                 Some(_) => Some([attrs.u64("block_q")?, attrs.u64("block_k")?]),
                 None => None,
             },
+            listed: a.block.is_some()
+                && attrs
+                    .optional("listed")
+                    .map_or(Ok(false), |_| attrs.bool("listed"))?,
             mask: a.mask,
         }),
         op @ (Op::Input { .. }

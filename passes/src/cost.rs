@@ -7,7 +7,8 @@
 
 use crate::{Attn, EGraph};
 use attnc_ir::{
-    dense_attention_block, op_bytes, op_flops, BlockLayout, DType, Dims, MaskExpr, Op, TensorType,
+    dense_attention_block, listed_tile, op_bytes, op_flops, BlockLayout, DType, Dims, MaskExpr, Op,
+    TensorType,
 };
 
 /// Vector operations of the online softmax per score: scale, max, exp2 (a few
@@ -194,7 +195,7 @@ impl Target {
         let flops = op_flops(op, &sizes, out.0, dims) as f64;
         let peak = match op {
             Op::MatMul if half_out(out.1) => self.half_matmul_gflops.unwrap_or(self.matmul_gflops),
-            Op::MatMul => self.matmul_gflops,
+            Op::MatMul | Op::Moba(_) => self.matmul_gflops,
             _ => self.vector_gflops,
         };
         // GFLOP/s and GB/s are FLOPs and bytes per nanosecond.
@@ -218,10 +219,20 @@ impl Target {
     ) -> Option<f64> {
         let (q, k, v) = (args[0], args[1], args[2]);
         let (dk, dv) = (q[3] as f64, v[3] as f64);
-        let [bq, bk] = a
-            .block
-            .map_or(dense_attention_block(q[2], k[2]), |b| b.map(|n| n as usize));
+        let [bq, bk] = match a.block {
+            Some(b) if a.listed => listed_tile(b.map(|n| n as usize)),
+            Some(b) => b.map(|n| n as usize),
+            None => dense_attention_block(q[2], k[2]),
+        };
         let (blocks, partial) = match a.block {
+            Some(_) if a.listed => {
+                // Every slot, each tiled in kernel tiles, the mask in all of them.
+                let [lq, lk] = a.block.unwrap_or([1, 1]).map(|n| n as usize);
+                let tiles = (lq / bq).max(1) * (lk / bk).max(1);
+                let slots = args.last().map_or(0, |l| l[3]);
+                let n = (q[0] * q[1] * q[2].div_ceil(lq) * slots * tiles) as f64;
+                (n, if a.mask.is_some() { n } else { 0.0 })
+            }
             Some(_) => {
                 let sizes = [q[0], q[1], q[2], k[2]];
                 let l = BlockLayout::of(a.mask.as_ref(), dims, sizes, [bq, bk]).ok()?;

@@ -38,6 +38,7 @@ define_language! {
         "topk" = TopK([Id; 2]),            // (topk k=2:values x)
         "cumsum" = CumSum([Id; 2]),        // (cumsum axis=1 x)
         "attention" = Attention(Box<[Id]>), // (attention scale=0.125;groups=4 q k v [bias])
+        "moba_attention" = Moba([Id; 4]), // (moba_attention moba=0.125;4;512;3 q k v)
         Source(Source),
         Attr(Attr),
     }
@@ -95,6 +96,13 @@ pub enum Attr {
     }, // k=2:values or k=2:indices
     // scale=0.125;groups=4;softcap=30.0;bias;mask=k <= q (the mask last: it has spaces,
     // and rules never spell this attribute in a pattern)
+    /// `moba=scale;groups;block;top_k`
+    Moba {
+        scale: F64,
+        groups: u64,
+        block: u64,
+        top_k: u64,
+    },
     Attention {
         scale: F64,
         softcap: Option<F64>,
@@ -103,6 +111,8 @@ pub enum Attr {
         bias: bool,
         /// `block=64x64`: block-sparse.
         block: Option<[u64; 2]>,
+        /// `listed`: the blocks are a last operand.
+        listed: bool,
     },
 }
 
@@ -115,6 +125,7 @@ impl Attr {
             groups: a.groups,
             bias: a.bias,
             block: a.block,
+            listed: a.listed,
         }
     }
 
@@ -128,6 +139,7 @@ impl Attr {
                 groups,
                 bias,
                 block,
+                listed,
             } => Some(attnc_ir::Attention {
                 scale: scale.get(),
                 softcap: softcap.map(F64::get),
@@ -135,6 +147,7 @@ impl Attr {
                 groups: *groups,
                 bias: *bias,
                 block: *block,
+                listed: *listed,
             }),
             _ => None,
         }
@@ -207,6 +220,12 @@ impl fmt::Display for Attr {
                 };
                 write!(f, "k={k}:{which}")
             }
+            Attr::Moba {
+                scale,
+                groups,
+                block,
+                top_k,
+            } => write!(f, "moba={scale};{groups};{block};{top_k}"),
             Attr::Attention {
                 scale,
                 softcap,
@@ -214,6 +233,7 @@ impl fmt::Display for Attr {
                 groups,
                 bias,
                 block,
+                listed,
             } => {
                 write!(f, "scale={scale};groups={groups}")?;
                 if let Some(c) = softcap {
@@ -224,6 +244,9 @@ impl fmt::Display for Attr {
                 }
                 if let Some([bq, bk]) = block {
                     write!(f, ";block={bq}x{bk}")?;
+                }
+                if *listed {
+                    f.write_str(";listed")?;
                 }
                 if let Some(m) = mask {
                     write!(f, ";mask={m}")?;
@@ -288,6 +311,22 @@ impl FromStr for Attr {
                 end: parse_dim(end)?,
             });
         }
+        if let Some(rest) = s.strip_prefix("moba=") {
+            let parts: Vec<&str> = rest.split(';').collect();
+            let [scale, groups, block, top_k] = parts[..] else {
+                return Err(format!("`{s}`: moba needs `moba=scale;groups;block;top_k`"));
+            };
+            let int = |x: &str| {
+                x.parse::<u64>()
+                    .map_err(|_| format!("`{x}` is not a count"))
+            };
+            return Ok(Attr::Moba {
+                scale: float(scale)?,
+                groups: int(groups)?,
+                block: int(block)?,
+                top_k: int(top_k)?,
+            });
+        }
         if let Some(rest) = s.strip_prefix("scale=") {
             let (rest, mask) = match rest.split_once(";mask=") {
                 Some((rest, m)) => (rest, Some(MaskExpr::parse(m).map_err(|e| e.message)?)),
@@ -297,6 +336,7 @@ impl FromStr for Attr {
             let scale = float(parts.next().unwrap_or_default())?;
             let mut attr = (None, None, false);
             let mut block = None;
+            let mut listed = false;
             for part in parts {
                 if let Some(g) = part.strip_prefix("groups=") {
                     attr.0 = Some(g.parse().map_err(|_| format!("bad groups `{g}`"))?);
@@ -304,6 +344,8 @@ impl FromStr for Attr {
                     attr.1 = Some(float(c)?);
                 } else if part == "bias" {
                     attr.2 = true;
+                } else if part == "listed" {
+                    listed = true;
                 } else if let Some(b) = part.strip_prefix("block=") {
                     let bad = || format!("bad block `{b}`, expected `QxK`");
                     let (q, k) = b.split_once('x').ok_or_else(bad)?;
@@ -318,6 +360,7 @@ impl FromStr for Attr {
                 softcap: attr.1,
                 bias: attr.2,
                 block,
+                listed,
                 mask,
             });
         }
@@ -495,6 +538,12 @@ pub fn attr_of(op: &Op) -> Option<Attr> {
             output: *output,
         },
         Op::Attention(a) => Attr::of_attention(a),
+        Op::Moba(m) => Attr::Moba {
+            scale: F64::new(m.scale),
+            groups: m.groups,
+            block: m.block,
+            top_k: m.top_k,
+        },
     })
 }
 
@@ -535,8 +584,11 @@ impl Attn {
             Op::Rope { .. } => Attn::Rope(fit(c)?),
             Op::TopK { .. } => Attn::TopK(fit(c)?),
             Op::CumSum { .. } => Attn::CumSum(fit(c)?),
-            Op::Attention(a) if c.len() == 4 + a.bias as usize => Attn::Attention(c.into()),
+            Op::Attention(a) if c.len() == 4 + a.bias as usize + a.listed as usize => {
+                Attn::Attention(c.into())
+            }
             Op::Attention(_) => return None,
+            Op::Moba(_) => Attn::Moba(fit(c)?),
         })
     }
 
@@ -617,6 +669,20 @@ impl Attn {
                 output: *output,
             },
             (Attn::CumSum(_), Some(Attr::Axis(axis))) => Op::CumSum { axis: *axis },
+            (
+                Attn::Moba(_),
+                Some(Attr::Moba {
+                    scale,
+                    groups,
+                    block,
+                    top_k,
+                }),
+            ) => Op::Moba(attnc_ir::Moba {
+                scale: scale.get(),
+                groups: *groups,
+                block: *block,
+                top_k: *top_k,
+            }),
             (Attn::Attention(_), Some(a @ Attr::Attention { .. })) => {
                 Op::Attention(a.attention().expect("an attention attribute"))
             }
@@ -664,6 +730,12 @@ mod tests {
                 k: 2,
                 output: TopKOutput::Indices,
             },
+            Attr::Moba {
+                scale: F64::new(0.125),
+                groups: 4,
+                block: 512,
+                top_k: 3,
+            },
         ];
         for attr in attrs {
             let text = attr.to_string();
@@ -677,6 +749,7 @@ mod tests {
             groups: 4,
             bias: true,
             block: Some([64, 32]),
+            listed: true,
         };
         let text = attention.to_string();
         assert_eq!(text.parse::<Attr>(), Ok(attention), "{text}");

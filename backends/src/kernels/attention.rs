@@ -27,7 +27,9 @@
 //!   OpenMP's static chunks get as many long causal rows as short ones.
 
 use super::{function, strided_type, Code, KernelSet, LANES};
-use attnc_ir::{dense_attention_block, Attention, BlockLayout, Dims, MaskBinOp, MaskExpr};
+use attnc_ir::{
+    dense_attention_block, listed_tile, Attention, BlockLayout, Dims, MaskBinOp, MaskExpr,
+};
 use std::collections::hash_map::DefaultHasher;
 use std::fmt::Write;
 use std::hash::{Hash, Hasher};
@@ -38,6 +40,7 @@ use std::hash::{Hash, Hasher};
 /// spill); block-sparse its own.
 fn blocks(a: &Attention, sq: usize, sk: usize) -> (usize, usize) {
     let [bq, bk] = match a.block {
+        Some(b) if a.listed => listed_tile(b.map(|n| n as usize)),
         Some(b) => b.map(|n| n as usize),
         None => dense_attention_block(sq, sk),
     };
@@ -48,7 +51,13 @@ fn blocks(a: &Attention, sq: usize, sk: usize) -> (usize, usize) {
 /// (a multiple of 16: `α` and `l` are updated 16 rows at a time) and 16, 32 or 64 keys
 /// (the score tile's accumulators), and a mask the backends can evaluate.
 pub(crate) fn check(a: &Attention, dims: &Dims) -> Result<(), String> {
-    if let Some([bq, bk]) = a.block {
+    if let (Some([lq, lk]), true) = (a.block, a.listed) {
+        if lq % 16 != 0 || lk % 16 != 0 {
+            return Err(format!(
+                "the CPU kernel tiles listed blocks whose sides are multiples of 16, not {lq}x{lk}"
+            ));
+        }
+    } else if let Some([bq, bk]) = a.block {
         let rows_ok = bq % 16 == 0 && (16..=128).contains(&bq);
         let keys_ok = matches!(bk, 16 | 32 | 64);
         if !rows_ok || !keys_ok {
@@ -77,6 +86,8 @@ pub(crate) struct AttentionKernel<'a> {
     pub k: Vec<usize>,
     pub v: Vec<usize>,
     pub bias: Option<Vec<usize>>,
+    /// The block list operand (`listed`), i64.
+    pub list: Option<Vec<usize>>,
     pub dims: &'a Dims,
 }
 
@@ -96,7 +107,7 @@ impl AttentionKernel<'_> {
         )
             .hash(&mut h);
         a.mask.as_ref().map(|m| m.to_string()).hash(&mut h);
-        (&self.q, &self.k, &self.v, &self.bias).hash(&mut h);
+        (&self.q, &self.k, &self.v, &self.bias, &self.list).hash(&mut h);
         if let Some(m) = &a.mask {
             for name in m.dim_names() {
                 (self.dims.get(&name)).hash(&mut h);
@@ -114,6 +125,9 @@ impl AttentionKernel<'_> {
         ];
         if let Some(b) = &self.bias {
             t.push(strided_type(b, "f32"));
+        }
+        if let Some(l) = &self.list {
+            t.push(strided_type(l, "i64"));
         }
         t.push(strided_type(&self.out(), "f32"));
         t
@@ -178,6 +192,9 @@ fn write_attention(name: &str, a: &AttentionKernel, avx512: bool) -> String {
     if a.bias.is_some() {
         names.push("%bias");
     }
+    if a.list.is_some() {
+        names.push("%list");
+    }
     names.push("%o");
     let params: Vec<(String, String)> = names
         .iter()
@@ -186,10 +203,11 @@ fn write_attention(name: &str, a: &AttentionKernel, avx512: bool) -> String {
         .collect();
     let (tq, tk, tv, to) = (&types[0], &types[1], &types[2], types.last().unwrap());
     let tbias = a.bias.as_ref().map(|_| types[3].clone());
+    let tlist = a.list.as_ref().map(|_| types[types.len() - 2].clone());
 
     // Block-sparse: the layout as two constant lists (`check` bounded its size).
     let mut prelude = String::new();
-    let layout = a.op.block.and_then(|_| {
+    let layout = a.op.block.filter(|_| !a.op.listed).and_then(|_| {
         let sizes = [s.b, s.hk * s.groups, s.sq, s.sk];
         let l = BlockLayout::of(a.op.mask.as_ref(), a.dims, sizes, [bq, bk]).ok()?;
         let mut globals = Vec::new();
@@ -248,6 +266,45 @@ fn write_attention(name: &str, a: &AttentionKernel, avx512: bool) -> String {
         });
     });
 
+    // A block list: the mask's coverage of every tile, looked up per listed block.
+    let kinds = a.op.listed.then(|| {
+        let sizes = [s.b, s.hk * s.groups, s.sq, s.sk];
+        let l = BlockLayout::of(a.op.mask.as_ref(), a.dims, sizes, [bq, bk]).ok();
+        let groups = l.as_ref().map_or(1, |l| l.groups());
+        let mut kinds = vec![0u8; groups * s.nqb * s.nkb];
+        if let Some(l) = &l {
+            for g in 0..groups {
+                for qt in 0..s.nqb {
+                    for (kt, partial) in l.row(g, qt) {
+                        kinds[(g * s.nqb + qt) * s.nkb + kt] = 1 + partial as u8;
+                    }
+                }
+            }
+        }
+        let hex: String = kinds.iter().map(|b| format!("{b:02X}")).collect();
+        let g = format!("{name}.kinds");
+        let t = format!("memref<{}xi8>", kinds.len());
+        let _ = writeln!(
+            prelude,
+            "memref.global \"private\" constant @{g} : {t} = dense<\"0x{hex}\">"
+        );
+        (g, t, l.map_or((false, false), |l| (l.by_batch, l.by_head)))
+    });
+    let listed = kinds.map(|(g, t, (by_batch, by_head))| {
+        let [lq, lk] = a.op.block.unwrap_or([1, 1]).map(|n| n as usize);
+        let list = a.list.as_deref().unwrap_or(&[0, 0, 0, 0]);
+        let table = c.let_(format_args!("memref.get_global @{g} : {t}"));
+        Listed {
+            kinds: (table, t),
+            list_type: tlist.clone().unwrap_or_default(),
+            q_tiles: lq / bq,
+            k_tiles: lk / bk,
+            key_blocks: s.sk.div_ceil(lk),
+            slots: list[3],
+            by_batch,
+            by_head,
+        }
+    });
     let blocks = layout.as_ref().map(|(l, globals)| {
         let [rows, entries] = [&globals[0], &globals[1]].map(|(g, t)| {
             (
@@ -280,7 +337,7 @@ fn write_attention(name: &str, a: &AttentionKernel, avx512: bool) -> String {
             tbias: tbias.clone(),
             avx512,
         };
-        task(c, &ctx, blocks.as_ref());
+        task(c, &ctx, blocks.as_ref(), listed.as_ref());
     });
     prelude + &function(name, &params, c.finish())
 }
@@ -297,6 +354,21 @@ enum Partial {
 struct Blocks {
     rows: (String, String),
     entries: (String, String),
+    by_batch: bool,
+    by_head: bool,
+}
+
+/// A data-dependent block list in the kernel: each listed `[lq, lk]` block is
+/// `q_tiles × k_tiles` kernel tiles; `kinds` is the mask's coverage of every tile
+/// (0 empty, 1 full, 2 partial) per layout group.
+struct Listed {
+    kinds: (String, String),
+    list_type: String,
+    q_tiles: usize,
+    k_tiles: usize,
+    /// Listed key blocks that exist: `⌈Sk / lk⌉`.
+    key_blocks: usize,
+    slots: usize,
     by_batch: bool,
     by_head: bool,
 }
@@ -331,7 +403,7 @@ struct Task<'a> {
     avx512: bool,
 }
 
-fn task(c: &mut Code, t: &Task, blocks: Option<&Blocks>) {
+fn task(c: &mut Code, t: &Task, blocks: Option<&Blocks>, listed: Option<&Listed>) {
     let s = t.s;
     let (bq, bk) = (s.bq, s.bk);
     let vt = format!("vector<{LANES}xf32>");
@@ -407,9 +479,56 @@ fn task(c: &mut Code, t: &Task, blocks: Option<&Blocks>) {
         }
         accumulate(c, t, (&sbuf, &ts), (&obuf, &tob), (&abuf, &trow), &k0);
     };
-    match blocks {
+    match (blocks, listed) {
+        // A block list: each valid slot of this task's row, tile by tile, each tile
+        // as the mask covers it.
+        (_, Some(li)) => {
+            let group = match (li.by_batch, li.by_head) {
+                (true, _) => c.mad(&t.ih, &t.ib, s.hk * s.groups),
+                (false, true) => t.ih.clone(),
+                _ => c.idx(0),
+            };
+            let qtiles = c.idx(li.q_tiles);
+            let lrow = c.ix("divui", &t.qb, &qtiles);
+            let trow = c.mad(&t.qb, &group, s.nqb);
+            let nkbv = c.idx(s.nkb);
+            let trow = c.ix("muli", &trow, &nkbv);
+            let slots = c.idx(li.slots);
+            let (lt, (kinds, kt_ty)) = (&li.list_type, &li.kinds);
+            let nkl = c.constant(li.key_blocks as i64, "i64");
+            let zero64 = c.constant(0, "i64");
+            c.for_range(&zero, &slots, 1, |c, slot| {
+                let e = c.let_(format_args!(
+                    "memref.load %list[{}, {}, {lrow}, {slot}] : {lt}",
+                    t.ib, t.ih
+                ));
+                let lo = c.let_(format_args!("arith.cmpi sge, {e}, {zero64} : i64"));
+                let hi = c.let_(format_args!("arith.cmpi slt, {e}, {nkl} : i64"));
+                let valid = c.let_(format_args!("arith.andi {lo}, {hi} : i1"));
+                c.if_(&valid, |c| {
+                    let e = c.let_(format_args!("arith.index_cast {e} : i64 to index"));
+                    for j in 0..li.k_tiles {
+                        let jv = c.idx(j);
+                        let kt = c.mad(&jv, &e, li.k_tiles);
+                        let last = c.idx(s.nkb);
+                        let exists = c.let_(format_args!("arith.cmpi ult, {kt}, {last} : index"));
+                        c.if_(&exists, |c| {
+                            let at = c.ix("addi", &trow, &kt);
+                            let k8 = c.let_(format_args!("memref.load {kinds}[{at}] : {kt_ty}"));
+                            let zero8 = c.constant(0, "i8");
+                            let live = c.let_(format_args!("arith.cmpi ne, {k8}, {zero8} : i8"));
+                            c.if_(&live, |c| {
+                                let two = c.constant(2, "i8");
+                                let p = c.let_(format_args!("arith.cmpi eq, {k8}, {two} : i8"));
+                                block(c, &kt, Partial::Dynamic(p));
+                            });
+                        });
+                    }
+                });
+            });
+        }
         // Block-sparse: the entries of this task's row of its group's layout.
-        Some(bl) => {
+        (Some(bl), None) => {
             let group = match (bl.by_batch, bl.by_head) {
                 (true, _) => c.mad(&t.ih, &t.ib, s.hk * s.groups),
                 (false, true) => t.ih.clone(),
@@ -434,7 +553,7 @@ fn task(c: &mut Code, t: &Task, blocks: Option<&Blocks>) {
             });
         }
         // Dense: every key block; the mask everywhere, or only past the last key.
-        None => c.for_range(&zero, &nkbv, 1, |c, kb| {
+        (None, None) => c.for_range(&zero, &nkbv, 1, |c, kb| {
             let partial = if masked && t.a.op.mask.is_none() {
                 let last = c.idx(s.nkb - 1);
                 Partial::Dynamic(c.let_(format_args!("arith.cmpi eq, {kb}, {last} : index")))

@@ -39,10 +39,9 @@ pub(super) fn attention(
     em: &mut Emitter,
     kernels: &mut KernelSet,
     op: &Attention,
-    q: &Val,
-    k: &Val,
-    v: &Val,
+    [q, k, v]: [&Val; 3],
     bias: Option<&Val>,
+    list: Option<&Val>,
     dims: &Dims,
 ) -> Val {
     let elem = q.elem;
@@ -56,12 +55,14 @@ pub(super) fn attention(
         k: k32.sizes.clone(),
         v: v32.sizes.clone(),
         bias: b32.as_ref().map(|b| b.sizes.clone()),
+        list: list.map(|l| l.sizes.clone()),
         dims,
     };
     let name = attention_kernel(kernels, &spec);
     let out = [q.sizes[0], q.sizes[1], q.sizes[2], v.sizes[3]];
     let mut inputs = vec![&q32, &k32, &v32];
     inputs.extend(b32.as_ref());
+    inputs.extend(list);
     let o = call(em, &name, &inputs, &out);
     cast(em, &o, elem)
 }

@@ -99,8 +99,20 @@ pub(crate) struct Lowered {
 /// The name of the lowered function (its C interface is `_mlir_ciface_forward`).
 pub(crate) const ENTRY: &str = "forward";
 
-/// Lower `graph` to MLIR text (not yet parsed or verified).
+/// Lower `graph` to MLIR text (not yet parsed or verified). Dynamic sparse attention
+/// (`moba_attention`) runs as its expansion ([`attnc_ir::expand`]): the ops computing
+/// its block list and the block-sparse kernel over that list.
 pub(crate) fn lower(graph: &Graph) -> Result<Lowered> {
+    if attnc_ir::expand::needs_expansion(graph) {
+        let expanded = attnc_ir::expand::expand(graph).map_err(|e| BackendError::InvalidGraph {
+            message: format!("expanding dynamic sparse attention: {e}"),
+        })?;
+        return lower_expanded(&expanded);
+    }
+    lower_expanded(graph)
+}
+
+fn lower_expanded(graph: &Graph) -> Result<Lowered> {
     let live = live_nodes(graph);
     let plan = Plan::new(graph, &live);
     let mut l = Lowering {
@@ -385,6 +397,11 @@ impl Lowering<'_> {
                     message: format!("internal: %{} is an argument, not an op", id.index()),
                 })
             }
+            Op::Moba(_) => {
+                return Err(BackendError::InvalidGraph {
+                    message: format!("internal: %{} is expanded before lowering", id.index()),
+                })
+            }
             Op::Const { value } => elementwise::constant(em, *value, elem),
             Op::Iota { axis } => elementwise::iota(em, &sizes, *axis, elem),
             Op::Unary(u) => elementwise::unary(em, *u, &ops[0]),
@@ -425,8 +442,10 @@ impl Lowering<'_> {
             Op::Rope { theta } => layout::rope(em, &ops[0], *theta),
             // Always float (the verifier requires it).
             Op::Attention(a) => {
-                let (q, k, v, bias) = (&ops[0], &ops[1], &ops[2], ops.get(3));
-                kernel_call::attention(em, kernels, a, q, k, v, bias, &graph.dims)
+                let (q, k, v) = (&ops[0], &ops[1], &ops[2]);
+                let bias = a.bias.then(|| &ops[3]);
+                let list = a.listed.then(|| &ops[ops.len() - 1]);
+                kernel_call::attention(em, kernels, a, [q, k, v], bias, list, &graph.dims)
             }
             Op::ScatterAdd { axis } => {
                 self.checked_scatter_add(id, &ops[0], &ops[1], &ops[2], *axis)

@@ -223,6 +223,17 @@ impl Lowerer<'_> {
             q = self.op(Op::Rope { theta }, &[q])?;
             k = self.op(Op::Rope { theta }, &[k])?;
         }
+        if let Some((block, top_k)) = a.moba {
+            // MoBA's gating is the model, not a schedule: written as its own op.
+            let m = crate::Moba {
+                scale: a.scale,
+                groups: a.heads / a.kv_heads,
+                block,
+                top_k,
+            };
+            let o = self.op(Op::Moba(m), &[q, k, v])?;
+            return self.merge_heads(o, a, &q_dim, prefix);
+        }
         if a.heads != a.kv_heads {
             k = self.repeat_kv(k, a, &kv_heads, &head_dim)?;
             v = self.repeat_kv(v, a, &kv_heads, &head_dim)?;
@@ -325,7 +336,7 @@ impl Lowerer<'_> {
         out_dim: &Dim,
         prefix: &str,
     ) -> Result<NodeId, IrError> {
-        let (batch, seq, d) = (Dim::sym("batch"), Dim::sym("seq"), Dim::sym("d_model"));
+        let (batch, seq) = (Dim::sym("batch"), Dim::sym("seq"));
         let kt = self.op(
             Op::Transpose {
                 perm: vec![0, 1, 3, 2],
@@ -364,6 +375,18 @@ impl Lowerer<'_> {
         }
         let p = self.op(Op::Softmax { axis: 3 }, &[s])?;
         let o = self.op(Op::MatMul, &[p, v])?;
+        self.merge_heads(o, a, out_dim, prefix)
+    }
+
+    /// `[batch, heads, seq, d] -> [batch, seq, out_dim]`, projected by `wo`.
+    fn merge_heads(
+        &mut self,
+        o: NodeId,
+        a: &Attention,
+        out_dim: &Dim,
+        prefix: &str,
+    ) -> Result<NodeId, IrError> {
+        let (batch, seq, d) = (Dim::sym("batch"), Dim::sym("seq"), Dim::sym("d_model"));
         let o = self.op(
             Op::Transpose {
                 perm: vec![0, 2, 1, 3],

@@ -151,6 +151,15 @@ pub struct AttentionFields {
     /// `none` or `softcap:C` (`C·tanh(s/C)`, Gemma 2).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub score_modifier: Option<String>,
+    /// `softmax` (default) or `moba`: mixture of block attention (causal; each query
+    /// block attends to its own block and the `moba_top_k` best earlier blocks of
+    /// `moba_block` tokens).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moba_block: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moba_top_k: Option<u64>,
     /// Score scale. Default: `1/sqrt(head_dim)`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scale: Option<f64>,
@@ -249,6 +258,9 @@ pub const ATTENTION_FIELDS: &[&str] = &[
     "head_dim",
     "mask",
     "score_modifier",
+    "kind",
+    "moba_block",
+    "moba_top_k",
     "scale",
     "qkv_bias",
     "out_bias",
@@ -281,6 +293,9 @@ impl AttentionFields {
                 .score_modifier
                 .clone()
                 .or_else(|| self.score_modifier.clone()),
+            kind: over.kind.clone().or_else(|| self.kind.clone()),
+            moba_block: over.moba_block.or(self.moba_block),
+            moba_top_k: over.moba_top_k.or(self.moba_top_k),
             scale: over.scale.or(self.scale),
             qkv_bias: over.qkv_bias.or(self.qkv_bias),
             out_bias: over.out_bias.or(self.out_bias),
@@ -327,6 +342,8 @@ pub struct Attention {
     pub head_dim: u64,
     pub mask: Option<MaskExpr>,
     pub score_modifier: ScoreModifier,
+    /// Set for MoBA: `(block, top_k)`.
+    pub moba: Option<(u64, u64)>,
     pub scale: f64,
     pub qkv_bias: bool,
     pub out_bias: bool,
@@ -600,6 +617,46 @@ impl Spec {
             }
             Some(e)
         };
+        let moba = match attention.kind.as_deref().map(str::trim) {
+            None | Some("softmax") => {
+                if attention.moba_block.is_some() || attention.moba_top_k.is_some() {
+                    return Err(err(
+                        "`attention.moba_block` / `moba_top_k` need `attention.kind = \"moba\"`"
+                            .into(),
+                    ));
+                }
+                None
+            }
+            Some("moba") => {
+                let block =
+                    positive("attention.moba_block", attention.moba_block)?.ok_or_else(|| {
+                        err("`attention.kind = \"moba\"` needs `attention.moba_block`".into())
+                    })?;
+                let top_k = attention.moba_top_k.unwrap_or(3);
+                let seq = self.dim("seq")?;
+                if seq % block != 0 {
+                    return Err(err(format!(
+                        "`attention.moba_block` ({block}) must divide `dims.seq` ({seq})"
+                    )));
+                }
+                if attention.mask.is_some() || self.arch != Arch::Decoder {
+                    return Err(err(
+                        "MoBA is causal self-attention: use it in a decoder without `attention.mask`".into(),
+                    ));
+                }
+                if mla.is_some() {
+                    return Err(err(
+                        "MoBA with multi-head latent attention is not supported".into(),
+                    ));
+                }
+                Some((block, top_k))
+            }
+            Some(other) => {
+                return Err(err(format!(
+                    "`attention.kind` = {other:?}: expected \"softmax\" or \"moba\""
+                )))
+            }
+        };
         let score_modifier = parse_score_modifier(attention.score_modifier.as_deref())
             .map_err(|m| err(format!("`attention.score_modifier`: {m}")))?;
         // For MLA `head_dim` is `dn + dr`, so this is `1/sqrt(dn + dr)`.
@@ -623,6 +680,7 @@ impl Spec {
                 head_dim,
                 mask,
                 score_modifier,
+                moba,
                 scale,
                 qkv_bias: attention.qkv_bias.unwrap_or(false),
                 out_bias: attention.out_bias.unwrap_or(false),

@@ -168,6 +168,8 @@ fn shrink_attention(a: &mut AttentionFields, pinned: &[String], at: &str) {
         TINY_ROPE_HEAD_DIM,
     );
     shrink(&mut a.v_head_dim, "v_head_dim", TINY_V_HEAD_DIM);
+    // Two MoBA blocks of the tiny sequence: one with an earlier block to choose.
+    shrink(&mut a.moba_block, "moba_block", TINY_SEQ / 2);
 }
 
 fn shrink_ffn(f: &mut FfnFields, d_ratio: f64, pinned: &[String], at: &str) {
