@@ -496,3 +496,27 @@ fn sparse_examples_inspect_block_sparse_and_check() {
         );
     }
 }
+
+/// The dynamic sparse attention examples run and check on the tiny model; `inspect`
+/// shows their op in every attention layer.
+#[test]
+fn dynamic_sparse_examples_check() {
+    for (m, op) in [
+        ("moba", "moba_attention"),
+        ("reformer", "lsh_attention"),
+        ("routing-transformer", "routing_attention"),
+    ] {
+        let path = format!("examples/{m}.toml");
+        let r = run_json(&["run", &path, "--tiny", "--check", "--json"]);
+        assert!(r["max_abs_err"].as_f64().unwrap() < 1e-4, "{m}: {r}");
+        let r = run_json(&["inspect", &path, "--json"]);
+        for l in r["layers"].as_array().unwrap() {
+            if l["name"].as_str().unwrap().ends_with(".attn") {
+                assert!(
+                    l["after"].as_array().unwrap().iter().any(|o| o == op),
+                    "{m}: {l}"
+                );
+            }
+        }
+    }
+}

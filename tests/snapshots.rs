@@ -217,3 +217,43 @@ fn moba_fusion() {
 fn moba_sparse() {
     insta::assert_snapshot!(pass("moba", "sparse"));
 }
+
+#[test]
+fn reformer_ir() {
+    insta::assert_snapshot!(ir_of("reformer"));
+}
+
+#[test]
+fn reformer_algebra() {
+    insta::assert_snapshot!(pass("reformer", "algebra"));
+}
+
+#[test]
+fn reformer_fusion() {
+    insta::assert_snapshot!(pass("reformer", "fusion"));
+}
+
+#[test]
+fn reformer_sparse() {
+    insta::assert_snapshot!(pass("reformer", "sparse"));
+}
+
+#[test]
+fn routing_transformer_ir() {
+    insta::assert_snapshot!(ir_of("routing-transformer"));
+}
+
+#[test]
+fn routing_transformer_algebra() {
+    insta::assert_snapshot!(pass("routing-transformer", "algebra"));
+}
+
+#[test]
+fn routing_transformer_fusion() {
+    insta::assert_snapshot!(pass("routing-transformer", "fusion"));
+}
+
+#[test]
+fn routing_transformer_sparse() {
+    insta::assert_snapshot!(pass("routing-transformer", "sparse"));
+}

@@ -166,3 +166,50 @@ fn moba_block_top_k_attention() {
         check(&g);
     }
 }
+
+/// Reformer's LSH attention compiled (hashing, sort, chunked attention, unsort, the
+/// rounds mixed) against the interpreter's direct loops.
+#[test]
+fn reformer_lsh_attention() {
+    for (rounds, buckets, chunk, causal) in [
+        (2u64, 4u64, 16u64, true),
+        (1, 8, 8, false),
+        (3, 2, 32, true),
+    ] {
+        let g = graph_with_dims(Dims::new(), |g| {
+            let x = g.input("qk", shape(&[1, 2, 64, 8]), DType::F32)?;
+            let v = g.input("v", shape(&[1, 2, 64, 4]), DType::F32)?;
+            let r = g.input("rot", shape(&[rounds, 8, buckets / 2]), DType::F32)?;
+            let l = attnc_ir::Lsh {
+                scale: 0.35,
+                n_hashes: rounds,
+                buckets,
+                chunk,
+                causal,
+            };
+            Ok(vec![g.op(Op::Lsh(l), &[x, v, r])?])
+        });
+        check(&g);
+    }
+}
+
+/// Routing attention compiled (cluster selection, gathers, cluster-batched
+/// attention, scatter-add and the mean) against the interpreter's direct loops.
+#[test]
+fn routing_transformer_attention() {
+    for (clusters, window, causal) in [(4u64, 16u64, true), (3, 40, false)] {
+        let g = graph_with_dims(Dims::new(), |g| {
+            let x = g.input("qk", shape(&[1, 2, 64, 8]), DType::F32)?;
+            let v = g.input("v", shape(&[1, 2, 64, 4]), DType::F32)?;
+            let mu = g.input("mu", shape(&[2, clusters, 8]), DType::F32)?;
+            let r = attnc_ir::Routing {
+                scale: 0.35,
+                clusters,
+                window,
+                causal,
+            };
+            Ok(vec![g.op(Op::Routing(r), &[x, v, mu])?])
+        });
+        check(&g);
+    }
+}

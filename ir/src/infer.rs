@@ -188,6 +188,86 @@ fn infer_unchecked(
             Ok(x.clone())
         }
         Op::Attention(attn) => infer_attention(attn, args, dims, &describe),
+        Op::Routing(r) => {
+            let (x, v, mu) = (args[0], args[1], args[2]);
+            let (xs, vs, ms) = (sizes(x)?, sizes(v)?, sizes(mu)?);
+            if !x.dtype.is_float() || v.dtype != x.dtype || mu.dtype != x.dtype {
+                return Err(format!(
+                    "`routing_attention` needs qk, v and centroids of one float dtype, got {}, {}, {}",
+                    describe(x),
+                    describe(v),
+                    describe(mu)
+                ));
+            }
+            if xs.len() != 4 || vs.len() != 4 || xs[..3] != vs[..3] {
+                return Err(format!(
+                    "`routing_attention` takes qk [B, H, N, D] and v [B, H, N, Dv], got {} and {}",
+                    describe(x),
+                    describe(v)
+                ));
+            }
+            if ms != [xs[1], r.clusters, xs[3]] || r.clusters == 0 {
+                return Err(format!(
+                    "`routing_attention` centroids must be [{}, {}, {}] (heads, clusters, head dim), got {}",
+                    xs[1],
+                    r.clusters,
+                    xs[3],
+                    describe(mu)
+                ));
+            }
+            if r.window == 0 || r.window > xs[2] || !r.scale.is_finite() {
+                return Err(format!(
+                    "`routing_attention` needs a window of 1 to {} positions and a finite scale, got {}",
+                    xs[2], r.window
+                ));
+            }
+            let mut shape = x.shape.clone();
+            shape.0[3] = v.shape.0[3].clone();
+            Ok(TensorType::new(shape, x.dtype))
+        }
+        Op::Lsh(l) => {
+            let (x, v, rot) = (args[0], args[1], args[2]);
+            let (xs, vs, rs) = (sizes(x)?, sizes(v)?, sizes(rot)?);
+            if !x.dtype.is_float() || v.dtype != x.dtype || rot.dtype != x.dtype {
+                return Err(format!(
+                    "`lsh_attention` needs qk, v and rotations of one float dtype, got {}, {}, {}",
+                    describe(x),
+                    describe(v),
+                    describe(rot)
+                ));
+            }
+            if xs.len() != 4 || vs.len() != 4 || xs[..3] != vs[..3] {
+                return Err(format!(
+                    "`lsh_attention` takes qk [B, H, N, D] and v [B, H, N, Dv], got {} and {}",
+                    describe(x),
+                    describe(v)
+                ));
+            }
+            if l.buckets < 2 || l.buckets % 2 != 0 || l.n_hashes == 0 {
+                return Err(format!(
+                    "`lsh_attention` needs an even number of buckets (>= 2) and at least one hash round, got {} buckets, {} rounds",
+                    l.buckets, l.n_hashes
+                ));
+            }
+            if rs != [l.n_hashes, xs[3], l.buckets / 2] {
+                return Err(format!(
+                    "`lsh_attention` rotations must be [{}, {}, {}] (rounds, head dim, buckets / 2), got {}",
+                    l.n_hashes,
+                    xs[3],
+                    l.buckets / 2,
+                    describe(rot)
+                ));
+            }
+            if l.chunk == 0 || xs[2] % l.chunk != 0 || !l.scale.is_finite() {
+                return Err(format!(
+                    "`lsh_attention` needs a chunk size dividing the sequence ({}) and a finite scale, got chunk {}",
+                    xs[2], l.chunk
+                ));
+            }
+            let mut shape = x.shape.clone();
+            shape.0[3] = v.shape.0[3].clone();
+            Ok(TensorType::new(shape, x.dtype))
+        }
         Op::Moba(m) => {
             let attn = crate::Attention {
                 groups: m.groups,

@@ -329,7 +329,173 @@ fn compute(graph: &Graph, op: &Op, shape: &[usize], args: &[&Tensor]) -> Result<
         Op::CumSum { axis } => cumsum(args[0], *axis),
         Op::Attention(a) => attention(a, args, &graph.dims),
         Op::Moba(m) => moba(m, args),
+        Op::Lsh(l) => lsh(l, args),
+        Op::Routing(r) => routing(r, args),
     })
+}
+
+/// The Routing Transformer's attention, cluster by cluster as [`crate::Routing`]
+/// defines it.
+fn routing(r: &crate::Routing, args: &[&Tensor]) -> Vec<f64> {
+    let (x, v, mu) = (args[0], args[1], args[2]);
+    let (b, h, n, d) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+    let dv = v.shape[3];
+    let (nc, w) = (r.clusters as usize, r.window as usize);
+    let mut out = vec![0.0; b * h * n * dv];
+    for bi in 0..b {
+        for hi in 0..h {
+            let base = (bi * h + hi) * n;
+            let xr = |i: usize| &x.data[(base + i) * d..(base + i + 1) * d];
+            let unit: Vec<Vec<f64>> = (0..n)
+                .map(|i| {
+                    let row = xr(i);
+                    let norm = 1.0 / (row.iter().map(|a| a * a).sum::<f64>() + 1e-6).sqrt();
+                    row.iter().map(|a| a * norm).collect()
+                })
+                .collect();
+            let mut sum = vec![0.0; n * dv];
+            let mut count = vec![0usize; n];
+            for c in 0..nc {
+                let centroid = &mu.data[(hi * nc + c) * d..(hi * nc + c + 1) * d];
+                let aff: Vec<f64> = (0..n)
+                    .map(|i| unit[i].iter().zip(centroid).map(|(a, b)| a * b).sum())
+                    .collect();
+                let mut order: Vec<usize> = (0..n).collect();
+                order.sort_by(|&i, &j| descending(aff[i], aff[j])); // stable
+                let members = &order[..w];
+                for &qi in members {
+                    let keys: Vec<usize> = members
+                        .iter()
+                        .copied()
+                        .filter(|&kj| !r.causal || kj <= qi)
+                        .collect();
+                    let scores: Vec<f64> = keys
+                        .iter()
+                        .map(|&kj| {
+                            xr(qi)
+                                .iter()
+                                .zip(&unit[kj])
+                                .map(|(a, b)| a * b)
+                                .sum::<f64>()
+                                * r.scale
+                        })
+                        .collect();
+                    let mx = scores.iter().copied().fold(f64::NEG_INFINITY, nan_max);
+                    let ps: Vec<f64> = scores.iter().map(|s| (s - mx).exp()).collect();
+                    let total: f64 = ps.iter().sum();
+                    for (&kj, p) in keys.iter().zip(&ps) {
+                        let vr = &v.data[(base + kj) * dv..(base + kj + 1) * dv];
+                        for t in 0..dv {
+                            sum[qi * dv + t] += p / total * vr[t];
+                        }
+                    }
+                    count[qi] += 1;
+                }
+            }
+            for i in 0..n {
+                for t in 0..dv {
+                    out[(base + i) * dv + t] = sum[i * dv + t] / count[i].max(1) as f64;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Reformer's LSH attention, round by round as [`crate::Lsh`] defines it.
+fn lsh(l: &crate::Lsh, args: &[&Tensor]) -> Vec<f64> {
+    let (x, v, rot) = (args[0], args[1], args[2]);
+    let (b, h, n, d) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+    let dv = v.shape[3];
+    let half = (l.buckets / 2) as usize;
+    let c = l.chunk as usize;
+    let nc = n / c;
+    let rounds = l.n_hashes as usize;
+    let mut out = vec![0.0; b * h * n * dv];
+    for bi in 0..b {
+        for hi in 0..h {
+            let base = (bi * h + hi) * n;
+            let xr = |i: usize| &x.data[(base + i) * d..(base + i + 1) * d];
+            let vr = |i: usize| &v.data[(base + i) * dv..(base + i + 1) * dv];
+            let unit: Vec<Vec<f64>> = (0..n)
+                .map(|i| {
+                    let r = xr(i);
+                    let norm = 1.0 / (r.iter().map(|a| a * a).sum::<f64>() + 1e-6).sqrt();
+                    r.iter().map(|a| a * norm).collect()
+                })
+                .collect();
+            // Per round: output rows and log-sum-exps, in original order.
+            let mut outs = vec![vec![0.0; n * dv]; rounds];
+            let mut lses = vec![vec![0.0; n]; rounds];
+            for r in 0..rounds {
+                let bucket: Vec<usize> = (0..n)
+                    .map(|i| {
+                        let mut best = (f64::NEG_INFINITY, 0);
+                        for j in 0..2 * half {
+                            let col = j % half;
+                            let p: f64 = (0..d)
+                                .map(|t| xr(i)[t] * rot.data[(r * d + t) * half + col])
+                                .sum();
+                            let p = if j < half { p } else { -p };
+                            if p > best.0 {
+                                best = (p, j);
+                            }
+                        }
+                        best.1
+                    })
+                    .collect();
+                let mut order: Vec<usize> = (0..n).collect();
+                order.sort_by_key(|&i| (bucket[i], i));
+                for (sp, &qi) in order.iter().enumerate() {
+                    let chunk = sp / c;
+                    let prev = (chunk + nc - 1) % nc;
+                    let keys: Vec<usize> = (prev * c..prev * c + c)
+                        .chain(chunk * c..chunk * c + c)
+                        .map(|p| order[p])
+                        .collect();
+                    let scores: Vec<f64> = keys
+                        .iter()
+                        .map(|&ki| {
+                            if l.causal && ki > qi {
+                                f64::NEG_INFINITY
+                            } else if ki == qi {
+                                -1e5
+                            } else {
+                                xr(qi)
+                                    .iter()
+                                    .zip(&unit[ki])
+                                    .map(|(a, b)| a * b)
+                                    .sum::<f64>()
+                                    * l.scale
+                            }
+                        })
+                        .collect();
+                    let mx = scores.iter().copied().fold(f64::NEG_INFINITY, nan_max);
+                    let ps: Vec<f64> = scores.iter().map(|s| (s - mx).exp()).collect();
+                    let sum: f64 = ps.iter().sum();
+                    lses[r][qi] = sum.ln() + mx;
+                    for (&ki, p) in keys.iter().zip(&ps) {
+                        for t in 0..dv {
+                            outs[r][qi * dv + t] += p / sum * vr(ki)[t];
+                        }
+                    }
+                }
+            }
+            for i in 0..n {
+                let mx = (0..rounds)
+                    .map(|r| lses[r][i])
+                    .fold(f64::NEG_INFINITY, nan_max);
+                let ws: Vec<f64> = (0..rounds).map(|r| (lses[r][i] - mx).exp()).collect();
+                let total: f64 = ws.iter().sum();
+                for (r, w) in ws.iter().enumerate() {
+                    for t in 0..dv {
+                        out[(base + i) * dv + t] += w / total * outs[r][i * dv + t];
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// MoBA: per query block, its own block plus the `top_k` earlier key blocks whose mean

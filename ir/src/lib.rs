@@ -31,7 +31,7 @@ pub use infer::{broadcast_shapes, infer};
 pub use mask::{
     random_blocks, Coord, Coverage, MaskBinOp, MaskError, MaskExpr, MaskKind, MAX_MASK_DEPTH,
 };
-pub use op::{Attention, BinaryOp, CmpOp, Moba, Op, ReduceKind, TopKOutput, UnaryOp};
+pub use op::{Attention, BinaryOp, CmpOp, Lsh, Moba, Op, ReduceKind, Routing, TopKOutput, UnaryOp};
 pub use random::{random_binding, random_bindings, Rng};
 pub use shape::{num_elements, Dim, Dims, Shape, TensorType, MAX_ELEMENTS};
 pub use sparse::{dense_attention_block, listed_tile, BlockLayout, MAX_LAYOUT_BLOCKS};

@@ -275,6 +275,10 @@ pub enum Op {
     Attention(Attention),
     /// MoBA-style block top-k attention `(q, k, v)`; see [`Moba`].
     Moba(Moba),
+    /// Reformer LSH attention `(qk, v, rotations)`; see [`Lsh`].
+    Lsh(Lsh),
+    /// Routing Transformer attention `(qk, v, centroids)`; see [`Routing`].
+    Routing(Routing),
 }
 
 /// Fused, IO-aware attention: `softmax(mask(bias + cap(q·kᵀ·scale)))·v` computed block
@@ -321,6 +325,39 @@ pub struct Moba {
     pub groups: u64,
     pub block: u64,
     pub top_k: u64,
+}
+
+/// Reformer's LSH attention (Kitaev et al., 2020), shared-QK: per hash round `r`,
+/// each position's bucket is `argmax([x·R_r, −x·R_r])` (`rotations [n_hashes, D,
+/// buckets/2]`, random, given as a parameter); positions are sorted by (bucket,
+/// position) and cut into chunks of `chunk`; each query attends to the keys of its
+/// chunk and of the chunk before (the first chunk: the last), keys being the unit
+/// vectors `x / sqrt(|x|² + 1e-6)`, scores scaled by `scale`, causal in the original
+/// positions when `causal`, and a position's own score set to `-1e5` (it attends to
+/// itself only when nothing else is allowed). The rounds' outputs are combined with
+/// weights `softmax_r(logsumexp_r)`. `qk [B, H, N, D]`, `v [B, H, N, Dv]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lsh {
+    pub scale: f64,
+    pub n_hashes: u64,
+    pub buckets: u64,
+    pub chunk: u64,
+    pub causal: bool,
+}
+
+/// The Routing Transformer's attention (Roy et al., 2021), shared-QK: each of the
+/// `clusters` centroids (`centroids [H, C, D]`, learned by online k-means: given as a
+/// parameter) takes the `window` positions whose unit vectors `x̂ = x / sqrt(|x|² +
+/// 1e-6)` are most similar to it (ties: the earlier position); the members of a
+/// cluster attend to each other (scores `x_i · x̂_j · scale`, causal in the positions
+/// when `causal`); a position's output is the mean over the clusters it is in, 0 if
+/// none. `qk [B, H, N, D]`, `v [B, H, N, Dv]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Routing {
+    pub scale: f64,
+    pub clusters: u64,
+    pub window: u64,
+    pub causal: bool,
 }
 
 impl Attention {
@@ -378,6 +415,8 @@ impl Op {
             Op::Attention(a) if a.block.is_some() => "block_sparse_attention",
             Op::Attention(_) => "attention",
             Op::Moba(_) => "moba_attention",
+            Op::Lsh(_) => "lsh_attention",
+            Op::Routing(_) => "routing_attention",
         }
     }
 
@@ -418,7 +457,12 @@ impl Op {
             | Op::MatMul
             | Op::Gather { .. }
             | Op::Embedding => 2,
-            Op::Select | Op::LayerNorm { .. } | Op::ScatterAdd { .. } | Op::Moba(_) => 3,
+            Op::Select
+            | Op::LayerNorm { .. }
+            | Op::ScatterAdd { .. }
+            | Op::Moba(_)
+            | Op::Lsh(_)
+            | Op::Routing(_) => 3,
             Op::Attention(a) => 3 + a.bias as usize + a.listed as usize,
             Op::Concat { .. } => return None,
         })

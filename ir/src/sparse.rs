@@ -33,7 +33,12 @@ pub fn dense_attention_block(sq: usize, sk: usize) -> [usize; 2] {
 /// The kernel tile inside a listed block of `[lq, lk]` (a data-dependent block list):
 /// the largest of 64, 32, 16 dividing each side.
 pub fn listed_tile([lq, lk]: [usize; 2]) -> [usize; 2] {
-    let fit = |n: usize| [64, 32, 16].into_iter().find(|t| n.is_multiple_of(*t)).unwrap_or(16);
+    let fit = |n: usize| {
+        [64, 32, 16]
+            .into_iter()
+            .find(|t| n.is_multiple_of(*t))
+            .unwrap_or(16)
+    };
     [fit(lq), fit(lk)]
 }
 

@@ -87,6 +87,26 @@ pub fn op_flops(op: &Op, args: &[&[usize]], out: &[usize], dims: &Dims) -> u64 {
                 .saturating_add(pooling)
                 .saturating_add(scoring)
         }
+        // Affinities, the top-`window` selection per cluster, attention inside clusters.
+        Op::Routing(r) => {
+            let (x, v) = (args[0], args[1]);
+            let rows = (x[0] * x[1] * x[2]) as u64;
+            let routing = rows * x[3] as u64 * r.clusters * 2;
+            let selection = rows * r.clusters * r.window;
+            let members = (x[0] * x[1]) as u64 * r.clusters * r.window;
+            let attend = members * r.window * (2 * (x[3] + v[3]) as u64 + 6);
+            routing.saturating_add(selection).saturating_add(attend)
+        }
+        // Per round: hashing, the sort, and attention over two chunks per query.
+        Op::Lsh(l) => {
+            let (x, v) = (args[0], args[1]);
+            let rows = (x[0] * x[1] * x[2]) as u64;
+            let hashing = rows * x[3] as u64 * l.buckets;
+            let sorting = rows * x[2] as u64;
+            let attend = rows * 2 * l.chunk * (2 * (x[3] + v[3]) as u64 + 6);
+            l.n_hashes
+                .saturating_mul(hashing.saturating_add(sorting).saturating_add(attend))
+        }
         Op::MatMul => {
             let k = *args[0].last().unwrap_or(&1) as u64;
             out_n.saturating_mul(k).saturating_mul(2)

@@ -157,6 +157,19 @@ fn attributes(op: &Op) -> Vec<(&'static str, String)> {
             }
             attrs
         }
+        Op::Routing(r) => vec![
+            ("scale", float_text(r.scale)),
+            ("clusters", r.clusters.to_string()),
+            ("window", r.window.to_string()),
+            ("causal", r.causal.to_string()),
+        ],
+        Op::Lsh(l) => vec![
+            ("scale", float_text(l.scale)),
+            ("n_hashes", l.n_hashes.to_string()),
+            ("buckets", l.buckets.to_string()),
+            ("chunk", l.chunk.to_string()),
+            ("causal", l.causal.to_string()),
+        ],
         Op::Moba(m) => vec![
             ("scale", float_text(m.scale)),
             ("groups", m.groups.to_string()),
@@ -910,6 +923,19 @@ fn op_templates() -> Vec<Op> {
             block: 1,
             top_k: 0,
         }),
+        Op::Routing(crate::Routing {
+            scale: 1.0,
+            clusters: 1,
+            window: 1,
+            causal: false,
+        }),
+        Op::Lsh(crate::Lsh {
+            scale: 1.0,
+            n_hashes: 1,
+            buckets: 2,
+            chunk: 1,
+            causal: false,
+        }),
         // A softcap and a block list, so the template accepts the optional attributes.
         Op::Attention(Attention {
             softcap: Some(1.0),
@@ -987,6 +1013,19 @@ fn fill(template: Op, attrs: &Attrs) -> Result<Op> {
             k: attrs.u64("k")?,
             output,
         },
+        Op::Routing(_) => Op::Routing(crate::Routing {
+            scale: attrs.f64("scale")?,
+            clusters: attrs.u64("clusters")?,
+            window: attrs.u64("window")?,
+            causal: attrs.bool("causal")?,
+        }),
+        Op::Lsh(_) => Op::Lsh(crate::Lsh {
+            scale: attrs.f64("scale")?,
+            n_hashes: attrs.u64("n_hashes")?,
+            buckets: attrs.u64("buckets")?,
+            chunk: attrs.u64("chunk")?,
+            causal: attrs.bool("causal")?,
+        }),
         Op::Moba(_) => Op::Moba(crate::Moba {
             scale: attrs.f64("scale")?,
             groups: attrs.u64("groups")?,

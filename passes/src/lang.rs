@@ -39,6 +39,8 @@ define_language! {
         "cumsum" = CumSum([Id; 2]),        // (cumsum axis=1 x)
         "attention" = Attention(Box<[Id]>), // (attention scale=0.125;groups=4 q k v [bias])
         "moba_attention" = Moba([Id; 4]), // (moba_attention moba=0.125;4;512;3 q k v)
+        "lsh_attention" = Lsh([Id; 4]), // (lsh_attention lsh=0.125;8;64;64;causal qk v rotations)
+        "routing_attention" = Routing([Id; 4]), // (routing_attention routing=0.125;16;512;causal qk v centroids)
         Source(Source),
         Attr(Attr),
     }
@@ -96,6 +98,21 @@ pub enum Attr {
     }, // k=2:values or k=2:indices
     // scale=0.125;groups=4;softcap=30.0;bias;mask=k <= q (the mask last: it has spaces,
     // and rules never spell this attribute in a pattern)
+    /// `routing=scale;clusters;window;causal|bidirectional`
+    Routing {
+        scale: F64,
+        clusters: u64,
+        window: u64,
+        causal: bool,
+    },
+    /// `lsh=scale;n_hashes;buckets;chunk;causal|bidirectional`
+    Lsh {
+        scale: F64,
+        n_hashes: u64,
+        buckets: u64,
+        chunk: u64,
+        causal: bool,
+    },
     /// `moba=scale;groups;block;top_k`
     Moba {
         scale: F64,
@@ -226,6 +243,25 @@ impl fmt::Display for Attr {
                 block,
                 top_k,
             } => write!(f, "moba={scale};{groups};{block};{top_k}"),
+            Attr::Routing {
+                scale,
+                clusters,
+                window,
+                causal,
+            } => {
+                let c = if *causal { "causal" } else { "bidirectional" };
+                write!(f, "routing={scale};{clusters};{window};{c}")
+            }
+            Attr::Lsh {
+                scale,
+                n_hashes,
+                buckets,
+                chunk,
+                causal,
+            } => {
+                let c = if *causal { "causal" } else { "bidirectional" };
+                write!(f, "lsh={scale};{n_hashes};{buckets};{chunk};{c}")
+            }
             Attr::Attention {
                 scale,
                 softcap,
@@ -309,6 +345,48 @@ impl FromStr for Attr {
                 axis: axis.parse().map_err(|_| format!("bad axis `{axis}`"))?,
                 start: parse_dim(start)?,
                 end: parse_dim(end)?,
+            });
+        }
+        let direction = |c: &str| match c {
+            "causal" => Ok(true),
+            "bidirectional" => Ok(false),
+            other => Err(format!("`{other}`: expected causal or bidirectional")),
+        };
+        if let Some(rest) = s.strip_prefix("routing=") {
+            let parts: Vec<&str> = rest.split(';').collect();
+            let [scale, clusters, window, causal] = parts[..] else {
+                return Err(format!(
+                    "`{s}`: routing needs `routing=scale;clusters;window;causal|bidirectional`"
+                ));
+            };
+            let int = |x: &str| {
+                x.parse::<u64>()
+                    .map_err(|_| format!("`{x}` is not a count"))
+            };
+            return Ok(Attr::Routing {
+                scale: float(scale)?,
+                clusters: int(clusters)?,
+                window: int(window)?,
+                causal: direction(causal)?,
+            });
+        }
+        if let Some(rest) = s.strip_prefix("lsh=") {
+            let parts: Vec<&str> = rest.split(';').collect();
+            let [scale, n_hashes, buckets, chunk, causal] = parts[..] else {
+                return Err(format!(
+                    "`{s}`: lsh needs `lsh=scale;n_hashes;buckets;chunk;causal|bidirectional`"
+                ));
+            };
+            let int = |x: &str| {
+                x.parse::<u64>()
+                    .map_err(|_| format!("`{x}` is not a count"))
+            };
+            return Ok(Attr::Lsh {
+                scale: float(scale)?,
+                n_hashes: int(n_hashes)?,
+                buckets: int(buckets)?,
+                chunk: int(chunk)?,
+                causal: direction(causal)?,
             });
         }
         if let Some(rest) = s.strip_prefix("moba=") {
@@ -538,6 +616,19 @@ pub fn attr_of(op: &Op) -> Option<Attr> {
             output: *output,
         },
         Op::Attention(a) => Attr::of_attention(a),
+        Op::Routing(r) => Attr::Routing {
+            scale: F64::new(r.scale),
+            clusters: r.clusters,
+            window: r.window,
+            causal: r.causal,
+        },
+        Op::Lsh(l) => Attr::Lsh {
+            scale: F64::new(l.scale),
+            n_hashes: l.n_hashes,
+            buckets: l.buckets,
+            chunk: l.chunk,
+            causal: l.causal,
+        },
         Op::Moba(m) => Attr::Moba {
             scale: F64::new(m.scale),
             groups: m.groups,
@@ -589,6 +680,8 @@ impl Attn {
             }
             Op::Attention(_) => return None,
             Op::Moba(_) => Attn::Moba(fit(c)?),
+            Op::Lsh(_) => Attn::Lsh(fit(c)?),
+            Op::Routing(_) => Attn::Routing(fit(c)?),
         })
     }
 
@@ -683,6 +776,36 @@ impl Attn {
                 block: *block,
                 top_k: *top_k,
             }),
+            (
+                Attn::Routing(_),
+                Some(Attr::Routing {
+                    scale,
+                    clusters,
+                    window,
+                    causal,
+                }),
+            ) => Op::Routing(attnc_ir::Routing {
+                scale: scale.get(),
+                clusters: *clusters,
+                window: *window,
+                causal: *causal,
+            }),
+            (
+                Attn::Lsh(_),
+                Some(Attr::Lsh {
+                    scale,
+                    n_hashes,
+                    buckets,
+                    chunk,
+                    causal,
+                }),
+            ) => Op::Lsh(attnc_ir::Lsh {
+                scale: scale.get(),
+                n_hashes: *n_hashes,
+                buckets: *buckets,
+                chunk: *chunk,
+                causal: *causal,
+            }),
             (Attn::Attention(_), Some(a @ Attr::Attention { .. })) => {
                 Op::Attention(a.attention().expect("an attention attribute"))
             }
@@ -735,6 +858,19 @@ mod tests {
                 groups: 4,
                 block: 512,
                 top_k: 3,
+            },
+            Attr::Lsh {
+                scale: F64::new(0.125),
+                n_hashes: 8,
+                buckets: 64,
+                chunk: 64,
+                causal: true,
+            },
+            Attr::Routing {
+                scale: F64::new(0.125),
+                clusters: 16,
+                window: 512,
+                causal: false,
             },
         ];
         for attr in attrs {

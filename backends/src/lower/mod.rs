@@ -100,7 +100,7 @@ pub(crate) struct Lowered {
 pub(crate) const ENTRY: &str = "forward";
 
 /// Lower `graph` to MLIR text (not yet parsed or verified). Dynamic sparse attention
-/// (`moba_attention`) runs as its expansion ([`attnc_ir::expand`]): the ops computing
+/// (`moba_attention`, `lsh_attention`, `routing_attention`) runs as its expansion ([`attnc_ir::expand`]): the ops computing
 /// its block list and the block-sparse kernel over that list.
 pub(crate) fn lower(graph: &Graph) -> Result<Lowered> {
     if attnc_ir::expand::needs_expansion(graph) {
@@ -397,7 +397,7 @@ impl Lowering<'_> {
                     message: format!("internal: %{} is an argument, not an op", id.index()),
                 })
             }
-            Op::Moba(_) => {
+            Op::Moba(_) | Op::Lsh(_) | Op::Routing(_) => {
                 return Err(BackendError::InvalidGraph {
                     message: format!("internal: %{} is expanded before lowering", id.index()),
                 })

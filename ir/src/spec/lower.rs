@@ -211,6 +211,58 @@ impl Lowerer<'_> {
         };
         let qkv_bias = |name: &'static str| a.qkv_bias.then_some(name);
 
+        if let Some((clusters, window)) = a.routing {
+            // Routing Transformer: shared queries and keys routed to k-means centroids
+            // (a parameter: in training, an online k-means of the unit vectors).
+            let qk = self.linear(x, prefix, "wqk", qkv_bias("bqk"), &d, &q_dim)?;
+            let v = self.linear(x, prefix, "wv", qkv_bias("bv"), &d, &q_dim)?;
+            let mut qk = self.split_heads(qk, &heads, &head_dim)?;
+            let v = self.split_heads(v, &heads, &head_dim)?;
+            if self.spec.position == Position::Rope {
+                let theta = self.spec.rope_theta;
+                qk = self.op(Op::Rope { theta }, &[qk])?;
+            }
+            let c = Dim::Const(clusters);
+            let mu = self.param(
+                format!("{prefix}.routing_centroids"),
+                &[&heads, &c, &head_dim],
+            )?;
+            let r = crate::Routing {
+                scale: a.scale,
+                clusters,
+                window,
+                causal: self.spec.arch == Arch::Decoder,
+            };
+            let o = self.op(Op::Routing(r), &[qk, v, mu])?;
+            return self.merge_heads(o, a, &q_dim, prefix);
+        }
+        if let Some((n_hashes, buckets, chunk)) = a.lsh {
+            // Reformer: one projection for queries and keys; random rotations (a
+            // parameter: drawn when bound) hash them into buckets.
+            let qk = self.linear(x, prefix, "wqk", qkv_bias("bqk"), &d, &q_dim)?;
+            let v = self.linear(x, prefix, "wv", qkv_bias("bv"), &d, &q_dim)?;
+            let mut qk = self.split_heads(qk, &heads, &head_dim)?;
+            let v = self.split_heads(v, &heads, &head_dim)?;
+            if self.spec.position == Position::Rope {
+                let theta = self.spec.rope_theta;
+                qk = self.op(Op::Rope { theta }, &[qk])?;
+            }
+            let rounds = Dim::Const(n_hashes);
+            let half = Dim::Const(buckets / 2);
+            let rot = self.param(
+                format!("{prefix}.lsh_rotations"),
+                &[&rounds, &head_dim, &half],
+            )?;
+            let l = crate::Lsh {
+                scale: a.scale,
+                n_hashes,
+                buckets,
+                chunk,
+                causal: self.spec.arch == Arch::Decoder,
+            };
+            let o = self.op(Op::Lsh(l), &[qk, v, rot])?;
+            return self.merge_heads(o, a, &q_dim, prefix);
+        }
         let q = self.linear(x, prefix, "wq", qkv_bias("bq"), &d, &q_dim)?;
         let k = self.linear(x, prefix, "wk", qkv_bias("bk"), &d, &kv_dim)?;
         let v = self.linear(x, prefix, "wv", qkv_bias("bv"), &d, &kv_dim)?;

@@ -160,6 +160,20 @@ pub struct AttentionFields {
     pub moba_block: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub moba_top_k: Option<u64>,
+    /// `kind = "lsh"` (Reformer, shared-QK): hash rounds, buckets (even) and the
+    /// chunk length of the sorted sequence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lsh_hashes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lsh_buckets: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lsh_chunk: Option<u64>,
+    /// `kind = "routing"` (Routing Transformer, shared-QK): k-means clusters and the
+    /// positions each takes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routing_clusters: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routing_window: Option<u64>,
     /// Score scale. Default: `1/sqrt(head_dim)`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scale: Option<f64>,
@@ -261,6 +275,11 @@ pub const ATTENTION_FIELDS: &[&str] = &[
     "kind",
     "moba_block",
     "moba_top_k",
+    "lsh_hashes",
+    "lsh_buckets",
+    "lsh_chunk",
+    "routing_clusters",
+    "routing_window",
     "scale",
     "qkv_bias",
     "out_bias",
@@ -296,6 +315,11 @@ impl AttentionFields {
             kind: over.kind.clone().or_else(|| self.kind.clone()),
             moba_block: over.moba_block.or(self.moba_block),
             moba_top_k: over.moba_top_k.or(self.moba_top_k),
+            lsh_hashes: over.lsh_hashes.or(self.lsh_hashes),
+            lsh_buckets: over.lsh_buckets.or(self.lsh_buckets),
+            lsh_chunk: over.lsh_chunk.or(self.lsh_chunk),
+            routing_clusters: over.routing_clusters.or(self.routing_clusters),
+            routing_window: over.routing_window.or(self.routing_window),
             scale: over.scale.or(self.scale),
             qkv_bias: over.qkv_bias.or(self.qkv_bias),
             out_bias: over.out_bias.or(self.out_bias),
@@ -344,6 +368,10 @@ pub struct Attention {
     pub score_modifier: ScoreModifier,
     /// Set for MoBA: `(block, top_k)`.
     pub moba: Option<(u64, u64)>,
+    /// Set for Reformer's LSH attention: `(hash rounds, buckets, chunk)`.
+    pub lsh: Option<(u64, u64, u64)>,
+    /// Set for Routing attention: `(clusters, window)`.
+    pub routing: Option<(u64, u64)>,
     pub scale: f64,
     pub qkv_bias: bool,
     pub out_bias: bool,
@@ -617,8 +645,75 @@ impl Spec {
             }
             Some(e)
         };
-        let moba = match attention.kind.as_deref().map(str::trim) {
-            None | Some("softmax") => {
+        let attn_kind = attention.kind.as_deref().map(str::trim);
+        let lsh_set = attention.lsh_hashes.is_some()
+            || attention.lsh_buckets.is_some()
+            || attention.lsh_chunk.is_some();
+        if lsh_set && attn_kind != Some("lsh") {
+            return Err(err(
+                "`attention.lsh_hashes` / `lsh_buckets` / `lsh_chunk` need `attention.kind = \"lsh\"`".into(),
+            ));
+        }
+        let lsh = if attn_kind == Some("lsh") {
+            let hashes = positive("attention.lsh_hashes", attention.lsh_hashes)?.unwrap_or(1);
+            let buckets =
+                positive("attention.lsh_buckets", attention.lsh_buckets)?.ok_or_else(|| {
+                    err("`attention.kind = \"lsh\"` needs `attention.lsh_buckets`".into())
+                })?;
+            let chunk = positive("attention.lsh_chunk", attention.lsh_chunk)?.ok_or_else(|| {
+                err("`attention.kind = \"lsh\"` needs `attention.lsh_chunk`".into())
+            })?;
+            let seq = self.dim("seq")?;
+            if buckets < 2 || buckets % 2 != 0 {
+                return Err(err(format!(
+                    "`attention.lsh_buckets` must be even and at least 2, got {buckets}"
+                )));
+            }
+            if seq % chunk != 0 {
+                return Err(err(format!(
+                    "`attention.lsh_chunk` ({chunk}) must divide `dims.seq` ({seq})"
+                )));
+            }
+            if attention.mask.is_some() || kv_heads != heads || mla.is_some() {
+                return Err(err(
+                    "LSH attention shares queries and keys: no `attention.mask` (decoders are causal), no grouped KV heads, no MLA".into(),
+                ));
+            }
+            Some((hashes, buckets, chunk))
+        } else {
+            None
+        };
+        let routing_set =
+            attention.routing_clusters.is_some() || attention.routing_window.is_some();
+        if routing_set && attn_kind != Some("routing") {
+            return Err(err(
+                "`attention.routing_clusters` / `routing_window` need `attention.kind = \"routing\"`".into(),
+            ));
+        }
+        let routing = if attn_kind == Some("routing") {
+            let clusters = positive("attention.routing_clusters", attention.routing_clusters)?
+                .ok_or_else(|| {
+                    err("`attention.kind = \"routing\"` needs `attention.routing_clusters`".into())
+                })?;
+            let seq = self.dim("seq")?;
+            let window = positive("attention.routing_window", attention.routing_window)?
+                .unwrap_or(seq.div_ceil(clusters));
+            if window > seq {
+                return Err(err(format!(
+                    "`attention.routing_window` ({window}) is longer than `dims.seq` ({seq})"
+                )));
+            }
+            if attention.mask.is_some() || kv_heads != heads || mla.is_some() {
+                return Err(err(
+                    "routing attention shares queries and keys: no `attention.mask` (decoders are causal), no grouped KV heads, no MLA".into(),
+                ));
+            }
+            Some((clusters, window))
+        } else {
+            None
+        };
+        let moba = match attn_kind {
+            None | Some("softmax") | Some("lsh") | Some("routing") => {
                 if attention.moba_block.is_some() || attention.moba_top_k.is_some() {
                     return Err(err(
                         "`attention.moba_block` / `moba_top_k` need `attention.kind = \"moba\"`"
@@ -653,7 +748,7 @@ impl Spec {
             }
             Some(other) => {
                 return Err(err(format!(
-                    "`attention.kind` = {other:?}: expected \"softmax\" or \"moba\""
+                    "`attention.kind` = {other:?}: expected \"softmax\", \"moba\", \"lsh\" or \"routing\""
                 )))
             }
         };
@@ -681,6 +776,8 @@ impl Spec {
                 mask,
                 score_modifier,
                 moba,
+                lsh,
+                routing,
                 scale,
                 qkv_bias: attention.qkv_bias.unwrap_or(false),
                 out_bias: attention.out_bias.unwrap_or(false),

@@ -170,6 +170,12 @@ fn shrink_attention(a: &mut AttentionFields, pinned: &[String], at: &str) {
     shrink(&mut a.v_head_dim, "v_head_dim", TINY_V_HEAD_DIM);
     // Two MoBA blocks of the tiny sequence: one with an earlier block to choose.
     shrink(&mut a.moba_block, "moba_block", TINY_SEQ / 2);
+    // Four chunks, four buckets: sorting and the chunk before still matter.
+    shrink(&mut a.lsh_chunk, "lsh_chunk", TINY_SEQ / 4);
+    shrink(&mut a.lsh_buckets, "lsh_buckets", 4);
+    // Four clusters of a quarter of the tiny sequence each.
+    shrink(&mut a.routing_clusters, "routing_clusters", 4);
+    shrink(&mut a.routing_window, "routing_window", TINY_SEQ / 4);
 }
 
 fn shrink_ffn(f: &mut FfnFields, d_ratio: f64, pinned: &[String], at: &str) {
