@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the shipped examples: compile to IR and optimized IR, inspect what the
 # optimizer did, explain one rewrite chain, and run through MLIR checking every output
-# against the reference interpreter.
+# against the reference interpreter; then the sparse-attention examples and a benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -20,10 +20,18 @@ $attnc inspect examples/gpt2.toml | head -20
 echo "== explain gpt2 layer 0"
 $attnc explain examples/gpt2.toml --layer 0
 
-for model in gpt2 llama3-8b mistral-7b deepseek-v2-lite; do
-  echo "== run $model --tiny --check"
-  $attnc run examples/$model.toml --tiny --check
+for spec in examples/*.toml; do
+  echo "== run $spec --tiny --check"
+  $attnc run "$spec" --tiny --check
 done
+
+echo "== inspect longformer (full size): block-sparse attention, density, FLOPs saved"
+$attnc inspect examples/longformer.toml | sed -n 1,12p
+
+echo "== bench a sliding window of 256 at seq 4096: block-sparse vs dense attention"
+$attnc bench examples/mistral-7b.toml --set seq=4096 --set window=256 --set layers=1 \
+  --set d_model=512 --set heads=8 --set kv_heads=8 --set head_dim=64 --set hidden=1024 \
+  --set vocab=1000 --runs 3
 
 echo "== bench llama3-8b: 2 layers at seq 512, vocabulary 8192 (optimized vs original, both compiled)"
 $attnc bench examples/llama3-8b.toml --set seq=512 --set layers=2 --set vocab=8192 --runs 3
