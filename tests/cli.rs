@@ -520,3 +520,45 @@ fn dynamic_sparse_examples_check() {
         }
     }
 }
+
+/// Document masking from a `segments` input: the block list is computed once from
+/// the segment ids and shared by the layers; the compiled model checks.
+#[test]
+fn document_masks_run_over_a_block_list_computed_once() {
+    let sets = ["--set", "seq=128", "--set", "attention.document_mask=true"];
+    let mut args = vec![
+        "compile",
+        "examples/llama3-8b.toml",
+        "--tiny",
+        "--emit",
+        "opt-ir",
+    ];
+    args.extend(sets);
+    let ir = succeeds(&args);
+    let lists: Vec<&str> = ir
+        .lines()
+        .filter(|l| l.contains("= block_sparse_attention") && l.contains("listed = true"))
+        .collect();
+    assert_eq!(lists.len(), 2, "{ir}");
+    // Both layers read the same list (the last operand).
+    let last = |l: &str| {
+        l.split(" {")
+            .next()
+            .unwrap()
+            .rsplit(", ")
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(last(lists[0]), last(lists[1]));
+    let mut args = vec![
+        "run",
+        "examples/llama3-8b.toml",
+        "--tiny",
+        "--check",
+        "--json",
+    ];
+    args.extend(sets);
+    let r = run_json(&args);
+    assert!(r["max_abs_err"].as_f64().unwrap() < 1e-4, "{r}");
+}

@@ -213,3 +213,65 @@ fn routing_transformer_attention() {
         check(&g);
     }
 }
+
+/// Document masking: keys count only in the query's document (segment ids given as
+/// data), dense and over a block list, with a causal mask on top.
+#[test]
+fn document_masks_from_segment_ids() {
+    use common::{check_with, tensor};
+    let (h, s) = (2u64, 90u64);
+    // Documents of 20, 7, 41 and 22 tokens in batch row 0; 45 and 45 in row 1.
+    let mut seg = Vec::new();
+    for lens in [[20usize, 7, 41, 22].as_slice(), [45, 45].as_slice()] {
+        for (d, &n) in lens.iter().enumerate() {
+            seg.extend(std::iter::repeat_n(d as f64, n));
+        }
+    }
+    for listed in [false, true] {
+        let block = [32u64, 32u64];
+        let attn = Attention {
+            mask: Some(MaskExpr::parse("k <= q").unwrap()),
+            segments: true,
+            block: listed.then_some(block),
+            listed,
+            ..Attention::new(0.4)
+        };
+        let rows = s.div_ceil(32);
+        let g = graph_with_dims(Dims::new(), |g| {
+            let q = g.input("q", shape(&[2, h, s, 8]), DType::F32)?;
+            let k = g.input("k", shape(&[2, h, s, 8]), DType::F32)?;
+            let v = g.input("v", shape(&[2, h, s, 8]), DType::F32)?;
+            let sg = g.input("segments", shape(&[2, s]), DType::I64)?;
+            let mut ops = vec![q, k, v, sg];
+            if listed {
+                ops.push(g.input("list", shape(&[2, h, rows, rows]), DType::I64)?);
+            }
+            Ok(vec![g.op(Op::Attention(attn), &ops)?])
+        });
+        let mut bindings = attnc_ir::random_bindings(&g, 3);
+        bindings.insert(
+            "segments".into(),
+            tensor(DType::I64, &[2, s as usize], &seg),
+        );
+        if listed {
+            // Every causal key block listed once, the others -1.
+            let mut list = Vec::new();
+            for _ in 0..2 * h {
+                for r in 0..rows {
+                    for j in 0..rows {
+                        list.push(if j > r { -1.0 } else { j as f64 });
+                    }
+                }
+            }
+            bindings.insert(
+                "list".into(),
+                tensor(
+                    DType::I64,
+                    &[2, h as usize, rows as usize, rows as usize],
+                    &list,
+                ),
+            );
+        }
+        check_with(&g, &bindings);
+    }
+}

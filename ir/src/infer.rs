@@ -610,6 +610,18 @@ fn infer_attention(
             ));
         }
     }
+    if attn.segments {
+        let seg = args[3 + attn.bias as usize];
+        let ss = dims.resolve(&seg.shape)?;
+        if seg.dtype != crate::DType::I64 || ss != [sq[0], sk[2]] || sq[2] != sk[2] {
+            return Err(format!(
+                "document masking needs self-attention and segment ids i64 [{}, {}] (batch, keys), got {}",
+                sq[0],
+                sk[2],
+                describe(seg)
+            ));
+        }
+    }
     if attn.listed {
         let Some([bq, _]) = attn.block else {
             return Err("a block list needs a block size (`block_q`, `block_k`)".into());

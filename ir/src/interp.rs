@@ -944,6 +944,7 @@ fn attention(a: &Attention, args: &[&Tensor], dims: &Dims) -> Vec<f64> {
     let (hkv, sk, dv) = (k.shape[1], k.shape[2], v.shape[3]);
     let groups = a.groups.max(1) as usize;
     let bias = a.bias.then(|| expand(args[3], &[b, h, sq, sk]));
+    let segments = a.segments.then(|| args[3 + a.bias as usize]);
     // A block list: how many times each key block is listed for the query's block.
     let listed = a.listed.then(|| {
         let list = args[args.len() - 1];
@@ -975,7 +976,10 @@ fn attention(a: &Attention, args: &[&Tensor], dims: &Dims) -> Vec<f64> {
                     let mut block_max = f64::NEG_INFINITY;
                     for ki in k0..k1 {
                         let times = listed.as_ref().map_or(1, |f| f(bi, hi, qi, ki));
+                        let other_document = segments
+                            .is_some_and(|seg| seg.data[bi * sk + qi] != seg.data[bi * sk + ki]);
                         let masked = times == 0
+                            || other_document
                             || a.mask.as_ref().is_some_and(|e| {
                                 !e.holds(bi as i64, hi as i64, qi as i64, ki as i64, dims)
                             });

@@ -271,7 +271,7 @@ pub enum Op {
     Mask {
         expr: MaskExpr,
     },
-    /// Fused attention `(q, k, v [, bias] [, blocks])`; see [`Attention`].
+    /// Fused attention `(q, k, v [, bias] [, segments] [, blocks])`; see [`Attention`].
     Attention(Attention),
     /// MoBA-style block top-k attention `(q, k, v)`; see [`Moba`].
     Moba(Moba),
@@ -312,6 +312,9 @@ pub struct Attention {
     /// where its block is listed and the mask holds, weighted by how many times the
     /// block is listed (once, for a list without repeats).
     pub listed: bool,
+    /// Document masking: an operand `segments: i64 [B, S]` (self-attention) after the
+    /// bias; a key counts only where its segment is the query's.
+    pub segments: bool,
 }
 
 /// Mixture of block attention (MoBA, Lu et al. 2025; NSA's selection branch is the
@@ -371,6 +374,7 @@ impl Attention {
             bias: false,
             block: None,
             listed: false,
+            segments: false,
         }
     }
 }
@@ -463,7 +467,7 @@ impl Op {
             | Op::Moba(_)
             | Op::Lsh(_)
             | Op::Routing(_) => 3,
-            Op::Attention(a) => 3 + a.bias as usize + a.listed as usize,
+            Op::Attention(a) => 3 + a.bias as usize + a.segments as usize + a.listed as usize,
             Op::Concat { .. } => return None,
         })
     }

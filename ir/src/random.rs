@@ -48,7 +48,9 @@ impl Rng {
 /// Weights are scaled so activations stay O(1) through deep stacks: matrices get
 /// N(0, 1/fan_in), embedding tables N(0, 1/d), norm scales 1 + N(0, 0.1²), vectors
 /// N(0, 0.02²). Integer inputs
-/// that index a table (embedding, gather) are drawn below the table's size.
+/// that index a table (embedding, gather) are drawn below the table's size; an input
+/// named `segments` (document ids) is packed documents: ids that start at 0 and step
+/// up by one with probability 1/16 at each position of a row.
 pub fn random_bindings(graph: &Graph, seed: u64) -> HashMap<String, Tensor> {
     let mut out = HashMap::new();
     for id in graph.node_ids() {
@@ -100,6 +102,26 @@ fn random_tensor(graph: &Graph, id: NodeId, is_param: bool, rng: &mut Rng) -> Te
             };
             (0..n).map(|_| mean + std * rng.normal()).collect()
         }
+    };
+    let name = match &graph.node(id).op {
+        Op::Input { name } => name.as_str(),
+        _ => "",
+    };
+    let data = if name == "segments" && ty.dtype.is_int() && !shape.is_empty() {
+        let row = shape[shape.len() - 1].max(1);
+        let mut doc = 0.0;
+        (0..n)
+            .map(|i| {
+                if i % row == 0 {
+                    doc = 0.0;
+                } else if rng.below(16) == 0 {
+                    doc += 1.0;
+                }
+                doc
+            })
+            .collect()
+    } else {
+        data
     };
     let mut t = Tensor::new(ty.dtype, shape, data);
     crate::interp::round_to_dtype(&mut t);

@@ -148,6 +148,9 @@ fn attributes(op: &Op) -> Vec<(&'static str, String)> {
                 attrs.push(("softcap", float_text(c)));
             }
             attrs.push(("bias", a.bias.to_string()));
+            if a.segments {
+                attrs.push(("segments", "true".to_string()));
+            }
             if let Some([bq, bk]) = a.block {
                 attrs.push(("block_q", bq.to_string()));
                 attrs.push(("block_k", bk.to_string()));
@@ -915,6 +918,7 @@ fn op_templates() -> Vec<Op> {
         // A softcap, so the template accepts the optional attribute.
         Op::Attention(Attention {
             softcap: Some(1.0),
+            segments: true,
             ..Attention::new(1.0)
         }),
         Op::Moba(crate::Moba {
@@ -941,6 +945,7 @@ fn op_templates() -> Vec<Op> {
             softcap: Some(1.0),
             block: Some([1, 1]),
             listed: true,
+            segments: true,
             ..Attention::new(1.0)
         }),
     ];
@@ -1046,6 +1051,9 @@ fn fill(template: Op, attrs: &Attrs) -> Result<Op> {
                 Some(_) => Some([attrs.u64("block_q")?, attrs.u64("block_k")?]),
                 None => None,
             },
+            segments: attrs
+                .optional("segments")
+                .map_or(Ok(false), |_| attrs.bool("segments"))?,
             listed: a.block.is_some()
                 && attrs
                     .optional("listed")

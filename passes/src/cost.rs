@@ -21,6 +21,10 @@ const SOFTMAX_OPS_PER_SCORE: f64 = 6.0;
 const BLOCK_OVERHEAD_OPS: f64 = 1500.0;
 const TALL_TILE_PENALTY: f64 = 1.2;
 
+/// Expected fraction of a mask's blocks a document (segment-id) block list keeps: the
+/// list is data, so the compile-time cost can only guess.
+const DOCUMENT_FILL: f64 = 0.5;
+
 /// Fraction of the smaller of compute and traffic time that does not overlap the
 /// larger.
 const OVERLAP_LOSS: f64 = 0.1;
@@ -226,22 +230,43 @@ impl Target {
         };
         let (blocks, partial) = match a.block {
             Some(_) if a.listed => {
-                // Every slot, each tiled in kernel tiles, the mask in all of them.
+                // Every slot, each in kernel tiles — but never more than the mask's
+                // own layout leaves (the kernel skips its empty tiles). A document
+                // list is data: half of that is expected to remain.
                 let [lq, lk] = a.block.unwrap_or([1, 1]).map(|n| n as usize);
                 let tiles = (lq / bq).max(1) * (lk / bk).max(1);
                 let slots = args.last().map_or(0, |l| l[3]);
-                let n = (q[0] * q[1] * q[2].div_ceil(lq) * slots * tiles) as f64;
-                (n, if a.mask.is_some() { n } else { 0.0 })
+                let listed = (q[0] * q[1] * q[2].div_ceil(lq) * slots * tiles) as f64;
+                let sizes = [q[0], q[1], q[2], k[2]];
+                let l = BlockLayout::of(a.mask.as_ref(), dims, sizes, [bq, bk]).ok()?;
+                let mut n = listed.min(l.computed_blocks() as f64);
+                if a.segments {
+                    n *= DOCUMENT_FILL;
+                }
+                (
+                    n,
+                    if a.mask.is_some() || a.segments {
+                        n
+                    } else {
+                        0.0
+                    },
+                )
             }
             Some(_) => {
                 let sizes = [q[0], q[1], q[2], k[2]];
                 let l = BlockLayout::of(a.mask.as_ref(), dims, sizes, [bq, bk]).ok()?;
-                (l.computed_blocks() as f64, l.partial_blocks() as f64)
+                let computed = l.computed_blocks() as f64;
+                let partial = if a.segments {
+                    computed
+                } else {
+                    l.partial_blocks() as f64
+                };
+                (computed, partial)
             }
             None => {
                 let rows = (q[0] * q[1]) as f64 * q[2].div_ceil(bq) as f64;
                 let all = rows * k[2].div_ceil(bk) as f64;
-                let partial = if a.mask.is_some() {
+                let partial = if a.mask.is_some() || a.segments {
                     all
                 } else if k[2] % bk != 0 {
                     rows

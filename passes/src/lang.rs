@@ -130,6 +130,8 @@ pub enum Attr {
         block: Option<[u64; 2]>,
         /// `listed`: the blocks are a last operand.
         listed: bool,
+        /// `segments`: document ids are an operand.
+        segments: bool,
     },
 }
 
@@ -143,6 +145,7 @@ impl Attr {
             bias: a.bias,
             block: a.block,
             listed: a.listed,
+            segments: a.segments,
         }
     }
 
@@ -157,6 +160,7 @@ impl Attr {
                 bias,
                 block,
                 listed,
+                segments,
             } => Some(attnc_ir::Attention {
                 scale: scale.get(),
                 softcap: softcap.map(F64::get),
@@ -165,6 +169,7 @@ impl Attr {
                 bias: *bias,
                 block: *block,
                 listed: *listed,
+                segments: *segments,
             }),
             _ => None,
         }
@@ -270,8 +275,12 @@ impl fmt::Display for Attr {
                 bias,
                 block,
                 listed,
+                segments,
             } => {
                 write!(f, "scale={scale};groups={groups}")?;
+                if *segments {
+                    f.write_str(";segments")?;
+                }
                 if let Some(c) = softcap {
                     write!(f, ";softcap={c}")?;
                 }
@@ -415,6 +424,7 @@ impl FromStr for Attr {
             let mut attr = (None, None, false);
             let mut block = None;
             let mut listed = false;
+            let mut segments = false;
             for part in parts {
                 if let Some(g) = part.strip_prefix("groups=") {
                     attr.0 = Some(g.parse().map_err(|_| format!("bad groups `{g}`"))?);
@@ -424,6 +434,8 @@ impl FromStr for Attr {
                     attr.2 = true;
                 } else if part == "listed" {
                     listed = true;
+                } else if part == "segments" {
+                    segments = true;
                 } else if let Some(b) = part.strip_prefix("block=") {
                     let bad = || format!("bad block `{b}`, expected `QxK`");
                     let (q, k) = b.split_once('x').ok_or_else(bad)?;
@@ -439,6 +451,7 @@ impl FromStr for Attr {
                 bias: attr.2,
                 block,
                 listed,
+                segments,
                 mask,
             });
         }
@@ -675,7 +688,9 @@ impl Attn {
             Op::Rope { .. } => Attn::Rope(fit(c)?),
             Op::TopK { .. } => Attn::TopK(fit(c)?),
             Op::CumSum { .. } => Attn::CumSum(fit(c)?),
-            Op::Attention(a) if c.len() == 4 + a.bias as usize + a.listed as usize => {
+            Op::Attention(a)
+                if c.len() == 4 + a.bias as usize + a.segments as usize + a.listed as usize =>
+            {
                 Attn::Attention(c.into())
             }
             Op::Attention(_) => return None,
@@ -886,6 +901,7 @@ mod tests {
             bias: true,
             block: Some([64, 32]),
             listed: true,
+            segments: true,
         };
         let text = attention.to_string();
         assert_eq!(text.parse::<Attr>(), Ok(attention), "{text}");

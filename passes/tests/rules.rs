@@ -558,6 +558,37 @@ fn masked_attention_becomes_block_sparse() {
     assert!(runner.egraph.analysis.fired.is_empty());
 }
 
+/// Document masking: the block list computed from the segment ids (packed documents
+/// from `random_bindings`) skips only blocks with no key of the query's document.
+#[test]
+fn document_masks_get_a_block_list_from_the_segments() {
+    for mask in [Some("k <= q"), None] {
+        let mut b = builder();
+        let (h, s, d) = (2, 128, 4);
+        let q = input(&mut b, "q", &[2, h, s, d]);
+        let k = input(&mut b, "k", &[2, h, s, d]);
+        let v = input(&mut b, "v", &[2, h, s, d]);
+        let seg = b
+            .input(
+                "segments",
+                Shape(vec![Dim::Const(2), Dim::Const(s)]),
+                DType::I64,
+            )
+            .unwrap();
+        let attn = Attention {
+            mask: mask.map(|m| attnc_ir::MaskExpr::parse(m).unwrap()),
+            segments: true,
+            ..Attention::new(0.5)
+        };
+        let o = b.op(Op::Attention(attn), &[q, k, v, seg]).unwrap();
+        let g = done(b, o);
+        let out = check_rule("attention-document-blocks", &g);
+        let a = attention_of(&out);
+        assert_eq!(a.len(), 1);
+        assert!(a[0].listed && a[0].segments, "{}", attnc_ir::print(&out));
+    }
+}
+
 #[test]
 fn every_rule_is_tested_here() {
     let source = include_str!("rules.rs");

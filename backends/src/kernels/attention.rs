@@ -86,6 +86,8 @@ pub(crate) struct AttentionKernel<'a> {
     pub k: Vec<usize>,
     pub v: Vec<usize>,
     pub bias: Option<Vec<usize>>,
+    /// Document ids (`segments`), i64 `[B, S]`.
+    pub segments: Option<Vec<usize>>,
     /// The block list operand (`listed`), i64.
     pub list: Option<Vec<usize>>,
     pub dims: &'a Dims,
@@ -107,7 +109,15 @@ impl AttentionKernel<'_> {
         )
             .hash(&mut h);
         a.mask.as_ref().map(|m| m.to_string()).hash(&mut h);
-        (&self.q, &self.k, &self.v, &self.bias, &self.list).hash(&mut h);
+        (
+            &self.q,
+            &self.k,
+            &self.v,
+            &self.bias,
+            &self.segments,
+            &self.list,
+        )
+            .hash(&mut h);
         if let Some(m) = &a.mask {
             for name in m.dim_names() {
                 (self.dims.get(&name)).hash(&mut h);
@@ -125,6 +135,9 @@ impl AttentionKernel<'_> {
         ];
         if let Some(b) = &self.bias {
             t.push(strided_type(b, "f32"));
+        }
+        if let Some(s) = &self.segments {
+            t.push(strided_type(s, "i64"));
         }
         if let Some(l) = &self.list {
             t.push(strided_type(l, "i64"));
@@ -192,6 +205,9 @@ fn write_attention(name: &str, a: &AttentionKernel, avx512: bool) -> String {
     if a.bias.is_some() {
         names.push("%bias");
     }
+    if a.segments.is_some() {
+        names.push("%seg");
+    }
     if a.list.is_some() {
         names.push("%list");
     }
@@ -204,6 +220,10 @@ fn write_attention(name: &str, a: &AttentionKernel, avx512: bool) -> String {
     let (tq, tk, tv, to) = (&types[0], &types[1], &types[2], types.last().unwrap());
     let tbias = a.bias.as_ref().map(|_| types[3].clone());
     let tlist = a.list.as_ref().map(|_| types[types.len() - 2].clone());
+    let tseg = a
+        .segments
+        .as_ref()
+        .map(|_| types[3 + a.bias.is_some() as usize].clone());
 
     // Block-sparse: the layout as two constant lists (`check` bounded its size).
     let mut prelude = String::new();
@@ -335,6 +355,7 @@ fn write_attention(name: &str, a: &AttentionKernel, avx512: bool) -> String {
             tv: tv.clone(),
             to: to.clone(),
             tbias: tbias.clone(),
+            tseg: tseg.clone(),
             avx512,
         };
         task(c, &ctx, blocks.as_ref(), listed.as_ref());
@@ -400,6 +421,8 @@ struct Task<'a> {
     tv: String,
     to: String,
     tbias: Option<String>,
+    /// The document ids' type, when the op has them.
+    tseg: Option<String>,
     avx512: bool,
 }
 
@@ -452,7 +475,8 @@ fn task(c: &mut Code, t: &Task, blocks: Option<&Blocks>, listed: Option<&Listed>
         (None, t.a.op.scale * LOG2E)
     };
     let ragged = !s.sk.is_multiple_of(bk);
-    let masked = t.a.op.mask.is_some() || ragged;
+    let documents = t.a.op.segments;
+    let masked = t.a.op.mask.is_some() || ragged || documents;
     // One key block: scores, (masked) online softmax, `O += P·V`. `partial` is whether
     // the mask is evaluated, known at compile time or read from the layout.
     let block = |c: &mut Code, kb: &str, partial: Partial| {
@@ -520,7 +544,12 @@ fn task(c: &mut Code, t: &Task, blocks: Option<&Blocks>, listed: Option<&Listed>
                             c.if_(&live, |c| {
                                 let two = c.constant(2, "i8");
                                 let p = c.let_(format_args!("arith.cmpi eq, {k8}, {two} : i8"));
-                                block(c, &kt, Partial::Dynamic(p));
+                                let p = if documents {
+                                    Partial::Static(true)
+                                } else {
+                                    Partial::Dynamic(p)
+                                };
+                                block(c, &kt, p);
                             });
                         });
                     }
@@ -549,12 +578,17 @@ fn task(c: &mut Code, t: &Task, blocks: Option<&Blocks>, listed: Option<&Listed>
                 let kb = c.ix("shrui", &x, &one);
                 let bit = c.ix("andi", &x, &one);
                 let partial = c.let_(format_args!("arith.cmpi eq, {bit}, {one} : index"));
-                block(c, &kb, Partial::Dynamic(partial));
+                let partial = if documents {
+                    Partial::Static(true)
+                } else {
+                    Partial::Dynamic(partial)
+                };
+                block(c, &kb, partial);
             });
         }
         // Dense: every key block; the mask everywhere, or only past the last key.
         (None, None) => c.for_range(&zero, &nkbv, 1, |c, kb| {
-            let partial = if masked && t.a.op.mask.is_none() {
+            let partial = if masked && t.a.op.mask.is_none() && !documents {
                 let last = c.idx(s.nkb - 1);
                 Partial::Dynamic(c.let_(format_args!("arith.cmpi eq, {kb}, {last} : index")))
             } else {
@@ -988,6 +1022,22 @@ fn mask_vector(c: &mut Code, t: &Task, q: &str, k: &str) -> String {
     let coords = [splat(c, &t.ib), splat(c, &t.ih), splat(c, q), kv.clone()];
     let skv = c.constant(format_args!("dense<{}>", t.s.sk), &vi);
     let mut holds = c.let_(format_args!("arith.cmpi slt, {kv}, {skv} : {vi}"));
+    if let Some(ts) = &t.tseg {
+        // The key's document is the query's (rows past Sq read the last row's).
+        let last = c.idx(t.s.sq - 1);
+        let qrow = c.min(q, &last);
+        let qs = c.let_(format_args!("memref.load %seg[{}, {qrow}] : {ts}", t.ib));
+        let qs = c.let_(format_args!("vector.broadcast {qs} : i64 to {vi}"));
+        let pad = c.constant(-1, "i64");
+        let ks = c.let_(format_args!(
+            "vector.transfer_read %seg[{}, {k}], {pad} {{in_bounds = [false]}} : {ts}, {vi}",
+            t.ib
+        ));
+        let same = c.let_(format_args!("arith.cmpi eq, {qs}, {ks} : {vi}"));
+        holds = c.let_(format_args!(
+            "arith.andi {holds}, {same} : vector<{LANES}xi1>"
+        ));
+    }
     if let Some(m) = &t.a.op.mask {
         let (v, is_bool) = mask_value(c, m, &coords, t.a.dims);
         let b = if is_bool {

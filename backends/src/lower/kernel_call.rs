@@ -33,6 +33,13 @@ pub(super) fn matmul(
     cast(em, &c, elem)
 }
 
+/// The optional operands of a fused attention.
+pub(super) struct Extra<'a> {
+    pub bias: Option<&'a Val>,
+    pub segments: Option<&'a Val>,
+    pub list: Option<&'a Val>,
+}
+
 /// Fused attention (float) through the FlashAttention kernel.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn attention(
@@ -40,8 +47,11 @@ pub(super) fn attention(
     kernels: &mut KernelSet,
     op: &Attention,
     [q, k, v]: [&Val; 3],
-    bias: Option<&Val>,
-    list: Option<&Val>,
+    Extra {
+        bias,
+        segments,
+        list,
+    }: Extra,
     dims: &Dims,
 ) -> Val {
     let elem = q.elem;
@@ -55,6 +65,7 @@ pub(super) fn attention(
         k: k32.sizes.clone(),
         v: v32.sizes.clone(),
         bias: b32.as_ref().map(|b| b.sizes.clone()),
+        segments: segments.map(|l| l.sizes.clone()),
         list: list.map(|l| l.sizes.clone()),
         dims,
     };
@@ -62,6 +73,7 @@ pub(super) fn attention(
     let out = [q.sizes[0], q.sizes[1], q.sizes[2], v.sizes[3]];
     let mut inputs = vec![&q32, &k32, &v32];
     inputs.extend(b32.as_ref());
+    inputs.extend(segments);
     inputs.extend(list);
     let o = call(em, &name, &inputs, &out);
     cast(em, &o, elem)

@@ -444,8 +444,14 @@ impl Lowering<'_> {
             Op::Attention(a) => {
                 let (q, k, v) = (&ops[0], &ops[1], &ops[2]);
                 let bias = a.bias.then(|| &ops[3]);
+                let segments = a.segments.then(|| &ops[3 + a.bias as usize]);
                 let list = a.listed.then(|| &ops[ops.len() - 1]);
-                kernel_call::attention(em, kernels, a, [q, k, v], bias, list, &graph.dims)
+                let extra = kernel_call::Extra {
+                    bias,
+                    segments,
+                    list,
+                };
+                kernel_call::attention(em, kernels, a, [q, k, v], extra, &graph.dims)
             }
             Op::ScatterAdd { axis } => {
                 self.checked_scatter_add(id, &ops[0], &ops[1], &ops[2], *axis)

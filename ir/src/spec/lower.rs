@@ -29,6 +29,7 @@ pub fn lower(spec: &Spec) -> Result<Graph, IrError> {
         spec,
         dtype,
         token_table: None,
+        segments: None,
     };
     let mut x = l.embed()?;
     for cfg in &layers {
@@ -43,6 +44,8 @@ struct Lowerer<'s> {
     spec: &'s Spec,
     dtype: DType,
     token_table: Option<NodeId>,
+    /// The `segments` input (document ids), made on first use.
+    segments: Option<NodeId>,
 }
 
 impl Lowerer<'_> {
@@ -425,6 +428,26 @@ impl Lowerer<'_> {
             let neg_inf = self.scalar(f64::NEG_INFINITY)?;
             s = self.op(Op::Select, &[m, s, neg_inf])?;
         }
+        if a.document_mask {
+            // seg[b, q] == seg[b, k]: the same document.
+            let seg = self.segments()?;
+            let one = Dim::Const(1);
+            let sq = self.op(
+                Op::Reshape {
+                    shape: self.shape(&[&batch, &one, &seq, &one]),
+                },
+                &[seg],
+            )?;
+            let sk = self.op(
+                Op::Reshape {
+                    shape: self.shape(&[&batch, &one, &one, &seq]),
+                },
+                &[seg],
+            )?;
+            let same = self.op(Op::Compare(crate::CmpOp::Eq), &[sq, sk])?;
+            let neg_inf = self.scalar(f64::NEG_INFINITY)?;
+            s = self.op(Op::Select, &[same, s, neg_inf])?;
+        }
         let p = self.op(Op::Softmax { axis: 3 }, &[s])?;
         let o = self.op(Op::MatMul, &[p, v])?;
         self.merge_heads(o, a, out_dim, prefix)
@@ -453,6 +476,20 @@ impl Lowerer<'_> {
         )?;
         let out_bias = a.out_bias.then_some("bo");
         self.linear(o, prefix, "wo", out_bias, out_dim, &d)
+    }
+
+    /// The document ids `segments: i64 [batch, seq]`, an input of the embedding layer.
+    fn segments(&mut self) -> Result<NodeId, IrError> {
+        if let Some(s) = self.segments {
+            return Ok(s);
+        }
+        let layer = self.b.layer().map(str::to_string);
+        self.b.set_layer(Some("embed".into()));
+        let shape = self.shape(&[&Dim::sym("batch"), &Dim::sym("seq")]);
+        let s = self.b.input("segments", shape, DType::I64)?;
+        self.b.set_layer(layer);
+        self.segments = Some(s);
+        Ok(s)
     }
 
     fn split_heads(&mut self, x: NodeId, heads: &Dim, head_dim: &Dim) -> Result<NodeId, IrError> {

@@ -151,6 +151,10 @@ pub struct AttentionFields {
     /// `none` or `softcap:C` (`C·tanh(s/C)`, Gemma 2).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub score_modifier: Option<String>,
+    /// Document masking: an input `segments: i64 [batch, seq]` of document ids; a key
+    /// counts only in its query's document (on top of `mask`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub document_mask: Option<bool>,
     /// `softmax` (default) or `moba`: mixture of block attention (causal; each query
     /// block attends to its own block and the `moba_top_k` best earlier blocks of
     /// `moba_block` tokens).
@@ -272,6 +276,7 @@ pub const ATTENTION_FIELDS: &[&str] = &[
     "head_dim",
     "mask",
     "score_modifier",
+    "document_mask",
     "kind",
     "moba_block",
     "moba_top_k",
@@ -313,6 +318,7 @@ impl AttentionFields {
                 .clone()
                 .or_else(|| self.score_modifier.clone()),
             kind: over.kind.clone().or_else(|| self.kind.clone()),
+            document_mask: over.document_mask.or(self.document_mask),
             moba_block: over.moba_block.or(self.moba_block),
             moba_top_k: over.moba_top_k.or(self.moba_top_k),
             lsh_hashes: over.lsh_hashes.or(self.lsh_hashes),
@@ -366,6 +372,8 @@ pub struct Attention {
     pub head_dim: u64,
     pub mask: Option<MaskExpr>,
     pub score_modifier: ScoreModifier,
+    /// Keys only in the query's document (the `segments` input).
+    pub document_mask: bool,
     /// Set for MoBA: `(block, top_k)`.
     pub moba: Option<(u64, u64)>,
     /// Set for Reformer's LSH attention: `(hash rounds, buckets, chunk)`.
@@ -646,6 +654,12 @@ impl Spec {
             Some(e)
         };
         let attn_kind = attention.kind.as_deref().map(str::trim);
+        if attention.document_mask == Some(true) && !matches!(attn_kind, None | Some("softmax")) {
+            return Err(err(
+                "`attention.document_mask` works with softmax attention, not `attention.kind` = {attn_kind:?}"
+                    .replace("{attn_kind:?}", &format!("{attn_kind:?}")),
+            ));
+        }
         let lsh_set = attention.lsh_hashes.is_some()
             || attention.lsh_buckets.is_some()
             || attention.lsh_chunk.is_some();
@@ -775,6 +789,7 @@ impl Spec {
                 head_dim,
                 mask,
                 score_modifier,
+                document_mask: attention.document_mask.unwrap_or(false),
                 moba,
                 lsh,
                 routing,

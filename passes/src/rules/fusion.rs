@@ -8,7 +8,7 @@
 
 use super::{class_rule, scalar, sizes, type_in, Build, Candidates, Family, Rule, B};
 use crate::{Attn, Attr, EGraph, SourceKind};
-use attnc_ir::{Attention, BinaryOp, Coord, Dim, MaskExpr, Op, Shape, UnaryOp};
+use attnc_ir::{Attention, BinaryOp, CmpOp, Coord, Dim, MaskExpr, Op, Shape, UnaryOp};
 use egg::{Id, Subst};
 
 const F: Family = Family::Fusion;
@@ -57,6 +57,8 @@ struct Scores {
     bias: Option<Id>,
     /// The boolean tensor of a select mask or an additive `-inf` mask.
     mask: Option<Id>,
+    /// Document ids `[B, S]` of a `select(seg[b,q] == seg[b,k], s, -inf)`.
+    segments: Option<Id>,
 }
 
 /// A complete match: `softmax(scores)·v`.
@@ -102,15 +104,47 @@ fn additive_mask(eg: &EGraph, id: Id) -> Option<Id> {
     })
 }
 
-/// Stages, outermost first: 0 mask, 1 bias, 2 softcap, 3 scale, 4 `q·kᵀ`.
+/// `seg` if class `m` is `reshape(seg, [B, 1, S, 1]) == reshape(seg, [B, 1, 1, S])`.
+fn same_document(eg: &EGraph, m: Id) -> Option<Id> {
+    let reshaped = |id: Id, want: &dyn Fn(&[u64], &[u64]) -> bool| {
+        eg[eg.find(id)].nodes.iter().find_map(|n| match n {
+            Attn::Reshape([_, x]) => {
+                let x = eg.find(*x);
+                let (xs, rs) = (sizes(eg, x)?, sizes(eg, eg.find(id))?);
+                let int = type_in(eg, x).is_some_and(|t| t.dtype.is_int());
+                (int && xs.len() == 2 && want(&xs, &rs)).then_some(x)
+            }
+            _ => None,
+        })
+    };
+    eg[m].nodes.iter().find_map(|n| match n {
+        Attn::Compare([a, x, y]) if crate::attr_in(eg, *a) == Some(&Attr::Compare(CmpOp::Eq)) => {
+            let q = reshaped(*x, &|s, r| r == [s[0], 1, s[1], 1])?;
+            let k = reshaped(*y, &|s, r| r == [s[0], 1, 1, s[1]])?;
+            (q == k).then_some(q)
+        }
+        _ => None,
+    })
+}
+
+/// Stages, outermost first: 0 documents, 1 mask, 2 bias, 3 softcap, 4 scale, 5 `q·kᵀ`.
 fn read_scores(eg: &EGraph, id: Id, stage: u8, acc: &Scores, out: &mut Vec<Scores>) {
-    if out.len() >= MAX_READINGS || stage > 4 {
+    if out.len() >= MAX_READINGS || stage > 5 {
         return;
     }
     for node in &eg[id].nodes {
         let mut next = acc.clone();
         let inner = match stage {
             0 => match node {
+                Attn::Select([m, x, ninf]) if is_const(eg, eg.find(*ninf), f64::NEG_INFINITY) => {
+                    same_document(eg, eg.find(*m)).map(|seg| {
+                        next.segments = Some(seg);
+                        eg.find(*x)
+                    })
+                }
+                _ => None,
+            },
+            1 => match node {
                 Attn::Select([m, x, ninf]) if is_const(eg, eg.find(*ninf), f64::NEG_INFINITY) => {
                     next.mask = Some(eg.find(*m));
                     Some(eg.find(*x))
@@ -120,11 +154,11 @@ fn read_scores(eg: &EGraph, id: Id, stage: u8, acc: &Scores, out: &mut Vec<Score
                     Some(x)
                 }),
             },
-            1 => binary(eg, node, BinaryOp::Add).map(|(x, b)| {
+            2 => binary(eg, node, BinaryOp::Add).map(|(x, b)| {
                 next.bias = Some(b);
                 x
             }),
-            2 => binary(eg, node, BinaryOp::Mul).and_then(|(t, c)| {
+            3 => binary(eg, node, BinaryOp::Mul).and_then(|(t, c)| {
                 let cap = scalar(eg, c)?;
                 let u = eg[t]
                     .nodes
@@ -136,7 +170,7 @@ fn read_scores(eg: &EGraph, id: Id, stage: u8, acc: &Scores, out: &mut Vec<Score
                 next.cap = Some(c);
                 Some(x.0)
             }),
-            3 => binary(eg, node, BinaryOp::Mul).and_then(|(x, c)| {
+            4 => binary(eg, node, BinaryOp::Mul).and_then(|(x, c)| {
                 scalar(eg, c)?;
                 next.scale = Some(c);
                 Some(x)
@@ -163,7 +197,7 @@ fn read_scores(eg: &EGraph, id: Id, stage: u8, acc: &Scores, out: &mut Vec<Score
         }
     }
     // Every stage but the core is optional.
-    if stage < 4 {
+    if stage < 5 {
         read_scores(eg, id, stage + 1, acc, out);
     }
 }
@@ -269,6 +303,14 @@ fn fuse_build<'e>(eg: &'e EGraph, id: Id, _: &Subst) -> Candidates<'e> {
             if let Some(x) = bias {
                 attn.bias = true;
                 operands.push(x);
+            }
+            if let Some(seg) = s.segments {
+                // Self-attention over the segments' sequence.
+                if sizes(eg, seg)? != [qs[0], ks[2]] || qs[2] != ks[2] {
+                    return None;
+                }
+                attn.segments = true;
+                operands.push(b.class(seg));
             }
             b.op(&Op::Attention(attn), &operands)
         })();
