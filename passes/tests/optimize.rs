@@ -119,3 +119,28 @@ fn every_example_fuses_its_attention_and_stays_equal() {
         eprintln!("{name}: {:?}", opt.report.fired);
     }
 }
+
+/// A mask that skips almost nothing keeps the dense kernel's tiles: the block-sparse
+/// form is offered only at the dense block size, so it is never slower than dense.
+#[test]
+fn nearly_dense_masks_keep_the_dense_tiles() {
+    for (mask, sparse) in [("k <= q + 900", false), ("k <= q + 800", true)] {
+        let g = example(
+            "gpt2",
+            false,
+            &["layers=1", &format!("attention.mask={mask}")],
+        );
+        let opt = optimize(&g, &Options::new(Target::cpu())).unwrap();
+        let attn = attention_layers(&opt)[0];
+        if sparse {
+            assert_eq!(attn.block, Some([64, 64]), "{mask}: {:?}", attn.after);
+            assert!(attn.block_density.unwrap() > 0.9);
+        } else {
+            assert!(
+                attn.after.contains(&"attention".to_string()),
+                "{mask}: {:?}",
+                attn.after
+            );
+        }
+    }
+}

@@ -24,7 +24,9 @@
 //! - GQA: the query heads of a group are adjacent tasks, so a thread streams one KV
 //!   head's blocks for all of them while they are in cache; K/V are never repeated.
 //! - Load balance: query blocks are visited in a zigzag (first, last, second, ...), so
-//!   OpenMP's static chunks get as many long causal rows as short ones.
+//!   OpenMP's static chunks get as many long causal rows as short ones — unless the
+//!   layout's rows carry even work (a sliding window), when they go in order and a
+//!   thread's consecutive tasks share key blocks in cache.
 
 use super::{function, strided_type, Code, KernelSet, LANES};
 use attnc_ir::{
@@ -339,6 +341,16 @@ fn write_attention(name: &str, a: &AttentionKernel, avx512: bool) -> String {
             by_head: l.by_head,
         }
     });
+    // Query blocks in order when their work is even (a band: neighbours share key
+    // blocks, so a thread's consecutive tasks reuse them in cache); zigzag when it
+    // grows along the rows (causal), so static chunks get equal work.
+    let balanced = layout.as_ref().is_some_and(|(l, _)| {
+        let n = l.q_blocks;
+        let work = |r: std::ops::Range<usize>| -> u64 {
+            r.map(|qb| (l.rows[qb + 1] - l.rows[qb]) as u64).sum()
+        };
+        n >= 4 && 2 * work(n / 2..n) <= 3 * work(0..n / 2)
+    });
     let gv = c.idx(s.groups);
     let nqbv = c.idx(s.nqb);
     c.parallel(&[&bv, &hkv, &nqbv, &gv], |c, ivs| {
@@ -349,7 +361,11 @@ fn write_attention(name: &str, a: &AttentionKernel, avx512: bool) -> String {
             ib: ib.clone(),
             ihk: ihk.clone(),
             ih: c.mad(g, ihk, s.groups),
-            qb: zigzag(c, qz, s.nqb),
+            qb: if balanced {
+                qz.clone()
+            } else {
+                zigzag(c, qz, s.nqb)
+            },
             kp: (kp.clone(), tkp.clone()),
             tq: tq.clone(),
             tv: tv.clone(),

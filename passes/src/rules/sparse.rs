@@ -27,6 +27,9 @@ const S: Family = Family::Sparse;
 /// multiples of 16 rows and 32 or 64 keys.
 pub const BLOCK_SIZES: [[u64; 2]; 5] = [[16, 16], [32, 32], [64, 32], [64, 64], [128, 64]];
 
+/// Above this density only the dense block size is offered.
+const NEARLY_DENSE: f64 = 0.9;
+
 #[rustfmt::skip]
 pub fn rules() -> Vec<Rule> {
     vec![
@@ -183,6 +186,13 @@ fn readings(eg: &EGraph, id: Id) -> Vec<(&Attn, Attention, Vec<Id>)> {
             ) else {
                 continue;
             };
+            // Nearly dense: only the dense kernel's own tiles, so the sparse form does
+            // the dense work minus the skipped blocks and is never slower.
+            let dense_tile = attnc_ir::dense_attention_block(shape[2], shape[3]);
+            let nearly_dense = layout.density() > NEARLY_DENSE;
+            if nearly_dense && block.map(|n| n as usize) != dense_tile {
+                continue;
+            }
             if layout.computed_blocks() < layout.total_blocks() {
                 let sparse = Attention {
                     block: Some(block),
