@@ -15,6 +15,15 @@ use std::collections::HashSet;
 /// Saturates `g` with `rule` only, extracts preferring rewritten nodes, and checks the
 /// result against `g`. Returns the extracted graph.
 fn check_rule(rule: &str, g: &Graph) -> Graph {
+    check_rule_with(rule, g, &random_bindings(g, 5))
+}
+
+/// [`check_rule`] on given bindings.
+fn check_rule_with(
+    rule: &str,
+    g: &Graph,
+    bindings: &std::collections::HashMap<String, attnc_ir::Tensor>,
+) -> Graph {
     let mut program = to_egraph(g).unwrap();
     let original: HashSet<String> = program
         .egraph
@@ -44,9 +53,8 @@ fn check_rule(rule: &str, g: &Graph) -> Graph {
         Cost(c.ns() * weight + 1.0)
     });
     let out = build_graph(&program, |id| choice.node(eg, id).unwrap()).unwrap();
-    let bindings = random_bindings(g, 5);
-    let want = eval(g, &bindings, Precision::F64).unwrap();
-    let got = eval(&out, &bindings, Precision::F64).unwrap();
+    let want = eval(g, bindings, Precision::F64).unwrap();
+    let got = eval(&out, bindings, Precision::F64).unwrap();
     for (w, o) in want.iter().zip(&got) {
         let err = w.max_abs_diff(o);
         assert!(
@@ -586,6 +594,44 @@ fn document_masks_get_a_block_list_from_the_segments() {
         let a = attention_of(&out);
         assert_eq!(a.len(), 1);
         assert!(a[0].listed && a[0].segments, "{}", attnc_ir::print(&out));
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// The block list computed from segment ids agrees with the dense document mask
+    /// for random ids — packed documents of random lengths and ids in any order —
+    /// with and without a causal mask: both sides are equal in the interpreter.
+    #[test]
+    fn document_block_lists_agree_with_the_dense_mask(
+        ids in proptest::collection::vec(0i64..24, 128),
+        packed in proptest::bool::ANY,
+        causal in proptest::bool::ANY,
+    ) {
+        let mut ids = ids;
+        if packed {
+            ids.sort();
+        }
+        let mut b = builder();
+        let (h, s, d) = (1, 128, 3);
+        let q = input(&mut b, "q", &[1, h, s, d]);
+        let k = input(&mut b, "k", &[1, h, s, d]);
+        let v = input(&mut b, "v", &[1, h, s, d]);
+        let seg = b
+            .input("segments", Shape(vec![Dim::Const(1), Dim::Const(s)]), DType::I64)
+            .unwrap();
+        let attn = Attention {
+            mask: causal.then(|| attnc_ir::MaskExpr::parse("k <= q").unwrap()),
+            segments: true,
+            ..Attention::new(0.5)
+        };
+        let o = b.op(Op::Attention(attn), &[q, k, v, seg]).unwrap();
+        let g = done(b, o);
+        let mut bindings = random_bindings(&g, 5);
+        let data: Vec<f64> = ids.iter().map(|&i| i as f64).collect();
+        bindings.insert("segments".into(), attnc_ir::Tensor::new(DType::I64, vec![1, 128], data));
+        check_rule_with("attention-document-blocks", &g, &bindings);
     }
 }
 
