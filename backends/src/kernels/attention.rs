@@ -351,6 +351,16 @@ fn write_attention(name: &str, a: &AttentionKernel, avx512: bool) -> String {
         };
         n >= 4 && 2 * work(n / 2..n) <= 3 * work(0..n / 2)
     });
+    let bounds = [
+        (0, s.b as i64 - 1),
+        (0, (s.hk * s.groups) as i64 - 1),
+        (0, (s.nqb * bq) as i64 - 1),
+        (0, (s.nkb * bk) as i64 - 1),
+    ];
+    let mask_int = match &a.op.mask {
+        Some(m) if fits_i32(m, bounds, a.dims) && s.sk < i32::MAX as usize => "i32",
+        _ => "i64",
+    };
     let gv = c.idx(s.groups);
     let nqbv = c.idx(s.nqb);
     c.parallel(&[&bv, &hkv, &nqbv, &gv], |c, ivs| {
@@ -372,6 +382,7 @@ fn write_attention(name: &str, a: &AttentionKernel, avx512: bool) -> String {
             to: to.clone(),
             tbias: tbias.clone(),
             tseg: tseg.clone(),
+            mask_int,
             avx512,
         };
         task(c, &ctx, blocks.as_ref(), listed.as_ref());
@@ -439,6 +450,9 @@ struct Task<'a> {
     tbias: Option<String>,
     /// The document ids' type, when the op has them.
     tseg: Option<String>,
+    /// The integer type the mask is evaluated in: `i32` when every subexpression
+    /// provably fits (half the vector work), else `i64`.
+    mask_int: &'static str,
     avx512: bool,
 }
 
@@ -1026,10 +1040,12 @@ fn bias_vector(c: &mut Code, t: &Task, sizes: &[usize], ty: &str, q: &str, k: &s
 
 /// Whether the mask holds (and the key exists) at row `q`, keys `k..k+16`.
 fn mask_vector(c: &mut Code, t: &Task, q: &str, k: &str) -> String {
-    let vi = format!("vector<{LANES}xi64>");
+    let ity = t.mask_int;
+    let vi = format!("vector<{LANES}x{ity}>");
+    let v64 = format!("vector<{LANES}xi64>");
     let splat = |c: &mut Code, x: &str| {
-        let i = c.let_(format_args!("arith.index_cast {x} : index to i64"));
-        c.let_(format_args!("vector.broadcast {i} : i64 to {vi}"))
+        let i = c.let_(format_args!("arith.index_cast {x} : index to {ity}"));
+        c.let_(format_args!("vector.broadcast {i} : {ity} to {vi}"))
     };
     let lanes: Vec<String> = (0..LANES).map(|l| l.to_string()).collect();
     let iota = c.constant(format_args!("dense<[{}]>", lanes.join(", ")), &vi);
@@ -1043,19 +1059,19 @@ fn mask_vector(c: &mut Code, t: &Task, q: &str, k: &str) -> String {
         let last = c.idx(t.s.sq - 1);
         let qrow = c.min(q, &last);
         let qs = c.let_(format_args!("memref.load %seg[{}, {qrow}] : {ts}", t.ib));
-        let qs = c.let_(format_args!("vector.broadcast {qs} : i64 to {vi}"));
+        let qs = c.let_(format_args!("vector.broadcast {qs} : i64 to {v64}"));
         let pad = c.constant(-1, "i64");
         let ks = c.let_(format_args!(
-            "vector.transfer_read %seg[{}, {k}], {pad} {{in_bounds = [false]}} : {ts}, {vi}",
+            "vector.transfer_read %seg[{}, {k}], {pad} {{in_bounds = [false]}} : {ts}, {v64}",
             t.ib
         ));
-        let same = c.let_(format_args!("arith.cmpi eq, {qs}, {ks} : {vi}"));
+        let same = c.let_(format_args!("arith.cmpi eq, {qs}, {ks} : {v64}"));
         holds = c.let_(format_args!(
             "arith.andi {holds}, {same} : vector<{LANES}xi1>"
         ));
     }
     if let Some(m) = &t.a.op.mask {
-        let (v, is_bool) = mask_value(c, m, &coords, t.a.dims);
+        let (v, is_bool) = mask_value(c, m, &coords, t.a.dims, ity);
         let b = if is_bool {
             v
         } else {
@@ -1067,10 +1083,30 @@ fn mask_vector(c: &mut Code, t: &Task, q: &str, k: &str) -> String {
     holds
 }
 
+/// Whether every subexpression of `e` stays strictly inside i32 over `bounds`: then
+/// i32 arithmetic gives exactly the i64 results.
+fn fits_i32(e: &MaskExpr, bounds: [(i64, i64); 4], dims: &Dims) -> bool {
+    let (lo, hi) = e.range(bounds, dims);
+    let inside = lo > i32::MIN as i64 && hi <= i32::MAX as i64;
+    inside
+        && match e {
+            MaskExpr::Int(_) | MaskExpr::Coord(_) | MaskExpr::Dim(_) => true,
+            MaskExpr::Neg(x) | MaskExpr::Not(x) => fits_i32(x, bounds, dims),
+            MaskExpr::Bin(_, l, r) => fits_i32(l, bounds, dims) && fits_i32(r, bounds, dims),
+            MaskExpr::RandomBlocks(args) => args.iter().all(|a| fits_i32(a, bounds, dims)),
+        }
+}
+
 /// A mask subexpression on 16 lanes: `vector<16xi64>` (false) or `vector<16xi1>`
 /// (true), with [`MaskExpr::eval`]'s rules (division by 0 gives 0, arithmetic wraps).
-fn mask_value(c: &mut Code, e: &MaskExpr, coords: &[String; 4], dims: &Dims) -> (String, bool) {
-    let vi = format!("vector<{LANES}xi64>");
+fn mask_value(
+    c: &mut Code,
+    e: &MaskExpr,
+    coords: &[String; 4],
+    dims: &Dims,
+    ity: &str,
+) -> (String, bool) {
+    let vi = format!("vector<{LANES}x{ity}>");
     let vb = format!("vector<{LANES}xi1>");
     let int = |c: &mut Code, n: i64| c.constant(format_args!("dense<{n}>"), &vi);
     let as_int = |c: &mut Code, (v, is_bool): (String, bool)| {
@@ -1092,9 +1128,9 @@ fn mask_value(c: &mut Code, e: &MaskExpr, coords: &[String; 4], dims: &Dims) -> 
         MaskExpr::RandomBlocks(args) => {
             // A gather from the module's bitmap (`declare_random_tables`).
             let (symbol, ty, n) = super::random_table(args, dims);
-            let qb = mask_value(c, &args[0], coords, dims);
+            let qb = mask_value(c, &args[0], coords, dims, ity);
             let qb = as_int(c, qb);
-            let kb = mask_value(c, &args[1], coords, dims);
+            let kb = mask_value(c, &args[1], coords, dims, ity);
             let kb = as_int(c, kb);
             let (z, nv) = (int(c, 0), int(c, n));
             let mut ok = c.constant("dense<true>", &vb);
@@ -1121,21 +1157,21 @@ fn mask_value(c: &mut Code, e: &MaskExpr, coords: &[String; 4], dims: &Dims) -> 
         MaskExpr::Coord(k) => (coords[*k as usize].clone(), false),
         MaskExpr::Dim(d) => (int(c, dims.get(d).map_or(0, |v| v as i64)), false),
         MaskExpr::Neg(x) => {
-            let v = mask_value(c, x, coords, dims);
+            let v = mask_value(c, x, coords, dims, ity);
             let v = as_int(c, v);
             let z = int(c, 0);
             (c.let_(format_args!("arith.subi {z}, {v} : {vi}")), false)
         }
         MaskExpr::Not(x) => {
-            let v = mask_value(c, x, coords, dims);
+            let v = mask_value(c, x, coords, dims, ity);
             let b = as_bool(c, v);
             let t = c.constant("dense<true>", &vb);
             (c.let_(format_args!("arith.xori {b}, {t} : {vb}")), true)
         }
         MaskExpr::Bin(op, l, r) => {
             use MaskBinOp::*;
-            let lv = mask_value(c, l, coords, dims);
-            let rv = mask_value(c, r, coords, dims);
+            let lv = mask_value(c, l, coords, dims, ity);
+            let rv = mask_value(c, r, coords, dims, ity);
             let logical = |c: &mut Code, name: &str, lv, rv| {
                 let a = as_bool(c, lv);
                 let b = as_bool(c, rv);
@@ -1159,9 +1195,16 @@ fn mask_value(c: &mut Code, e: &MaskExpr, coords: &[String; 4], dims: &Dims) -> 
                 Sub => (c.let_(format_args!("arith.subi {a}, {b} : {vi}")), false),
                 Mul => (c.let_(format_args!("arith.muli {a}, {b} : {vi}")), false),
                 Div | Rem => {
-                    // 0 for a zero divisor or i64::MIN / -1, as the interpreter.
+                    // 0 for a zero divisor or MIN / -1, as the interpreter.
                     let (z, one, m1) = (int(c, 0), int(c, 1), int(c, -1));
-                    let min = int(c, i64::MIN);
+                    let min = int(
+                        c,
+                        if ity == "i32" {
+                            i32::MIN as i64
+                        } else {
+                            i64::MIN
+                        },
+                    );
                     let by_zero = c.let_(format_args!("arith.cmpi eq, {b}, {z} : {vi}"));
                     let a_min = c.let_(format_args!("arith.cmpi eq, {a}, {min} : {vi}"));
                     let b_m1 = c.let_(format_args!("arith.cmpi eq, {b}, {m1} : {vi}"));
