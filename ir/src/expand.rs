@@ -111,6 +111,25 @@ fn flat_rows(b: &mut GraphBuilder, x: NodeId, perm: NodeId) -> Result<(NodeId, V
     Ok((reshape(b, idx, &[bh * m])?, s))
 }
 
+/// `x / sqrt(|x|² + 1e-6)` over the last axis of `x [B, H, N, D]`: the unit keys of
+/// shared-QK attention.
+fn unit_rows(b: &mut GraphBuilder, x: NodeId) -> Result<NodeId> {
+    let dtype = b.ty(x).dtype;
+    let sq = b.op(Op::Binary(BinaryOp::Mul), &[x, x])?;
+    let sq = b.op(
+        Op::Reduce {
+            kind: ReduceKind::Sum,
+            axes: vec![3],
+            keep_dims: true,
+        },
+        &[sq],
+    )?;
+    let eps = b.constant(1e-6, dtype)?;
+    let sq = b.op(Op::Binary(BinaryOp::Add), &[sq, eps])?;
+    let inv = b.op(Op::Unary(UnaryOp::Rsqrt), &[sq])?;
+    b.op(Op::Binary(BinaryOp::Mul), &[x, inv])
+}
+
 /// The order that sorts each row of `keys [B, H, N]` (i64, distinct) ascending.
 fn argsort(b: &mut GraphBuilder, keys: NodeId, n: usize) -> Result<NodeId> {
     let neg = b.op(Op::Unary(UnaryOp::Neg), &[keys])?;
@@ -136,20 +155,7 @@ fn lsh(b: &mut GraphBuilder, l: &Lsh, ops: &[NodeId]) -> Result<NodeId> {
     let c = l.chunk as usize;
     let nc = n / c;
     let dtype = b.ty(x).dtype;
-    // Unit keys.
-    let sq = b.op(Op::Binary(BinaryOp::Mul), &[x, x])?;
-    let sq = b.op(
-        Op::Reduce {
-            kind: ReduceKind::Sum,
-            axes: vec![3],
-            keep_dims: true,
-        },
-        &[sq],
-    )?;
-    let eps = b.constant(1e-6, dtype)?;
-    let sq = b.op(Op::Binary(BinaryOp::Add), &[sq, eps])?;
-    let inv = b.op(Op::Unary(UnaryOp::Rsqrt), &[sq])?;
-    let unit = b.op(Op::Binary(BinaryOp::Mul), &[x, inv])?;
+    let unit = unit_rows(b, x)?;
     let positions = b.add(
         Op::Iota { axis: 0 },
         &[],
@@ -270,19 +276,7 @@ fn routing(b: &mut GraphBuilder, r: &Routing, ops: &[NodeId]) -> Result<NodeId> 
     let (bsz, h, n, d) = (xs[0], xs[1], xs[2], xs[3]);
     let (nc, w) = (r.clusters as usize, r.window as usize);
     let dtype = b.ty(x).dtype;
-    let sq = b.op(Op::Binary(BinaryOp::Mul), &[x, x])?;
-    let sq = b.op(
-        Op::Reduce {
-            kind: ReduceKind::Sum,
-            axes: vec![3],
-            keep_dims: true,
-        },
-        &[sq],
-    )?;
-    let eps = b.constant(1e-6, dtype)?;
-    let sq = b.op(Op::Binary(BinaryOp::Add), &[sq, eps])?;
-    let inv = b.op(Op::Unary(UnaryOp::Rsqrt), &[sq])?;
-    let unit = b.op(Op::Binary(BinaryOp::Mul), &[x, inv])?;
+    let unit = unit_rows(b, x)?;
     // [B, H, N, D] · [H, D, C] -> [B, H, N, C] -> [B, H, C, N]
     let mt = b.op(
         Op::Transpose {

@@ -334,6 +334,12 @@ fn compute(graph: &Graph, op: &Op, shape: &[usize], args: &[&Tensor]) -> Result<
     })
 }
 
+/// `x / sqrt(|x|² + 1e-6)`: a unit key of shared-QK attention.
+fn unit_row(x: &[f64]) -> Vec<f64> {
+    let norm = 1.0 / (x.iter().map(|a| a * a).sum::<f64>() + 1e-6).sqrt();
+    x.iter().map(|a| a * norm).collect()
+}
+
 /// The Routing Transformer's attention, cluster by cluster as [`crate::Routing`]
 /// defines it.
 fn routing(r: &crate::Routing, args: &[&Tensor]) -> Vec<f64> {
@@ -346,13 +352,7 @@ fn routing(r: &crate::Routing, args: &[&Tensor]) -> Vec<f64> {
         for hi in 0..h {
             let base = (bi * h + hi) * n;
             let xr = |i: usize| &x.data[(base + i) * d..(base + i + 1) * d];
-            let unit: Vec<Vec<f64>> = (0..n)
-                .map(|i| {
-                    let row = xr(i);
-                    let norm = 1.0 / (row.iter().map(|a| a * a).sum::<f64>() + 1e-6).sqrt();
-                    row.iter().map(|a| a * norm).collect()
-                })
-                .collect();
+            let unit: Vec<Vec<f64>> = (0..n).map(|i| unit_row(xr(i))).collect();
             let mut sum = vec![0.0; n * dv];
             let mut count = vec![0usize; n];
             for c in 0..nc {
@@ -417,13 +417,7 @@ fn lsh(l: &crate::Lsh, args: &[&Tensor]) -> Vec<f64> {
             let base = (bi * h + hi) * n;
             let xr = |i: usize| &x.data[(base + i) * d..(base + i + 1) * d];
             let vr = |i: usize| &v.data[(base + i) * dv..(base + i + 1) * dv];
-            let unit: Vec<Vec<f64>> = (0..n)
-                .map(|i| {
-                    let r = xr(i);
-                    let norm = 1.0 / (r.iter().map(|a| a * a).sum::<f64>() + 1e-6).sqrt();
-                    r.iter().map(|a| a * norm).collect()
-                })
-                .collect();
+            let unit: Vec<Vec<f64>> = (0..n).map(|i| unit_row(xr(i))).collect();
             // Per round: output rows and log-sum-exps, in original order.
             let mut outs = vec![vec![0.0; n * dv]; rounds];
             let mut lses = vec![vec![0.0; n]; rounds];

@@ -217,14 +217,7 @@ impl Lowerer<'_> {
         if let Some((clusters, window)) = a.routing {
             // Routing Transformer: shared queries and keys routed to k-means centroids
             // (a parameter: in training, an online k-means of the unit vectors).
-            let qk = self.linear(x, prefix, "wqk", qkv_bias("bqk"), &d, &q_dim)?;
-            let v = self.linear(x, prefix, "wv", qkv_bias("bv"), &d, &q_dim)?;
-            let mut qk = self.split_heads(qk, &heads, &head_dim)?;
-            let v = self.split_heads(v, &heads, &head_dim)?;
-            if self.spec.position == Position::Rope {
-                let theta = self.spec.rope_theta;
-                qk = self.op(Op::Rope { theta }, &[qk])?;
-            }
+            let (qk, v) = self.shared_qk(a, x, prefix, &q_dim, &heads, &head_dim)?;
             let c = Dim::Const(clusters);
             let mu = self.param(
                 format!("{prefix}.routing_centroids"),
@@ -242,14 +235,7 @@ impl Lowerer<'_> {
         if let Some((n_hashes, buckets, chunk)) = a.lsh {
             // Reformer: one projection for queries and keys; random rotations (a
             // parameter: drawn when bound) hash them into buckets.
-            let qk = self.linear(x, prefix, "wqk", qkv_bias("bqk"), &d, &q_dim)?;
-            let v = self.linear(x, prefix, "wv", qkv_bias("bv"), &d, &q_dim)?;
-            let mut qk = self.split_heads(qk, &heads, &head_dim)?;
-            let v = self.split_heads(v, &heads, &head_dim)?;
-            if self.spec.position == Position::Rope {
-                let theta = self.spec.rope_theta;
-                qk = self.op(Op::Rope { theta }, &[qk])?;
-            }
+            let (qk, v) = self.shared_qk(a, x, prefix, &q_dim, &heads, &head_dim)?;
             let rounds = Dim::Const(n_hashes);
             let half = Dim::Const(buckets / 2);
             let rot = self.param(
@@ -294,6 +280,30 @@ impl Lowerer<'_> {
             v = self.repeat_kv(v, a, &kv_heads, &head_dim)?;
         }
         self.attend(a, q, k, v, &heads, &q_dim, prefix)
+    }
+
+    /// Shared-QK heads (Reformer, Routing Transformer): one projection `wqk` for queries
+    /// and keys (rotated when the model uses RoPE) and `wv`, split into heads.
+    fn shared_qk(
+        &mut self,
+        a: &Attention,
+        x: NodeId,
+        prefix: &str,
+        q_dim: &Dim,
+        heads: &Dim,
+        head_dim: &Dim,
+    ) -> Result<(NodeId, NodeId), IrError> {
+        let d = Dim::sym("d_model");
+        let bias = |name: &'static str| a.qkv_bias.then_some(name);
+        let qk = self.linear(x, prefix, "wqk", bias("bqk"), &d, q_dim)?;
+        let v = self.linear(x, prefix, "wv", bias("bv"), &d, q_dim)?;
+        let mut qk = self.split_heads(qk, heads, head_dim)?;
+        let v = self.split_heads(v, heads, head_dim)?;
+        if self.spec.position == Position::Rope {
+            let theta = self.spec.rope_theta;
+            qk = self.op(Op::Rope { theta }, &[qk])?;
+        }
+        Ok((qk, v))
     }
 
     /// Multi-head latent attention (DeepSeek-V2), in the paper's uncompressed form:

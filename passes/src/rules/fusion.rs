@@ -6,7 +6,7 @@
 //! it; `attention-gqa` drops `repeat_kv`; `mla-absorb` moves MLA's K and V
 //! up-projections out of the attention, which then runs on the shared latent.
 
-use super::{class_rule, scalar, sizes, type_in, Build, Candidates, Family, Rule, B};
+use super::{class_rule, found, scalar, sizes, type_in, Build, Candidates, Family, Rule, B};
 use crate::{Attn, Attr, EGraph, SourceKind};
 use attnc_ir::{Attention, BinaryOp, CmpOp, Coord, Dim, MaskExpr, Op, Shape, UnaryOp};
 use egg::{Id, Subst};
@@ -34,14 +34,6 @@ pub fn rules() -> Vec<Rule> {
             "attention([qn, qr], [c·Wuk, kr], c·Wuv) == attention([qn·Wukᵀ, qr], [c, kr], c)·Wuv",
             |eg, id| found(!mla_readings(eg, id).is_empty()), mla_build),
     ]
-}
-
-fn found(yes: bool) -> Vec<Subst> {
-    if yes {
-        vec![Subst::default()]
-    } else {
-        Vec::new()
-    }
 }
 
 // ---------------------------------------------------------------------------------

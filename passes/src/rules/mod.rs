@@ -401,6 +401,15 @@ fn rule(
 // ---------------------------------------------------------------------------------
 // Helpers the families share.
 
+/// A class searcher's result: one empty substitution when its rule applies.
+pub fn found(yes: bool) -> Vec<Subst> {
+    if yes {
+        vec![Subst::default()]
+    } else {
+        Vec::new()
+    }
+}
+
 /// `?name` as a var.
 pub fn var(name: &str) -> Var {
     name.parse().expect("a valid var name")

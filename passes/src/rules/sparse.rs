@@ -14,7 +14,7 @@
 //! their id ranges meet — so it is computed once per input and shared (hash-consed)
 //! by every layer and head that reads the same segments.
 
-use super::{class_rule, sizes, Build, Candidates, Family, Rule, B};
+use super::{class_rule, found, sizes, Build, Candidates, Family, Rule, B};
 use crate::{Attn, EGraph, Source, SourceKind};
 use attnc_ir::{
     Attention, BlockLayout, CmpOp, DType, Dim, Op, ReduceKind, Shape, TensorType, UnaryOp,
@@ -54,17 +54,10 @@ const DOCUMENT_BLOCKS: [u64; 2] = [32, 64];
 /// class `id` and block size dividing its sequence.
 fn document_readings(eg: &EGraph, id: Id) -> Vec<(&Attn, Attention, Vec<Id>, u64)> {
     let mut out = Vec::new();
-    for n in &eg[id].nodes {
-        let Attn::Attention(children) = n else {
-            continue;
-        };
-        let Some(attr) = crate::attr_in(eg, children[0]).and_then(|a| a.attention()) else {
-            continue;
-        };
-        if attr.block.is_some() || !attr.segments {
+    for (n, attr, ops) in dense_attentions(eg, id) {
+        if !attr.segments {
             continue;
         }
-        let ops: Vec<Id> = children[1..].iter().map(|&c| eg.find(c)).collect();
         let Some(q) = sizes(eg, ops[0]) else { continue };
         for bs in DOCUMENT_BLOCKS {
             if q.len() == 4 && q[2] % bs == 0 && q[2] > bs {
@@ -147,29 +140,27 @@ fn document_build<'e>(eg: &'e EGraph, id: Id, _: &Subst) -> Candidates<'e> {
     out
 }
 
-fn found(yes: bool) -> Vec<Subst> {
-    if yes {
-        vec![Subst::default()]
-    } else {
-        Vec::new()
-    }
+/// `(node, attribute, operands)` of every dense (not yet block-sparse) attention of
+/// class `id`.
+fn dense_attentions(eg: &EGraph, id: Id) -> impl Iterator<Item = (&Attn, Attention, Vec<Id>)> {
+    eg[id].nodes.iter().filter_map(move |n| {
+        let Attn::Attention(children) = n else {
+            return None;
+        };
+        let attr = crate::attr_in(eg, children[0])?.attention()?;
+        let ops = children[1..].iter().map(|&c| eg.find(c)).collect();
+        attr.block.is_none().then_some((n, attr, ops))
+    })
 }
 
 /// `(node, block-sparse attribute, operands)` for every dense masked attention of
 /// class `id` and every block size whose layout skips at least one block.
 fn readings(eg: &EGraph, id: Id) -> Vec<(&Attn, Attention, Vec<Id>)> {
     let mut out = Vec::new();
-    for n in &eg[id].nodes {
-        let Attn::Attention(children) = n else {
-            continue;
-        };
-        let Some(attr) = crate::attr_in(eg, children[0]).and_then(|a| a.attention()) else {
-            continue;
-        };
-        if attr.block.is_some() || attr.mask.is_none() {
+    for (n, attr, ops) in dense_attentions(eg, id) {
+        if attr.mask.is_none() {
             continue;
         }
-        let ops: Vec<Id> = children[1..].iter().map(|&c| eg.find(c)).collect();
         let (Some(q), Some(k)) = (sizes(eg, ops[0]), sizes(eg, ops[1])) else {
             continue;
         };
