@@ -509,7 +509,104 @@ fn infer_unchecked(
             }
             Ok(x.clone())
         }
+        Op::Scan { axis } => {
+            let (x, a) = (args[0], args[1]);
+            check_axis(*axis, x.rank())?;
+            if !x.dtype.is_float() || a.dtype != x.dtype || sizes(x)? != sizes(a)? {
+                return Err(format!(
+                    "`linear_scan` takes x and decay of one float type and shape, got {} and {}",
+                    describe(x),
+                    describe(a)
+                ));
+            }
+            Ok(x.clone())
+        }
+        Op::RandomFeatures { .. } => {
+            let ty = declared.ok_or("`random_features` needs a declared type")?;
+            let s = dims.resolve(&ty.shape)?;
+            if !ty.dtype.is_float() || s.len() != 2 || s.contains(&0) {
+                return Err(format!(
+                    "`random_features` is a float matrix [features, dim], declared {}",
+                    describe(ty)
+                ));
+            }
+            Ok(ty.clone())
+        }
+        Op::LinearAttention(l) => infer_linear(l, args, dims, &describe),
     }
+}
+
+/// `linear_attention(q, k, v [, log_decay])`: see [`crate::LinearAttention`].
+fn infer_linear(
+    l: &crate::LinearAttention,
+    args: &[&TensorType],
+    dims: &Dims,
+    describe: &dyn Fn(&TensorType) -> String,
+) -> Result<TensorType, String> {
+    use crate::{Decay, LinearForm};
+    let (q, k, v) = (args[0], args[1], args[2]);
+    let (qs, ks, vs) = (
+        dims.resolve(&q.shape)?,
+        dims.resolve(&k.shape)?,
+        dims.resolve(&v.shape)?,
+    );
+    if !q.dtype.is_float() || k.dtype != q.dtype || v.dtype != q.dtype {
+        return Err(format!(
+            "`linear_attention` needs q, k and v of one float dtype, got {}, {}, {}",
+            describe(q),
+            describe(k),
+            describe(v)
+        ));
+    }
+    if qs.len() != 4 || qs != ks || vs.len() != 4 || vs[..3] != qs[..3] {
+        return Err(format!(
+            "`linear_attention` takes q, k [B, H, N, Dk] and v [B, H, N, Dv], got {}, {} and {}",
+            describe(q),
+            describe(k),
+            describe(v)
+        ));
+    }
+    if l.decay != Decay::None {
+        if !l.causal {
+            return Err("`linear_attention` with a decay must be causal".into());
+        }
+        let want: Vec<u64> = match l.decay {
+            Decay::Head => vec![qs[1]],
+            Decay::Step => qs[..3].to_vec(),
+            _ => qs.clone(),
+        };
+        let d = args[3];
+        if d.dtype != q.dtype || dims.resolve(&d.shape)? != want {
+            return Err(format!(
+                "`linear_attention` with decay `{}` takes log_decay {want:?} {}, got {}",
+                l.decay.name(),
+                q.dtype,
+                describe(d)
+            ));
+        }
+    }
+    match l.form {
+        LinearForm::Parallel => {}
+        _ if !l.causal => {
+            return Err("non-causal `linear_attention` has only the parallel form".into())
+        }
+        LinearForm::Chunkwise { chunk } if chunk == 0 || qs[2] % chunk != 0 => {
+            return Err(format!(
+                "`linear_attention` chunk {chunk} must divide the sequence ({})",
+                qs[2]
+            ))
+        }
+        _ => {}
+    }
+    Ok(TensorType::new(
+        Shape(vec![
+            q.shape.0[0].clone(),
+            q.shape.0[1].clone(),
+            q.shape.0[2].clone(),
+            v.shape.0[3].clone(),
+        ]),
+        q.dtype,
+    ))
 }
 
 /// A constant must be representable in its dtype: integers integral and in range,

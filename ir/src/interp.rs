@@ -327,6 +327,9 @@ fn compute(graph: &Graph, op: &Op, shape: &[usize], args: &[&Tensor]) -> Result<
         Op::Rope { theta } => rope(args[0], *theta),
         Op::TopK { k, output } => topk(args[0], *k as usize, *output),
         Op::CumSum { axis } => cumsum(args[0], *axis),
+        Op::Scan { axis } => scan(args[0], args[1], *axis),
+        Op::RandomFeatures { seed } => crate::orthogonal_features(shape[0], shape[1], *seed),
+        Op::LinearAttention(l) => linear_attention(l, args),
         Op::Attention(a) => attention(a, args, &graph.dims),
         Op::Moba(m) => moba(m, args),
         Op::Lsh(l) => lsh(l, args),
@@ -873,6 +876,74 @@ fn cumsum(a: &Tensor, axis: usize) -> Vec<f64> {
                 let at = (o * n + i) * inner + r;
                 sum += a.data[at];
                 out[at] = sum;
+            }
+        }
+    }
+    out
+}
+
+/// `out[t] = a[t]·out[t-1] + x[t]` along `axis`.
+fn scan(x: &Tensor, a: &Tensor, axis: usize) -> Vec<f64> {
+    let (outer, n, inner) = split_at_axis(&x.shape, axis);
+    let mut out = vec![0.0; x.len()];
+    for o in 0..outer {
+        for r in 0..inner {
+            let mut state = 0.0;
+            for i in 0..n {
+                let at = (o * n + i) * inner + r;
+                state = a.data[at] * state + x.data[at];
+                out[at] = state;
+            }
+        }
+    }
+    out
+}
+
+/// `linear_attention` straight from its definition, every form alike: for each query
+/// `i`, the keys `j` it sees with their decay `g_ij = exp(L_i − L_j)` (`L` the prefix
+/// sums of the log decay, per channel for a gate), `O(N²)`.
+fn linear_attention(l: &crate::LinearAttention, args: &[&Tensor]) -> Vec<f64> {
+    use crate::Decay;
+    let (q, k, v) = (args[0], args[1], args[2]);
+    let (b, h, n, dk) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3]);
+    let dv = v.shape[3];
+    let mut out = vec![0.0; b * h * n * dv];
+    // `L[t][c]` for one (b, h): one channel unless the decay is a gate.
+    let channels = if l.decay == Decay::Gate { dk } else { 1 };
+    for bh in 0..b * h {
+        let mut prefix = vec![0.0; n * channels];
+        let mut acc = vec![0.0; channels];
+        for t in 0..n {
+            for (c, a) in acc.iter_mut().enumerate() {
+                *a += match l.decay {
+                    Decay::None => 0.0,
+                    Decay::Head => args[3].data[bh % h],
+                    Decay::Step => args[3].data[bh * n + t],
+                    Decay::Gate => args[3].data[(bh * n + t) * dk + c],
+                };
+            }
+            prefix[t * channels..(t + 1) * channels].copy_from_slice(&acc);
+        }
+        let row = |i: usize, d: usize| (bh * n + i) * d..(bh * n + i + 1) * d;
+        for i in 0..n {
+            let qi = &q.data[row(i, dk)];
+            let (mut num, mut den) = (vec![0.0; dv], 0.0);
+            for j in 0..if l.causal { i + 1 } else { n } {
+                let kj = &k.data[row(j, dk)];
+                let gate = |c: usize| (prefix[i * channels + c] - prefix[j * channels + c]).exp();
+                let score: f64 = if channels == 1 {
+                    gate(0) * qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>()
+                } else {
+                    (0..dk).map(|c| qi[c] * gate(c) * kj[c]).sum()
+                };
+                for (o, x) in num.iter_mut().zip(&v.data[row(j, dv)]) {
+                    *o += score * x;
+                }
+                den += score;
+            }
+            let scale = if l.normalize { 1.0 / den } else { 1.0 };
+            for (o, x) in out[row(i, dv)].iter_mut().zip(num) {
+                *o = x * scale;
             }
         }
     }

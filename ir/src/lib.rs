@@ -9,6 +9,7 @@ mod dot;
 mod dtype;
 mod error;
 pub mod expand;
+mod features;
 mod graph;
 mod infer;
 pub mod interp;
@@ -26,12 +27,16 @@ mod verify;
 pub use dot::to_dot;
 pub use dtype::DType;
 pub use error::{IrError, Result};
+pub use features::orthogonal_features;
 pub use graph::{Graph, GraphBuilder, Node, NodeId};
 pub use infer::{broadcast_shapes, infer};
 pub use mask::{
     random_blocks, Coord, Coverage, MaskBinOp, MaskError, MaskExpr, MaskKind, MAX_MASK_DEPTH,
 };
-pub use op::{Attention, BinaryOp, CmpOp, Lsh, Moba, Op, ReduceKind, Routing, TopKOutput, UnaryOp};
+pub use op::{
+    Attention, BinaryOp, CmpOp, Decay, LinearAttention, LinearForm, Lsh, Moba, Op, ReduceKind,
+    Routing, TopKOutput, UnaryOp,
+};
 pub use random::{random_binding, random_bindings, Rng};
 pub use shape::{num_elements, Dim, Dims, Shape, TensorType, MAX_ELEMENTS};
 pub use sparse::{dense_attention_block, listed_tile, BlockLayout, MAX_LAYOUT_BLOCKS};

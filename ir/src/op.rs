@@ -267,6 +267,18 @@ pub enum Op {
     CumSum {
         axis: usize,
     },
+    /// `(x, a)`, same shape: the first-order linear recurrence `out[t] = a[t]·out[t-1]
+    /// + x[t]` along `axis` (`out[-1] = 0`): a decayed prefix sum, the state passing
+    /// of chunkwise linear attention.
+    Scan {
+        axis: usize,
+    },
+    /// Performer's positive orthogonal random features: a seeded `[m, d]` matrix
+    /// whose rows, in blocks of `d`, are orthogonal, each scaled to the norm of an
+    /// independent Gaussian vector ([`crate::orthogonal_features`]).
+    RandomFeatures {
+        seed: u64,
+    },
     /// Materialise a mask expression over the trailing `(b, h, q, k)` coordinates.
     Mask {
         expr: MaskExpr,
@@ -279,6 +291,60 @@ pub enum Op {
     Lsh(Lsh),
     /// Routing Transformer attention `(qk, v, centroids)`; see [`Routing`].
     Routing(Routing),
+    /// Linear attention `(q, k, v [, log_decay])`; see [`LinearAttention`].
+    LinearAttention(LinearAttention),
+}
+
+/// How a `linear_attention` is computed: the function is the same for every form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LinearForm {
+    /// Non-causal: the state `kᵀ·v` once, then `q·state` (`O(N·Dk·Dv)`). Causal: the
+    /// decayed, masked scores in one block (`O(N²)`, what RetNet calls parallel).
+    Parallel,
+    /// Causal: chunks of `chunk` positions, quadratic inside a chunk, the state passed
+    /// from chunk to chunk (`O(N·chunk·D + N·Dk·Dv)`, batched matmuls).
+    Chunkwise { chunk: u64 },
+    /// Causal: a loop over time updating the `Dk × Dv` state (`O(N·Dk·Dv)`).
+    Recurrent,
+}
+
+/// Where the decay of a causal `linear_attention` comes from; its operand holds
+/// natural logs (≤ 0 for a decay).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Decay {
+    None,
+    /// A fixed rate per head (RetNet): `log_decay [H]`, `w(i, j) = γ_h^(i-j)`.
+    Head,
+    /// A data-dependent scalar per head and step (Mamba2 / SSD): `log_decay [B, H, N]`.
+    Step,
+    /// A data-dependent gate per key channel (GLA): `log_decay [B, H, N, Dk]`.
+    Gate,
+}
+
+impl Decay {
+    pub fn name(self) -> &'static str {
+        match self {
+            Decay::None => "none",
+            Decay::Head => "head",
+            Decay::Step => "step",
+            Decay::Gate => "gate",
+        }
+    }
+}
+
+/// Kernelized (linear) attention over feature maps already applied: `q, k [B, H, N,
+/// Dk]`, `v [B, H, N, Dv]`, and with a decay `log_decay` (see [`Decay`]).
+///
+/// `out[i] = Σ_j (q_i ⊙ g_ij)·k_j · v_j`, over every `j` or, when `causal`, `j ≤ i`,
+/// with `g_ij = exp(Σ_{t=j+1..i} log_decay_t)` (a scalar, or per channel for a
+/// gate; 1 without decay), divided by `Σ_j (q_i ⊙ g_ij)·k_j` when `normalize` (the
+/// normalizer of Katharopoulos et al. and Performer). A decay needs `causal`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LinearAttention {
+    pub causal: bool,
+    pub decay: Decay,
+    pub normalize: bool,
+    pub form: LinearForm,
 }
 
 /// Fused, IO-aware attention: `softmax(mask(bias + cap(q·kᵀ·scale)))·v` computed block
@@ -415,12 +481,15 @@ impl Op {
                 ..
             } => "topk_indices",
             Op::CumSum { .. } => "cumsum",
+            Op::Scan { .. } => "linear_scan",
+            Op::RandomFeatures { .. } => "random_features",
             Op::Mask { .. } => "mask",
             Op::Attention(a) if a.block.is_some() => "block_sparse_attention",
             Op::Attention(_) => "attention",
             Op::Moba(_) => "moba_attention",
             Op::Lsh(_) => "lsh_attention",
             Op::Routing(_) => "routing_attention",
+            Op::LinearAttention(_) => "linear_attention",
         }
     }
 
@@ -433,6 +502,7 @@ impl Op {
                 | Op::Const { .. }
                 | Op::Iota { .. }
                 | Op::Mask { .. }
+                | Op::RandomFeatures { .. }
         )
     }
 
@@ -443,7 +513,8 @@ impl Op {
             | Op::Param { .. }
             | Op::Const { .. }
             | Op::Iota { .. }
-            | Op::Mask { .. } => 0,
+            | Op::Mask { .. }
+            | Op::RandomFeatures { .. } => 0,
             Op::Unary(_)
             | Op::Cast { .. }
             | Op::Reduce { .. }
@@ -460,6 +531,7 @@ impl Op {
             | Op::RmsNorm { .. }
             | Op::MatMul
             | Op::Gather { .. }
+            | Op::Scan { .. }
             | Op::Embedding => 2,
             Op::Select
             | Op::LayerNorm { .. }
@@ -468,6 +540,7 @@ impl Op {
             | Op::Lsh(_)
             | Op::Routing(_) => 3,
             Op::Attention(a) => 3 + a.bias as usize + a.segments as usize + a.listed as usize,
+            Op::LinearAttention(l) => 3 + (l.decay != Decay::None) as usize,
             Op::Concat { .. } => return None,
         })
     }

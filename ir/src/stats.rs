@@ -23,7 +23,11 @@ pub fn op_flops(op: &Op, args: &[&[usize]], out: &[usize], dims: &Dims) -> u64 {
     let out_n = count(out);
     let first_in = || args.first().map_or(0, |a| count(a));
     match op {
-        Op::Input { .. } | Op::Param { .. } | Op::Const { .. } | Op::Iota { .. } => 0,
+        Op::Input { .. }
+        | Op::Param { .. }
+        | Op::Const { .. }
+        | Op::Iota { .. }
+        | Op::RandomFeatures { .. } => 0,
         Op::Reshape { .. }
         | Op::Transpose { .. }
         | Op::Broadcast { .. }
@@ -34,6 +38,8 @@ pub fn op_flops(op: &Op, args: &[&[usize]], out: &[usize], dims: &Dims) -> u64 {
         | Op::Cast { .. } => 0,
         Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Select | Op::Mask { .. } => out_n,
         Op::Reduce { .. } | Op::CumSum { .. } => first_in(),
+        Op::Scan { .. } => first_in().saturating_mul(2),
+        Op::LinearAttention(l) => linear_flops(l, args),
         Op::ScatterAdd { .. } => args.get(2).map_or(0, |u| count(u)),
         // max, subtract, exp, sum, divide
         Op::Softmax { .. } => out_n.saturating_mul(5),
@@ -112,6 +118,35 @@ pub fn op_flops(op: &Op, args: &[&[usize]], out: &[usize], dims: &Dims) -> u64 {
             out_n.saturating_mul(k).saturating_mul(2)
         }
     }
+}
+
+/// FLOPs of a `linear_attention` in its form. With `R = B·H` rows of `N` steps and
+/// `Dv'` value columns (`Dv + 1` with the normalizer, whose sums ride along as a
+/// column of ones): the state `kᵀ·v` and the readout `q·S` cost `2·N·Dk·Dv'` each;
+/// a chunk's scores and their product with `v` cost `2·N·C·(Dk + Dv')`.
+fn linear_flops(l: &crate::LinearAttention, args: &[&[usize]]) -> u64 {
+    use crate::{Decay, LinearForm};
+    let (q, v) = (args[0], args[2]);
+    let (r, n, dk) = ((q[0] * q[1]) as u64, q[2] as u64, q[3] as u64);
+    let dv = v[3] as u64 + l.normalize as u64;
+    let state = 2 * n * dk * dv;
+    let block = |c: u64| 2 * n * c * (dk + dv) + if l.decay == Decay::None { 0 } else { 2 * n * c };
+    let per_row = match l.form {
+        LinearForm::Parallel if !l.causal => 2 * state,
+        LinearForm::Parallel => block(n),
+        LinearForm::Chunkwise { chunk } => {
+            block(chunk) + 2 * state + 2 * n.div_ceil(chunk.max(1)) * dk * dv
+        }
+        LinearForm::Recurrent => {
+            2 * state
+                + if l.decay == Decay::None {
+                    0
+                } else {
+                    n * dk * dv
+                }
+        }
+    };
+    r.saturating_mul(per_row)
 }
 
 /// Bytes moved by one node.

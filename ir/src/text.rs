@@ -23,8 +23,8 @@
 //! [`IrError::Parse`] at a 1-based line and column that says what was expected.
 
 use crate::{
-    infer, Attention, BinaryOp, CmpOp, DType, Dim, Dims, Graph, GraphBuilder, IrError, MaskExpr,
-    NodeId, Op, ReduceKind, Result, Shape, TensorType, TopKOutput, UnaryOp,
+    infer, Attention, BinaryOp, CmpOp, DType, Dim, Dims, Graph, GraphBuilder, IrError, LinearForm,
+    MaskExpr, NodeId, Op, ReduceKind, Result, Shape, TensorType, TopKOutput, UnaryOp,
 };
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -124,7 +124,26 @@ fn attributes(op: &Op) -> Vec<(&'static str, String)> {
         | Op::Concat { axis }
         | Op::Gather { axis }
         | Op::ScatterAdd { axis }
-        | Op::CumSum { axis } => vec![("axis", axis.to_string())],
+        | Op::CumSum { axis }
+        | Op::Scan { axis } => vec![("axis", axis.to_string())],
+        Op::RandomFeatures { seed } => vec![("seed", seed.to_string())],
+        Op::LinearAttention(l) => {
+            let form = match l.form {
+                LinearForm::Parallel => "parallel",
+                LinearForm::Chunkwise { .. } => "chunkwise",
+                LinearForm::Recurrent => "recurrent",
+            };
+            let mut attrs = vec![
+                ("form", form.to_string()),
+                ("causal", l.causal.to_string()),
+                ("decay", l.decay.name().to_string()),
+                ("normalize", l.normalize.to_string()),
+            ];
+            if let LinearForm::Chunkwise { chunk } = l.form {
+                attrs.push(("chunk", chunk.to_string()));
+            }
+            attrs
+        }
         Op::Cast { to } => vec![("to", to.name().to_string())],
         Op::Reduce {
             axes, keep_dims, ..
@@ -838,6 +857,23 @@ impl Attrs<'_> {
         self.scalar(name)?.dtype(&self.what(name))
     }
 
+    /// One of the names `choices`.
+    fn word(&self, name: &str, choices: &[&'static str]) -> Result<&'static str> {
+        let s = self.scalar(name)?;
+        choices
+            .iter()
+            .find(|c| **c == s.text)
+            .copied()
+            .ok_or_else(|| {
+                s.error(format!(
+                    "expected one of {} for {}, found `{}`",
+                    choices.join(", "),
+                    self.what(name),
+                    clip(&s.text)
+                ))
+            })
+    }
+
     fn dim(&self, name: &str) -> Result<Dim> {
         self.scalar(name)?.dim(&self.what(name), self.dims)
     }
@@ -912,6 +948,15 @@ fn op_templates() -> Vec<Op> {
             output: TopKOutput::Indices,
         },
         Op::CumSum { axis: 0 },
+        Op::Scan { axis: 0 },
+        Op::RandomFeatures { seed: 0 },
+        // Chunkwise, so the template accepts the optional `chunk`.
+        Op::LinearAttention(crate::LinearAttention {
+            causal: true,
+            decay: crate::Decay::None,
+            normalize: false,
+            form: LinearForm::Chunkwise { chunk: 1 },
+        }),
         Op::Mask {
             expr: MaskExpr::Int(0),
         },
@@ -983,6 +1028,33 @@ fn fill(template: Op, attrs: &Attrs) -> Result<Op> {
         Op::CumSum { .. } => Op::CumSum {
             axis: attrs.usize("axis")?,
         },
+        Op::Scan { .. } => Op::Scan {
+            axis: attrs.usize("axis")?,
+        },
+        Op::RandomFeatures { .. } => Op::RandomFeatures {
+            seed: attrs.u64("seed")?,
+        },
+        Op::LinearAttention(_) => {
+            let form = match attrs.word("form", &["parallel", "chunkwise", "recurrent"])? {
+                "parallel" => LinearForm::Parallel,
+                "chunkwise" => LinearForm::Chunkwise {
+                    chunk: attrs.u64("chunk")?,
+                },
+                _ => LinearForm::Recurrent,
+            };
+            let decay = match attrs.word("decay", &["none", "head", "step", "gate"])? {
+                "none" => crate::Decay::None,
+                "head" => crate::Decay::Head,
+                "step" => crate::Decay::Step,
+                _ => crate::Decay::Gate,
+            };
+            Op::LinearAttention(crate::LinearAttention {
+                causal: attrs.bool("causal")?,
+                decay,
+                normalize: attrs.bool("normalize")?,
+                form,
+            })
+        }
         Op::Cast { .. } => Op::Cast {
             to: attrs.dtype("to")?,
         },

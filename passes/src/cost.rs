@@ -196,6 +196,13 @@ impl Target {
                 None => Cost::INFINITE,
             };
         }
+        if let Op::LinearAttention(l) = op {
+            let (compute, traffic) = self.linear_compute(l, &sizes);
+            let memory = (bytes + traffic) / self.bandwidth_gbs;
+            return Cost(
+                compute.max(memory) + OVERLAP_LOSS * compute.min(memory) + self.launch_us * 1e3,
+            );
+        }
         let flops = op_flops(op, &sizes, out.0, dims) as f64;
         let peak = match op {
             Op::MatMul if half_out(out.1) => self.half_matmul_gflops.unwrap_or(self.matmul_gflops),
@@ -292,6 +299,46 @@ impl Target {
         let mask = partial * (bq * bk) as f64 * mask_ops;
         let rescale = blocks * (bq as f64 * (dv + 8.0) + BLOCK_OVERHEAD_OPS);
         Some(contraction + (softmax + mask + rescale) / self.vector_gflops)
+    }
+
+    /// Compute time (ns) of a `linear_attention` in its form, and the bytes of the
+    /// intermediates it writes and reads back beyond its operands and result. The
+    /// contractions (the state `kᵀ·v`, the readout `q·S`, a chunk's scores and their
+    /// product with `v`) run at the contraction peak; masking and decay weights of the
+    /// scores, the scan over chunk states and the recurrent loop (a rank-1 update and
+    /// a matrix-vector product per step: no reuse for a GEMM kernel) at the vector rate.
+    fn linear_compute(&self, l: &attnc_ir::LinearAttention, args: &[&[usize]]) -> (f64, f64) {
+        use attnc_ir::{Decay, LinearForm};
+        let (q, v) = (args[0], args[2]);
+        let (r, n, dk) = ((q[0] * q[1]) as f64, q[2] as f64, q[3] as f64);
+        let dv = (v[3] + l.normalize as usize) as f64;
+        let decayed = l.decay != Decay::None;
+        let state = 2.0 * n * dk * dv;
+        // Per chunk of `c` rows: scores, their mask/decay, their product with `v`.
+        let chunks = |c: f64| {
+            let contraction = 2.0 * n * c * (dk + dv);
+            let weights = n * c * if decayed { 4.0 } else { 1.0 };
+            (contraction, weights, 2.0 * 4.0 * n * c)
+        };
+        let (contraction, vector, traffic) = match l.form {
+            LinearForm::Parallel if !l.causal => (2.0 * state, n * dv, 4.0 * dk * dv),
+            LinearForm::Parallel => chunks(n),
+            LinearForm::Chunkwise { chunk } => {
+                let c = chunk as f64;
+                let (intra, weights, scores) = chunks(c);
+                let nc = (n / c).ceil();
+                // States: written, scanned (read and written), read by the readout.
+                let states = 4.0 * 4.0 * nc * dk * dv;
+                let scan = 2.0 * nc * dk * dv + nc * BLOCK_OVERHEAD_OPS;
+                (intra + 2.0 * state, weights + scan, scores + states)
+            }
+            LinearForm::Recurrent => {
+                let decay = if decayed { n * dk * dv } else { 0.0 };
+                (0.0, 2.0 * state + decay, 0.0)
+            }
+        };
+        let compute = r * (contraction / self.matmul_gflops + vector / self.vector_gflops);
+        (compute, r * traffic)
     }
 
     /// The cost of `node`, a member of class `class`; operand types come from the

@@ -155,6 +155,7 @@ fn label(node: &Attn, attr: Option<&crate::Attr>) -> String {
             SourceKind::Const(v) => v.to_string(),
             SourceKind::Iota(a) => format!("iota{a}"),
             SourceKind::Mask(e) => format!("mask\"{e}\""),
+            SourceKind::Features(seed) => format!("random_features{seed}"),
         },
         Attn::Attr(a) => a.to_string(),
         _ => match node.to_op(attr) {

@@ -5,7 +5,8 @@
 //! node: they live in the analysis ([`crate::TypeAnalysis`]).
 
 use attnc_ir::{
-    BinaryOp, CmpOp, DType, Dim, MaskExpr, Op, ReduceKind, Shape, TensorType, TopKOutput, UnaryOp,
+    BinaryOp, CmpOp, DType, Decay, Dim, LinearForm, MaskExpr, Op, ReduceKind, Shape, TensorType,
+    TopKOutput, UnaryOp,
 };
 use egg::{define_language, Id};
 use std::cmp::Ordering;
@@ -37,10 +38,13 @@ define_language! {
         "rope" = Rope([Id; 2]),            // (rope theta=10000.0 x)
         "topk" = TopK([Id; 2]),            // (topk k=2:values x)
         "cumsum" = CumSum([Id; 2]),        // (cumsum axis=1 x)
+        "linear_scan" = Scan([Id; 3]),     // (linear_scan axis=2 x a)
         "attention" = Attention(Box<[Id]>), // (attention scale=0.125;groups=4 q k v [bias])
         "moba_attention" = Moba([Id; 4]), // (moba_attention moba=0.125;4;512;3 q k v)
         "lsh_attention" = Lsh([Id; 4]), // (lsh_attention lsh=0.125;8;64;64;causal qk v rotations)
         "routing_attention" = Routing([Id; 4]), // (routing_attention routing=0.125;16;512;causal qk v centroids)
+        // (linear_attention linear=causal;step;plain;chunkwise:64 q k v [log_decay])
+        "linear_attention" = LinearAttention(Box<[Id]>),
         Source(Source),
         Attr(Attr),
     }
@@ -120,6 +124,9 @@ pub enum Attr {
         block: u64,
         top_k: u64,
     },
+    /// `linear=causal|bidirectional;DECAY;normalized|plain;FORM` with FORM one of
+    /// `parallel`, `chunkwise:C`, `recurrent`.
+    Linear(attnc_ir::LinearAttention),
     Attention {
         scale: F64,
         softcap: Option<F64>,
@@ -248,6 +255,16 @@ impl fmt::Display for Attr {
                 block,
                 top_k,
             } => write!(f, "moba={scale};{groups};{block};{top_k}"),
+            Attr::Linear(l) => {
+                let c = if l.causal { "causal" } else { "bidirectional" };
+                let n = if l.normalize { "normalized" } else { "plain" };
+                write!(f, "linear={c};{};{n};", l.decay.name())?;
+                match l.form {
+                    LinearForm::Parallel => f.write_str("parallel"),
+                    LinearForm::Chunkwise { chunk } => write!(f, "chunkwise:{chunk}"),
+                    LinearForm::Recurrent => f.write_str("recurrent"),
+                }
+            }
             Attr::Routing {
                 scale,
                 clusters,
@@ -398,6 +415,39 @@ impl FromStr for Attr {
                 causal: direction(causal)?,
             });
         }
+        if let Some(rest) = s.strip_prefix("linear=") {
+            let parts: Vec<&str> = rest.split(';').collect();
+            let [causal, decay, normalize, form] = parts[..] else {
+                return Err(format!(
+                    "`{s}`: linear needs `linear=causal|bidirectional;DECAY;normalized|plain;FORM`"
+                ));
+            };
+            let decay = [Decay::None, Decay::Head, Decay::Step, Decay::Gate]
+                .into_iter()
+                .find(|d| d.name() == decay)
+                .ok_or_else(|| format!("`{decay}` is not a decay (none, head, step, gate)"))?;
+            let normalize = match normalize {
+                "normalized" => true,
+                "plain" => false,
+                other => return Err(format!("`{other}`: expected normalized or plain")),
+            };
+            let form = match form.split_once(':') {
+                Some(("chunkwise", c)) => LinearForm::Chunkwise {
+                    chunk: c
+                        .parse()
+                        .map_err(|_| format!("`{c}` is not a chunk size"))?,
+                },
+                None if form == "parallel" => LinearForm::Parallel,
+                None if form == "recurrent" => LinearForm::Recurrent,
+                _ => return Err(format!("`{form}` is not a linear attention form")),
+            };
+            return Ok(Attr::Linear(attnc_ir::LinearAttention {
+                causal: direction(causal)?,
+                decay,
+                normalize,
+                form,
+            }));
+        }
         if let Some(rest) = s.strip_prefix("moba=") {
             let parts: Vec<&str> = rest.split(';').collect();
             let [scale, groups, block, top_k] = parts[..] else {
@@ -511,6 +561,8 @@ pub enum SourceKind {
     Const(F64),
     Iota(usize),
     Mask(MaskExpr),
+    /// Performer features drawn from this seed.
+    Features(u64),
 }
 
 /// A source op with its declared type: everything `GraphBuilder::add` needs to
@@ -530,6 +582,7 @@ impl Source {
             Op::Const { value } => SourceKind::Const(F64::new(*value)),
             Op::Iota { axis } => SourceKind::Iota(*axis),
             Op::Mask { expr } => SourceKind::Mask(expr.clone()),
+            Op::RandomFeatures { seed } => SourceKind::Features(*seed),
             _ => return None,
         };
         Some(Source {
@@ -545,6 +598,7 @@ impl Source {
             SourceKind::Const(v) => Op::Const { value: v.get() },
             SourceKind::Iota(axis) => Op::Iota { axis: *axis },
             SourceKind::Mask(expr) => Op::Mask { expr: expr.clone() },
+            SourceKind::Features(seed) => Op::RandomFeatures { seed: *seed },
         }
     }
 }
@@ -557,6 +611,7 @@ impl fmt::Display for Source {
             SourceKind::Const(v) => write!(f, "const:{v}")?,
             SourceKind::Iota(axis) => write!(f, "iota:{axis}")?,
             SourceKind::Mask(expr) => write!(f, "mask:{:?}", expr.to_string())?,
+            SourceKind::Features(seed) => write!(f, "random_features:{seed}")?,
         }
         write!(f, ":{}", self.ty)
     }
@@ -594,6 +649,7 @@ pub fn attr_of(op: &Op) -> Option<Attr> {
         | Op::Const { .. }
         | Op::Iota { .. }
         | Op::Mask { .. }
+        | Op::RandomFeatures { .. }
         | Op::Select
         | Op::MatMul
         | Op::Embedding => return None,
@@ -618,7 +674,9 @@ pub fn attr_of(op: &Op) -> Option<Attr> {
         | Op::Concat { axis }
         | Op::Gather { axis }
         | Op::ScatterAdd { axis }
-        | Op::CumSum { axis } => Attr::Axis(*axis),
+        | Op::CumSum { axis }
+        | Op::Scan { axis } => Attr::Axis(*axis),
+        Op::LinearAttention(l) => Attr::Linear(*l),
         Op::Slice { axis, start, end } => Attr::Slice {
             axis: *axis,
             start: start.clone(),
@@ -665,7 +723,8 @@ impl Attn {
             | Op::Param { .. }
             | Op::Const { .. }
             | Op::Iota { .. }
-            | Op::Mask { .. } => return None,
+            | Op::Mask { .. }
+            | Op::RandomFeatures { .. } => return None,
             Op::Unary(_) => Attn::Unary(fit(c)?),
             Op::Binary(_) => Attn::Binary(fit(c)?),
             Op::Compare(_) => Attn::Compare(fit(c)?),
@@ -688,6 +747,11 @@ impl Attn {
             Op::Rope { .. } => Attn::Rope(fit(c)?),
             Op::TopK { .. } => Attn::TopK(fit(c)?),
             Op::CumSum { .. } => Attn::CumSum(fit(c)?),
+            Op::Scan { .. } => Attn::Scan(fit(c)?),
+            Op::LinearAttention(l) if c.len() == 4 + (l.decay != Decay::None) as usize => {
+                Attn::LinearAttention(c.into())
+            }
+            Op::LinearAttention(_) => return None,
             Op::Attention(a)
                 if c.len() == 4 + a.bias as usize + a.segments as usize + a.listed as usize =>
             {
@@ -777,6 +841,8 @@ impl Attn {
                 output: *output,
             },
             (Attn::CumSum(_), Some(Attr::Axis(axis))) => Op::CumSum { axis: *axis },
+            (Attn::Scan(_), Some(Attr::Axis(axis))) => Op::Scan { axis: *axis },
+            (Attn::LinearAttention(_), Some(Attr::Linear(l))) => Op::LinearAttention(*l),
             (
                 Attn::Moba(_),
                 Some(Attr::Moba {
@@ -887,6 +953,18 @@ mod tests {
                 window: 512,
                 causal: false,
             },
+            Attr::Linear(attnc_ir::LinearAttention {
+                causal: true,
+                decay: Decay::Gate,
+                normalize: true,
+                form: LinearForm::Chunkwise { chunk: 64 },
+            }),
+            Attr::Linear(attnc_ir::LinearAttention {
+                causal: false,
+                decay: Decay::None,
+                normalize: false,
+                form: LinearForm::Parallel,
+            }),
         ];
         for attr in attrs {
             let text = attr.to_string();

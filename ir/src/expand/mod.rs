@@ -14,11 +14,17 @@ use crate::{
 };
 use std::collections::HashMap;
 
+mod linear;
+
+pub use linear::is_kernel_form;
+
 /// Whether `graph` has an op that [`expand`] rewrites.
 pub fn needs_expansion(graph: &Graph) -> bool {
-    graph
-        .node_ids()
-        .any(|id| matches!(graph.node(id).op, Op::Moba(_) | Op::Lsh(_) | Op::Routing(_)))
+    graph.node_ids().any(|id| match &graph.node(id).op {
+        Op::Moba(_) | Op::Lsh(_) | Op::Routing(_) => true,
+        Op::LinearAttention(l) => !is_kernel_form(l),
+        _ => false,
+    })
 }
 
 /// `graph` with every `moba_attention` replaced by its block list and a
@@ -37,6 +43,7 @@ pub fn expand(graph: &Graph) -> Result<Graph> {
             Op::Moba(m) => moba(&mut b, m, &operands)?,
             Op::Lsh(l) => lsh(&mut b, l, &operands)?,
             Op::Routing(r) => routing(&mut b, r, &operands)?,
+            Op::LinearAttention(l) if !is_kernel_form(l) => linear::linear(&mut b, l, &operands)?,
             op => {
                 let declared = op.is_source().then(|| node.ty.clone());
                 b.add(op.clone(), &operands, declared)?
