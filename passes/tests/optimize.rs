@@ -144,3 +144,66 @@ fn nearly_dense_masks_keep_the_dense_tiles() {
         }
     }
 }
+
+/// The linear, recurrent and hybrid examples: at their published sequence lengths
+/// every linear mixer becomes `linear_attention` (causal ones chunkwise or
+/// recurrent), the softmax layers of the hybrids fused attention; shrunk, the
+/// optimized graph computes what the quadratic form does.
+#[test]
+fn linear_examples_become_linear_attention() {
+    let linear: [(&str, bool); 7] = [
+        ("linear-transformer", true),
+        ("performer", true),
+        ("retnet", true),
+        ("gla", true),
+        ("mamba2", true),
+        ("jamba", true),
+        ("minimax-01", true),
+    ];
+    for (name, causal) in linear {
+        let g = example(name, false, &["layers=8"]);
+        let opt = optimize(&g, &Options::new(Target::cpu())).unwrap();
+        let mut linear_layers = 0;
+        for l in attention_layers(&opt) {
+            let is_linear = l.after.contains(&"linear_attention".to_string());
+            let is_softmax = l
+                .after
+                .iter()
+                .any(|o| o == "attention" || o == "block_sparse_attention");
+            assert!(is_linear || is_softmax, "{name} {}: {:?}", l.name, l.after);
+            linear_layers += is_linear as usize;
+        }
+        assert!(linear_layers >= 7, "{name}: {linear_layers} linear layers");
+        let forms: Vec<String> = opt
+            .graph
+            .node_ids()
+            .filter_map(|id| match &opt.graph.node(id).op {
+                attnc_ir::Op::LinearAttention(l) => Some(format!("{:?}", l.form)),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            forms.iter().all(|f| causal != f.starts_with("Parallel")),
+            "{name}: {forms:?}"
+        );
+        let g = example(name, true, &[]);
+        check(&g, "cpu");
+    }
+    // Non-causal: Linformer stays softmax attention over k projected keys; axial
+    // attention is fused attention over each axis.
+    for name in ["linformer", "axial-transformer"] {
+        let g = example(name, false, &["layers=2"]);
+        let opt = optimize(&g, &Options::new(Target::cpu())).unwrap();
+        for l in attention_layers(&opt) {
+            assert!(
+                l.after.contains(&"attention".to_string())
+                    && !l.after.contains(&"softmax".to_string()),
+                "{name} {}: {:?}",
+                l.name,
+                l.after
+            );
+        }
+        let g = example(name, true, &[]);
+        check(&g, "cpu");
+    }
+}

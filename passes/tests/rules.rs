@@ -635,6 +635,225 @@ proptest::proptest! {
     }
 }
 
+/// The quadratic forms `linear-attention` reads, over `[2, 3, 16, ·]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Quadratic {
+    Kernel { causal: bool, normalize: bool },
+    Retnet,
+    Mamba,
+    Gla,
+}
+
+fn quadratic(form: Quadratic) -> (Graph, std::collections::HashMap<String, attnc_ir::Tensor>) {
+    use attnc_ir::{MaskExpr, TensorType};
+    let (bs, h, n, d) = (2, 3, 16, 4);
+    let mut b = builder();
+    let q = input(&mut b, "q", &[bs, h, n, d]);
+    let k = input(&mut b, "k", &[bs, h, n, d]);
+    let v = input(&mut b, "v", &[bs, h, n, 5]);
+    let nn = Shape(vec![Dim::Const(n), Dim::Const(n)]);
+    let mask = b
+        .add(
+            Op::Mask {
+                expr: MaskExpr::parse("k <= q").unwrap(),
+            },
+            &[],
+            Some(TensorType::new(nn.clone(), DType::Bool)),
+        )
+        .unwrap();
+    let zero = c(&mut b, 0.0);
+    let ninf = c(&mut b, f64::NEG_INFINITY);
+    let scores = |b: &mut GraphBuilder, q, k| {
+        let kt = transpose(b, k, &[0, 1, 3, 2]);
+        b.op(Op::MatMul, &[q, kt]).unwrap()
+    };
+    let causal_exp = |b: &mut GraphBuilder, e| {
+        let e = b.op(Op::Select, &[mask, e, ninf]).unwrap();
+        b.op(Op::Unary(UnaryOp::Exp), &[e]).unwrap()
+    };
+    let reshape = |b: &mut GraphBuilder, x, s: &[u64]| {
+        let shape = Shape(s.iter().map(|&n| Dim::Const(n)).collect());
+        b.op(Op::Reshape { shape }, &[x]).unwrap()
+    };
+    let (s, normalize) = match form {
+        Quadratic::Kernel { causal, normalize } => {
+            let mut s = scores(&mut b, q, k);
+            if causal {
+                s = b.op(Op::Select, &[mask, s, zero]).unwrap();
+            }
+            (s, normalize)
+        }
+        Quadratic::Retnet => {
+            let lg = input(&mut b, "ld", &[h]);
+            let lg = reshape(&mut b, lg, &[1, h, 1, 1]);
+            let ty = Some(TensorType::new(nn.clone(), DType::I64));
+            let qi = b.add(Op::Iota { axis: 0 }, &[], ty.clone()).unwrap();
+            let ki = b.add(Op::Iota { axis: 1 }, &[], ty).unwrap();
+            let rel = bin(&mut b, BinaryOp::Sub, qi, ki);
+            let rel = b.op(Op::Cast { to: DType::F32 }, &[rel]).unwrap();
+            let e = bin(&mut b, BinaryOp::Mul, rel, lg);
+            let dm = causal_exp(&mut b, e);
+            let s = scores(&mut b, q, k);
+            (bin(&mut b, BinaryOp::Mul, s, dm), false)
+        }
+        Quadratic::Mamba => {
+            let ld = input(&mut b, "ld", &[bs, h, n]);
+            let lc = b.op(Op::CumSum { axis: 2 }, &[ld]).unwrap();
+            let rows = reshape(&mut b, lc, &[bs, h, n, 1]);
+            let cols = reshape(&mut b, lc, &[bs, h, 1, n]);
+            let e = bin(&mut b, BinaryOp::Sub, rows, cols);
+            let l = causal_exp(&mut b, e);
+            let s = scores(&mut b, q, k);
+            (bin(&mut b, BinaryOp::Mul, s, l), false)
+        }
+        Quadratic::Gla => {
+            let g = input(&mut b, "ld", &[bs, h, n, d]);
+            let lc = b.op(Op::CumSum { axis: 2 }, &[g]).unwrap();
+            let up = b.op(Op::Unary(UnaryOp::Exp), &[lc]).unwrap();
+            let neg = b.op(Op::Unary(UnaryOp::Neg), &[lc]).unwrap();
+            let down = b.op(Op::Unary(UnaryOp::Exp), &[neg]).unwrap();
+            let qb = bin(&mut b, BinaryOp::Mul, q, up);
+            let kb = bin(&mut b, BinaryOp::Mul, k, down);
+            let s = scores(&mut b, qb, kb);
+            (b.op(Op::Select, &[mask, s, zero]).unwrap(), false)
+        }
+    };
+    let num = b.op(Op::MatMul, &[s, v]).unwrap();
+    let out = if normalize {
+        let den = b
+            .op(
+                Op::Reduce {
+                    kind: ReduceKind::Sum,
+                    axes: vec![3],
+                    keep_dims: true,
+                },
+                &[s],
+            )
+            .unwrap();
+        bin(&mut b, BinaryOp::Div, num, den)
+    } else {
+        num
+    };
+    let g = done(b, out);
+    // Positive features where rows are normalized, decays below one.
+    let mut bindings = random_bindings(&g, 5);
+    for (name, t) in bindings.iter_mut() {
+        match name.as_str() {
+            "q" | "k" if normalize => t.data.iter_mut().for_each(|x| *x = x.abs() + 0.1),
+            "ld" => t.data.iter_mut().for_each(|x| *x = -0.3 * x.abs()),
+            _ => {}
+        }
+    }
+    (g, bindings)
+}
+
+fn linear_of(g: &Graph) -> Vec<attnc_ir::LinearAttention> {
+    g.node_ids()
+        .filter_map(|id| match &g.node(id).op {
+            Op::LinearAttention(l) => Some(*l),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn kernelized_attention_becomes_linear_attention() {
+    use attnc_ir::{Decay, LinearForm};
+    let cases = [
+        (
+            Quadratic::Kernel {
+                causal: false,
+                normalize: true,
+            },
+            Decay::None,
+        ),
+        (
+            Quadratic::Kernel {
+                causal: true,
+                normalize: true,
+            },
+            Decay::None,
+        ),
+        (
+            Quadratic::Kernel {
+                causal: false,
+                normalize: false,
+            },
+            Decay::None,
+        ),
+        (Quadratic::Retnet, Decay::Head),
+        (Quadratic::Mamba, Decay::Step),
+        (Quadratic::Gla, Decay::Gate),
+    ];
+    for (form, decay) in cases {
+        let (g, bindings) = quadratic(form);
+        let out = check_rule_with("linear-attention", &g, &bindings);
+        let l = linear_of(&out);
+        assert_eq!(l.len(), 1, "{form:?}: {}", attnc_ir::print(&out));
+        assert_eq!(
+            (l[0].decay, l[0].form),
+            (decay, LinearForm::Parallel),
+            "{form:?}"
+        );
+        let causal = !matches!(form, Quadratic::Kernel { causal: false, .. });
+        assert_eq!(l[0].causal, causal, "{form:?}");
+        assert!(
+            !ops(&out).contains(&"mask"),
+            "{form:?}: the N×N mask is gone"
+        );
+    }
+}
+
+#[test]
+fn causal_linear_attention_runs_chunkwise_or_recurrent() {
+    use attnc_ir::{Decay, LinearAttention, LinearForm};
+    for decay in [Decay::None, Decay::Head, Decay::Step, Decay::Gate] {
+        for (rule, want) in [
+            ("linear-chunkwise", LinearForm::Chunkwise { chunk: 16 }),
+            ("linear-recurrent", LinearForm::Recurrent),
+        ] {
+            let (bs, h, n, d) = (2, 2, 64, 4);
+            let mut b = builder();
+            let q = input(&mut b, "q", &[bs, h, n, d]);
+            let k = input(&mut b, "k", &[bs, h, n, d]);
+            let v = input(&mut b, "v", &[bs, h, n, 3]);
+            let mut operands = vec![q, k, v];
+            match decay {
+                Decay::None => {}
+                Decay::Head => operands.push(input(&mut b, "ld", &[h])),
+                Decay::Step => operands.push(input(&mut b, "ld", &[bs, h, n])),
+                Decay::Gate => operands.push(input(&mut b, "ld", &[bs, h, n, d])),
+            }
+            let l = LinearAttention {
+                causal: true,
+                decay,
+                normalize: decay == Decay::None,
+                form: LinearForm::Parallel,
+            };
+            let o = b.op(Op::LinearAttention(l), &operands).unwrap();
+            let g = done(b, o);
+            let mut bindings = random_bindings(&g, 5);
+            for (name, t) in bindings.iter_mut() {
+                match name.as_str() {
+                    "q" | "k" if l.normalize => t.data.iter_mut().for_each(|x| *x = x.abs() + 0.1),
+                    "ld" => t.data.iter_mut().for_each(|x| *x = -0.3 * x.abs()),
+                    _ => {}
+                }
+            }
+            let out = check_rule_with(rule, &g, &bindings);
+            let forms: Vec<LinearForm> = linear_of(&out).iter().map(|l| l.form).collect();
+            // The cheapest rewritten form; chunkwise offers 16 and 32 here.
+            match want {
+                LinearForm::Recurrent => assert_eq!(forms, [want], "{decay:?}"),
+                _ => assert!(
+                    matches!(forms[..], [LinearForm::Chunkwise { chunk: 16 | 32 }]),
+                    "{decay:?}: {forms:?}"
+                ),
+            }
+        }
+    }
+}
+
 #[test]
 fn every_rule_is_tested_here() {
     let source = include_str!("rules.rs");

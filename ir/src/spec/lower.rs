@@ -6,6 +6,8 @@
 //! the FFN as plain matmuls and activations. Finding the fused, sparse or linear form
 //! is the optimizer's job, so the frontend never takes a shortcut.
 
+mod mixers;
+
 use super::{
     Arch, Attention, Ffn, FfnKind, LayerConfig, Mla, NormKind, NormPlacement, Position,
     ScoreModifier, Spec,
@@ -30,6 +32,7 @@ pub fn lower(spec: &Spec) -> Result<Graph, IrError> {
         dtype,
         token_table: None,
         segments: None,
+        layer_index: 0,
     };
     let mut x = l.embed()?;
     for cfg in &layers {
@@ -46,6 +49,8 @@ struct Lowerer<'s> {
     token_table: Option<NodeId>,
     /// The `segments` input (document ids), made on first use.
     segments: Option<NodeId>,
+    /// The layer being lowered.
+    layer_index: u64,
 }
 
 impl Lowerer<'_> {
@@ -156,10 +161,14 @@ impl Lowerer<'_> {
 
     fn layer(&mut self, cfg: &LayerConfig, x: NodeId) -> Result<NodeId, IrError> {
         let prefix = format!("layers.{}", cfg.index);
+        self.layer_index = cfg.index;
         self.b.set_layer(Some(format!("{prefix}.attn")));
         let x = self.residual(x, &format!("{prefix}.attn_norm"), |l, h| {
             l.attention(&cfg.attention, h, &format!("{prefix}.attn"))
         })?;
+        if cfg.ffn.kind == FfnKind::None {
+            return Ok(x);
+        }
         self.b.set_layer(Some(format!("{prefix}.ffn")));
         self.residual(x, &format!("{prefix}.ffn_norm"), |l, h| {
             l.ffn(&cfg.ffn, h, &format!("{prefix}.ffn"), cfg.index)
@@ -188,9 +197,10 @@ impl Lowerer<'_> {
     }
 
     fn attention(&mut self, a: &Attention, x: NodeId, prefix: &str) -> Result<NodeId, IrError> {
-        match &a.mla {
-            Some(m) => self.mla(a, m, x, prefix),
-            None => self.mha(a, x, prefix),
+        match (&a.mla, a.mixer) {
+            (Some(m), _) => self.mla(a, m, x, prefix),
+            (None, Some(m)) => self.mixer(a, m, x, prefix),
+            (None, None) => self.mha(a, x, prefix),
         }
     }
 
@@ -471,21 +481,26 @@ impl Lowerer<'_> {
         out_dim: &Dim,
         prefix: &str,
     ) -> Result<NodeId, IrError> {
-        let (batch, seq, d) = (Dim::sym("batch"), Dim::sym("seq"), Dim::sym("d_model"));
+        let o = self.join_heads(o, out_dim)?;
+        let out_bias = a.out_bias.then_some("bo");
+        self.linear(o, prefix, "wo", out_bias, out_dim, &Dim::sym("d_model"))
+    }
+
+    /// `[batch, heads, seq, head_dim] -> [batch, seq, heads·head_dim]`.
+    fn join_heads(&mut self, o: NodeId, out_dim: &Dim) -> Result<NodeId, IrError> {
+        let (batch, seq) = (Dim::sym("batch"), Dim::sym("seq"));
         let o = self.op(
             Op::Transpose {
                 perm: vec![0, 2, 1, 3],
             },
             &[o],
         )?;
-        let o = self.op(
+        self.op(
             Op::Reshape {
                 shape: self.shape(&[&batch, &seq, out_dim]),
             },
             &[o],
-        )?;
-        let out_bias = a.out_bias.then_some("bo");
-        self.linear(o, prefix, "wo", out_bias, out_dim, &d)
+        )
     }
 
     /// The document ids `segments: i64 [batch, seq]`, an input of the embedding layer.
@@ -593,6 +608,7 @@ impl Lowerer<'_> {
                 let h = self.bin(BinaryOp::Mul, g, u)?;
                 return self.linear(h, prefix, "w_down", bias("b_down"), &hidden, &d);
             }
+            FfnKind::None => return Ok(x),
             FfnKind::Moe => {
                 return Err(IrError::Spec {
                     layer: Some(format!("layers.{index}")),

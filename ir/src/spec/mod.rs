@@ -72,6 +72,8 @@ pub enum FfnKind {
     Swiglu,
     /// Mixture of experts (parsed now, lowered by the MoE work).
     Moe,
+    /// No feed-forward block: the layer is its mixer alone (pure Mamba stacks).
+    None,
 }
 
 /// The whole spec as written. `deny_unknown_fields` makes a typo an error.
@@ -178,6 +180,33 @@ pub struct AttentionFields {
     pub routing_clusters: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub routing_window: Option<u64>,
+    /// `kind = "linear"`: the feature map φ of `φ(q)·φ(k)ᵀ` — `elu` (elu + 1,
+    /// Katharopoulos et al.; the default), `relu`, `identity` or `performer` (FAVOR+
+    /// positive orthogonal random features).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feature_map: Option<String>,
+    /// Performer: the number of random features (default 256) and their seed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub features: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feature_seed: Option<u64>,
+    /// `kind = "linformer"`: the projected sequence length `k` of keys and values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub linformer_k: Option<u64>,
+    /// `kind = "gla"`: the rank of the low-rank gate projection (default 16).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gate_rank: Option<u64>,
+    /// `kind = "mamba2"`: the SSM state size `d_state` (default 128) and the inner
+    /// width factor `expand` (default 2); `heads × head_dim` must be `expand ·
+    /// d_model`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expand: Option<u64>,
+    /// `kind = "axial"`: attention along the rows, then the columns, of the sequence
+    /// read as an `axial_rows × (seq / axial_rows)` grid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub axial_rows: Option<u64>,
     /// Score scale. Default: `1/sqrt(head_dim)`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scale: Option<f64>,
@@ -285,6 +314,14 @@ pub const ATTENTION_FIELDS: &[&str] = &[
     "lsh_chunk",
     "routing_clusters",
     "routing_window",
+    "feature_map",
+    "features",
+    "feature_seed",
+    "linformer_k",
+    "gate_rank",
+    "state_size",
+    "expand",
+    "axial_rows",
     "scale",
     "qkv_bias",
     "out_bias",
@@ -326,6 +363,17 @@ impl AttentionFields {
             lsh_chunk: over.lsh_chunk.or(self.lsh_chunk),
             routing_clusters: over.routing_clusters.or(self.routing_clusters),
             routing_window: over.routing_window.or(self.routing_window),
+            feature_map: over
+                .feature_map
+                .clone()
+                .or_else(|| self.feature_map.clone()),
+            features: over.features.or(self.features),
+            feature_seed: over.feature_seed.or(self.feature_seed),
+            linformer_k: over.linformer_k.or(self.linformer_k),
+            gate_rank: over.gate_rank.or(self.gate_rank),
+            state_size: over.state_size.or(self.state_size),
+            expand: over.expand.or(self.expand),
+            axial_rows: over.axial_rows.or(self.axial_rows),
             scale: over.scale.or(self.scale),
             qkv_bias: over.qkv_bias.or(self.qkv_bias),
             out_bias: over.out_bias.or(self.out_bias),
@@ -380,11 +428,52 @@ pub struct Attention {
     pub lsh: Option<(u64, u64, u64)>,
     /// Set for Routing attention: `(clusters, window)`.
     pub routing: Option<(u64, u64)>,
+    /// Set for the linear, recurrent and axial mixers.
+    pub mixer: Option<Mixer>,
     pub scale: f64,
     pub qkv_bias: bool,
     pub out_bias: bool,
     /// Set for multi-head latent attention.
     pub mla: Option<Mla>,
+}
+
+/// A token mixer other than softmax attention over `(q, k)`, each lowered in its
+/// paper's quadratic (parallel) form.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Mixer {
+    /// `φ(q)·φ(k)ᵀ·v / φ(q)·Σφ(k)`, causal when the mask is `k <= q`.
+    Kernel {
+        feature_map: FeatureMap,
+        causal: bool,
+    },
+    /// Linformer: keys and values projected along the sequence to `k` rows.
+    Linformer { k: u64 },
+    /// RetNet's retention: `(q·kᵀ ⊙ D)·v` with `D = γ_h^(i-j)` (causal), `γ_h = 1 −
+    /// 2^(−5−h)`, a per-head RMS norm and a swish output gate.
+    Retnet,
+    /// Gated linear attention: data-dependent per-channel decay `α = σ(x·W₁·W₂ +
+    /// b)^(1/16)` of rank `gate_rank`.
+    Gla { gate_rank: u64 },
+    /// Mamba2's SSD mixer: a scalar decay per head and step `exp(Δ·A)`, shared `B`,
+    /// `C` of width `state`, inner width `expand · d_model`.
+    Mamba2 { state: u64, expand: u64 },
+    /// Axial attention over a `rows × (seq / rows)` grid: along rows, then columns.
+    Axial { rows: u64 },
+}
+
+/// The feature map of kernel attention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeatureMap {
+    /// `elu(x) + 1`.
+    Elu,
+    Relu,
+    Identity,
+    /// FAVOR+: `exp(ω·x̃ − |x̃|²/2) / √m` with `x̃ = x·d^(-1/4)` and `m` seeded
+    /// orthogonal random features, so `φ(q)·φ(k) ≈ exp(q·k/√d)`.
+    Performer {
+        features: u64,
+        seed: u64,
+    },
 }
 
 /// The resolved multi-head latent attention (DeepSeek-V2) sizes of one layer.
@@ -760,12 +849,29 @@ impl Spec {
                 }
                 Some((block, top_k))
             }
+            Some(k) if MIXERS.contains(&k) => {
+                if attention.moba_block.is_some() || attention.moba_top_k.is_some() {
+                    return Err(err(
+                        "`attention.moba_block` / `moba_top_k` need `attention.kind = \"moba\"`"
+                            .into(),
+                    ));
+                }
+                None
+            }
             Some(other) => {
                 return Err(err(format!(
-                    "`attention.kind` = {other:?}: expected \"softmax\", \"moba\", \"lsh\" or \"routing\""
+                    "`attention.kind` = {other:?}: expected \"softmax\", \"moba\", \"lsh\", \"routing\", {}",
+                    MIXERS.iter().map(|m| format!("\"{m}\"")).collect::<Vec<_>>().join(", ")
                 )))
             }
         };
+        let mixer = self.mixer(&attention, attn_kind, mask.as_ref(), heads, head_dim, &err)?;
+        if mixer.is_some() && (mla.is_some() || attention.document_mask == Some(true)) {
+            return Err(err(format!(
+                "`attention.kind` = {:?} works without MLA and document masks",
+                attn_kind.unwrap_or_default()
+            )));
+        }
         let score_modifier = parse_score_modifier(attention.score_modifier.as_deref())
             .map_err(|m| err(format!("`attention.score_modifier`: {m}")))?;
         // For MLA `head_dim` is `dn + dr`, so this is `1/sqrt(dn + dr)`.
@@ -778,8 +884,11 @@ impl Spec {
         let ffn_kind = ffn
             .kind
             .ok_or_else(|| err("`ffn.kind` is required".into()))?;
-        let hidden = positive("ffn.hidden", ffn.hidden)?
-            .ok_or_else(|| err("`ffn.hidden` is required".into()))?;
+        let hidden = match positive("ffn.hidden", ffn.hidden)? {
+            Some(h) => h,
+            None if ffn_kind == FfnKind::None => 0,
+            None => return Err(err("`ffn.hidden` is required".into())),
+        };
         Ok(LayerConfig {
             index,
             kind,
@@ -793,6 +902,7 @@ impl Spec {
                 moba,
                 lsh,
                 routing,
+                mixer,
                 scale,
                 qkv_bias: attention.qkv_bias.unwrap_or(false),
                 out_bias: attention.out_bias.unwrap_or(false),
@@ -807,7 +917,149 @@ impl Spec {
     }
 }
 
+/// `attention.kind` values that are token mixers ([`Mixer`]).
+const MIXERS: &[&str] = &["linear", "linformer", "retnet", "gla", "mamba2", "axial"];
+
 impl Spec {
+    /// The mixer of a layer's merged attention fields (`None` for softmax attention
+    /// and the sparse kinds); an error for fields of another kind or a mask the
+    /// mixer cannot take.
+    fn mixer(
+        &self,
+        a: &AttentionFields,
+        kind: Option<&str>,
+        mask: Option<&MaskExpr>,
+        heads: u64,
+        head_dim: u64,
+        err: &dyn Fn(String) -> IrError,
+    ) -> Result<Option<Mixer>, IrError> {
+        let owned: [(&str, bool, &str); 5] = [
+            (
+                "feature_map` / `features` / `feature_seed",
+                a.feature_map.is_some() || a.features.is_some() || a.feature_seed.is_some(),
+                "linear",
+            ),
+            ("linformer_k", a.linformer_k.is_some(), "linformer"),
+            ("gate_rank", a.gate_rank.is_some(), "gla"),
+            (
+                "state_size` / `expand",
+                a.state_size.is_some() || a.expand.is_some(),
+                "mamba2",
+            ),
+            ("axial_rows", a.axial_rows.is_some(), "axial"),
+        ];
+        for (fields, set, owner) in owned {
+            if set && kind != Some(owner) {
+                return Err(err(format!(
+                    "`attention.{fields}` need `attention.kind = \"{owner}\"`"
+                )));
+            }
+        }
+        let Some(kind) = kind.filter(|k| MIXERS.contains(k)) else {
+            return Ok(None);
+        };
+        let size = |name: &str, v: Option<u64>, default: u64| match v {
+            Some(0) => Err(err(format!("`attention.{name}` must be at least 1"))),
+            Some(v) if v > MAX_DIM => Err(err(format!("`attention.{name}` = {v} is too large"))),
+            v => Ok(v.unwrap_or(default)),
+        };
+        let causal = match mask {
+            None => false,
+            Some(m) if *m == MaskExpr::parse("k <= q").expect("a valid mask") => true,
+            Some(m) => {
+                return Err(err(format!(
+                "`attention.kind = \"{kind}\"` takes the causal mask `k <= q` or none, not `{m}`"
+            )))
+            }
+        };
+        let seq = self.dim("seq")?;
+        let needs_causal = |what: &str| {
+            if causal {
+                Ok(())
+            } else {
+                Err(err(format!(
+                    "{what} is causal: use it in a decoder (mask `k <= q`)"
+                )))
+            }
+        };
+        Ok(Some(match kind {
+            "linear" => {
+                let feature_map = match a.feature_map.as_deref().map(str::trim) {
+                    None | Some("elu") => FeatureMap::Elu,
+                    Some("relu") => FeatureMap::Relu,
+                    Some("identity") => FeatureMap::Identity,
+                    Some("performer") => FeatureMap::Performer {
+                        features: size("features", a.features, 256)?,
+                        seed: a.feature_seed.unwrap_or(0),
+                    },
+                    Some(other) => {
+                        return Err(err(format!(
+                            "`attention.feature_map` = {other:?}: expected \"elu\", \"relu\", \"identity\" or \"performer\""
+                        )))
+                    }
+                };
+                if a.features.is_some() && !matches!(feature_map, FeatureMap::Performer { .. }) {
+                    return Err(err(
+                        "`attention.features` is the Performer's: set `attention.feature_map = \"performer\"`".into(),
+                    ));
+                }
+                Mixer::Kernel {
+                    feature_map,
+                    causal,
+                }
+            }
+            "linformer" => {
+                if causal {
+                    return Err(err(
+                        "Linformer projects the whole sequence: it has no causal form (set `attention.mask = \"none\"`)".into(),
+                    ));
+                }
+                Mixer::Linformer {
+                    k: size("linformer_k", a.linformer_k, 256)?,
+                }
+            }
+            "retnet" => {
+                needs_causal("RetNet's retention")?;
+                Mixer::Retnet
+            }
+            "gla" => {
+                needs_causal("gated linear attention")?;
+                Mixer::Gla {
+                    gate_rank: size("gate_rank", a.gate_rank, 16)?,
+                }
+            }
+            "mamba2" => {
+                needs_causal("Mamba2")?;
+                let expand = size("expand", a.expand, 2)?;
+                if heads * head_dim != expand * self.d_model {
+                    return Err(err(format!(
+                        "Mamba2's heads × head_dim ({heads} × {head_dim}) must be expand × d_model ({expand} × {})",
+                        self.d_model
+                    )));
+                }
+                Mixer::Mamba2 {
+                    state: size("state_size", a.state_size, 128)?,
+                    expand,
+                }
+            }
+            _ => {
+                let rows = size("axial_rows", a.axial_rows, 1)?;
+                if a.axial_rows.is_none() || seq % rows != 0 {
+                    return Err(err(format!(
+                        "axial attention needs `attention.axial_rows` dividing `dims.seq` ({seq})"
+                    )));
+                }
+                if mask.is_some() {
+                    return Err(err(
+                        "axial attention here is bidirectional: set `attention.mask = \"none\"`"
+                            .into(),
+                    ));
+                }
+                Mixer::Axial { rows }
+            }
+        }))
+    }
+
     /// The MLA sizes of a layer's merged attention fields: `None` unless
     /// `kv_lora_rank` is set, an error when the MLA fields are inconsistent.
     fn mla(

@@ -74,6 +74,20 @@ impl Spec {
                 shrink_ffn(f, d_ratio, pinned, &format!("override.{i}.ffn"));
             }
         }
+        let base = t.attention.clone();
+        fit_mamba_heads(
+            &mut t.attention,
+            &AttentionFields::default(),
+            t.d_model,
+            "attention",
+            pinned,
+        );
+        for (name, kind) in t.kinds.iter_mut() {
+            if let Some(a) = kind.attention.as_mut() {
+                let at = format!("kinds.{name}.attention");
+                fit_mamba_heads(a, &base, t.d_model, &at, pinned);
+            }
+        }
         if free("vocab") {
             t.vocab = self.vocab.min(TINY_VOCAB);
         }
@@ -176,6 +190,32 @@ fn shrink_attention(a: &mut AttentionFields, pinned: &[String], at: &str) {
     // Four clusters of a quarter of the tiny sequence each.
     shrink(&mut a.routing_clusters, "routing_clusters", 4);
     shrink(&mut a.routing_window, "routing_window", TINY_SEQ / 4);
+    // Linear mixers: fewer features, projected rows, state and gate rank; a 4 × 8
+    // axial grid.
+    shrink(&mut a.features, "features", 16);
+    shrink(&mut a.linformer_k, "linformer_k", TINY_SEQ / 4);
+    shrink(&mut a.state_size, "state_size", 16);
+    shrink(&mut a.gate_rank, "gate_rank", 4);
+    shrink(&mut a.axial_rows, "axial_rows", TINY_SEQ / 8);
+}
+
+/// Mamba2 ties its heads to the model width (`heads × head_dim = expand · d_model`):
+/// after shrinking, the heads of a Mamba2 section are recomputed from the tiny width.
+fn fit_mamba_heads(
+    a: &mut AttentionFields,
+    base: &AttentionFields,
+    d_model: u64,
+    at: &str,
+    pinned: &[String],
+) {
+    let kind = a.kind.as_deref().or(base.kind.as_deref());
+    if kind != Some("mamba2") || pinned.iter().any(|p| *p == format!("{at}.heads")) {
+        return;
+    }
+    let head_dim = a.head_dim.or(base.head_dim).unwrap_or(TINY_HEAD_DIM);
+    let expand = a.expand.or(base.expand).unwrap_or(2);
+    a.heads = Some((expand * d_model / head_dim.max(1)).max(1));
+    a.kv_heads = None;
 }
 
 fn shrink_ffn(f: &mut FfnFields, d_ratio: f64, pinned: &[String], at: &str) {

@@ -9,6 +9,7 @@
 
 pub mod algebra;
 pub mod fusion;
+pub mod linear;
 pub mod sparse;
 
 use crate::{type_with, Attn, Attr, EGraph, Source, TypeAnalysis};
@@ -26,16 +27,24 @@ pub enum Family {
     Fusion,
     /// Masked attention into block-sparse attention over the mask's non-empty blocks.
     Sparse,
+    /// Kernelized attention into linear attention; its chunkwise and recurrent forms.
+    Linear,
 }
 
 impl Family {
-    pub const ALL: [Family; 3] = [Family::Algebra, Family::Fusion, Family::Sparse];
+    pub const ALL: [Family; 4] = [
+        Family::Algebra,
+        Family::Fusion,
+        Family::Sparse,
+        Family::Linear,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Family::Algebra => "algebra",
             Family::Fusion => "fusion",
             Family::Sparse => "sparse",
+            Family::Linear => "linear",
         }
     }
 }
@@ -60,6 +69,7 @@ pub fn all_rules() -> Vec<Rule> {
     let mut rules = algebra::rules();
     rules.extend(fusion::rules());
     rules.extend(sparse::rules());
+    rules.extend(linear::rules());
     rules
 }
 
@@ -120,7 +130,7 @@ impl RuleSelection {
                     .map(|n| format!("; did you mean `{n}`?"))
                     .unwrap_or_default();
                 return Err(format!(
-                    "unknown rule or family `{name}`{hint} (families: algebra, fusion, sparse; \
+                    "unknown rule or family `{name}`{hint} (families: algebra, fusion, sparse, linear; \
                      `attnc inspect --list-rules` lists the rules)"
                 ));
             }

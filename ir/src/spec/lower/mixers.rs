@@ -1,0 +1,521 @@
+//! Token mixers other than softmax attention, each in its paper's quadratic form:
+//! kernel attention `φ(q)·φ(k)ᵀ·v` with its normalizer, Linformer's projected keys and
+//! values, RetNet's decay matrix, GLA's gated scores `(q ⊙ b)·(k / b)ᵀ`, Mamba2's SSD
+//! `(C·Bᵀ ⊙ L)·x`, axial attention over the rows and columns of a grid. The linear,
+//! chunkwise and recurrent forms are the optimizer's to find.
+
+use super::Lowerer;
+use crate::spec::{Attention, FeatureMap, Mixer, Position};
+use crate::{
+    BinaryOp, DType, Dim, IrError, MaskExpr, NodeId, Op, ReduceKind, Shape, TensorType, UnaryOp,
+};
+
+type R<T> = Result<T, IrError>;
+
+impl Lowerer<'_> {
+    pub(super) fn mixer(&mut self, a: &Attention, m: Mixer, x: NodeId, prefix: &str) -> R<NodeId> {
+        match m {
+            Mixer::Kernel {
+                feature_map,
+                causal,
+            } => {
+                let (q, k, v, q_dim) = self.heads_qkv(a, x, prefix)?;
+                let features = match feature_map {
+                    FeatureMap::Performer { features, seed } => {
+                        // One draw per layer, shared by queries and keys.
+                        let seed = seed.wrapping_add(self.layer_index);
+                        let head_dim = Dim::Const(a.head_dim);
+                        let shape = Shape(vec![Dim::Const(features), head_dim]);
+                        Some(self.b.add(
+                            Op::RandomFeatures { seed },
+                            &[],
+                            Some(TensorType::new(shape, self.dtype)),
+                        )?)
+                    }
+                    _ => None,
+                };
+                let fq = self.feature_map(feature_map, features, a.scale, q)?;
+                let fk = self.feature_map(feature_map, features, a.scale, k)?;
+                let o = self.kernel_attention(fq, fk, v, causal)?;
+                self.merge_heads(o, a, &q_dim, prefix)
+            }
+            Mixer::Linformer { k: kp } => {
+                let (q, k, v, q_dim) = self.heads_qkv(a, x, prefix)?;
+                // E, F: [k, seq], applied to every head's keys and values.
+                let (proj, seq) = (Dim::Const(kp), Dim::sym("seq"));
+                let e = self.param(format!("{prefix}.proj_k"), &[&proj, &seq])?;
+                let f = self.param(format!("{prefix}.proj_v"), &[&proj, &seq])?;
+                let k = self.op(Op::MatMul, &[e, k])?;
+                let v = self.op(Op::MatMul, &[f, v])?;
+                let heads = self.dim("heads", a.heads);
+                self.attend(a, q, k, v, &heads, &q_dim, prefix)
+            }
+            Mixer::Retnet => {
+                let (q, k, v, q_dim) = self.heads_qkv(a, x, prefix)?;
+                let scale = self.scalar(a.scale)?;
+                let k = self.bin(BinaryOp::Mul, k, scale)?;
+                let decay = self.retnet_decay(a.heads)?;
+                let s = self.scores(q, k)?;
+                let s = self.bin(BinaryOp::Mul, s, decay)?;
+                let o = self.op(Op::MatMul, &[s, v])?;
+                self.gated_output(o, a, x, &q_dim, prefix, "wg")
+            }
+            Mixer::Gla { gate_rank } => {
+                let (q, k, v, q_dim) = self.heads_qkv(a, x, prefix)?;
+                let scale = self.scalar(a.scale)?;
+                let q = self.bin(BinaryOp::Mul, q, scale)?;
+                // log α = log σ(x·W₁·W₂ + b) / 16, per head and key channel.
+                let d = Dim::sym("d_model");
+                let rank = Dim::Const(gate_rank);
+                let g = self.linear(x, prefix, "wg_a", None, &d, &rank)?;
+                let g = self.linear(g, prefix, "wg_b", Some("bg"), &rank, &q_dim)?;
+                let g = self.unary(UnaryOp::Sigmoid, g)?;
+                let g = self.unary(UnaryOp::Log, g)?;
+                let tau = self.scalar(1.0 / 16.0)?;
+                let g = self.bin(BinaryOp::Mul, g, tau)?;
+                let heads = self.dim("heads", a.heads);
+                let head_dim = self.dim("head_dim", a.head_dim);
+                let g = self.split_heads(g, &heads, &head_dim)?;
+                // b_i = exp(Σ_{t≤i} log α_t): scores (q ⊙ b)·(k / b)ᵀ, causal.
+                let lc = self.op(Op::CumSum { axis: 2 }, &[g])?;
+                let up = self.unary(UnaryOp::Exp, lc)?;
+                let neg = self.unary(UnaryOp::Neg, lc)?;
+                let down = self.unary(UnaryOp::Exp, neg)?;
+                let qb = self.bin(BinaryOp::Mul, q, up)?;
+                let kb = self.bin(BinaryOp::Mul, k, down)?;
+                let s = self.scores(qb, kb)?;
+                let s = self.causal_zero(s)?;
+                let o = self.op(Op::MatMul, &[s, v])?;
+                self.gated_output(o, a, x, &q_dim, prefix, "wr")
+            }
+            Mixer::Mamba2 { state, .. } => self.mamba2(a, state, x, prefix),
+            Mixer::Axial { rows } => self.axial(a, rows, x, prefix),
+        }
+    }
+
+    /// Queries, keys and values split into heads (rotated when the model uses RoPE),
+    /// keys and values repeated to every query head; and the width of all heads.
+    fn heads_qkv(
+        &mut self,
+        a: &Attention,
+        x: NodeId,
+        prefix: &str,
+    ) -> R<(NodeId, NodeId, NodeId, Dim)> {
+        let d = Dim::sym("d_model");
+        let heads = self.dim("heads", a.heads);
+        let kv_heads = self.dim("kv_heads", a.kv_heads);
+        let head_dim = self.dim("head_dim", a.head_dim);
+        let q_dim = self.width("q_dim", a.heads * a.head_dim);
+        let kv_dim = self.width("kv_dim", a.kv_heads * a.head_dim);
+        let bias = |name: &'static str| a.qkv_bias.then_some(name);
+        let q = self.linear(x, prefix, "wq", bias("bq"), &d, &q_dim)?;
+        let k = self.linear(x, prefix, "wk", bias("bk"), &d, &kv_dim)?;
+        let v = self.linear(x, prefix, "wv", bias("bv"), &d, &kv_dim)?;
+        let mut q = self.split_heads(q, &heads, &head_dim)?;
+        let mut k = self.split_heads(k, &kv_heads, &head_dim)?;
+        let mut v = self.split_heads(v, &kv_heads, &head_dim)?;
+        if self.spec.position == Position::Rope {
+            let theta = self.spec.rope_theta;
+            q = self.op(Op::Rope { theta }, &[q])?;
+            k = self.op(Op::Rope { theta }, &[k])?;
+        }
+        if a.heads != a.kv_heads {
+            k = self.repeat_kv(k, a, &kv_heads, &head_dim)?;
+            v = self.repeat_kv(v, a, &kv_heads, &head_dim)?;
+        }
+        Ok((q, k, v, q_dim))
+    }
+
+    /// `d_model` when `width` is the model width, else a dimension named `name`.
+    fn width(&mut self, name: &str, width: u64) -> Dim {
+        if width == self.spec.d_model {
+            Dim::sym("d_model")
+        } else {
+            self.dim(name, width)
+        }
+    }
+
+    /// φ(x) over the last axis of `x [B, H, N, D]`.
+    fn feature_map(
+        &mut self,
+        map: FeatureMap,
+        omega: Option<NodeId>,
+        scale: f64,
+        x: NodeId,
+    ) -> R<NodeId> {
+        match map {
+            FeatureMap::Elu => {
+                let e = self.unary(UnaryOp::Elu, x)?;
+                let one = self.scalar(1.0)?;
+                self.bin(BinaryOp::Add, e, one)
+            }
+            FeatureMap::Relu => self.unary(UnaryOp::Relu, x),
+            FeatureMap::Identity => Ok(x),
+            FeatureMap::Performer { features, .. } => {
+                let omega = omega.ok_or_else(|| self.error("the Performer needs its features"))?;
+                // x̃ = x·√scale, so φ(q̃)·φ(k̃) estimates exp(scale·q·k).
+                let s = self.scalar(scale.sqrt())?;
+                let xs = self.bin(BinaryOp::Mul, x, s)?;
+                let wt = self.op(Op::Transpose { perm: vec![1, 0] }, &[omega])?;
+                let proj = self.op(Op::MatMul, &[xs, wt])?;
+                let sq = self.bin(BinaryOp::Mul, xs, xs)?;
+                let sq = self.op(
+                    Op::Reduce {
+                        kind: ReduceKind::Sum,
+                        axes: vec![3],
+                        keep_dims: true,
+                    },
+                    &[sq],
+                )?;
+                let half = self.scalar(0.5)?;
+                let sq = self.bin(BinaryOp::Mul, sq, half)?;
+                let e = self.bin(BinaryOp::Sub, proj, sq)?;
+                let e = self.unary(UnaryOp::Exp, e)?;
+                let norm = self.scalar(1.0 / (features as f64).sqrt())?;
+                self.bin(BinaryOp::Mul, e, norm)
+            }
+        }
+    }
+
+    fn error(&self, message: &str) -> IrError {
+        IrError::Spec {
+            layer: self.b.layer().map(str::to_string),
+            message: message.into(),
+        }
+    }
+
+    /// `q·kᵀ` over `[B, H, N, ·]`.
+    fn scores(&mut self, q: NodeId, k: NodeId) -> R<NodeId> {
+        let kt = self.op(
+            Op::Transpose {
+                perm: vec![0, 1, 3, 2],
+            },
+            &[k],
+        )?;
+        self.op(Op::MatMul, &[q, kt])
+    }
+
+    /// The causal mask `k <= q` over `[seq, seq]`.
+    fn causal_mask(&mut self) -> R<NodeId> {
+        let seq = Dim::sym("seq");
+        self.b.add(
+            Op::Mask {
+                expr: MaskExpr::parse("k <= q").expect("a valid mask"),
+            },
+            &[],
+            Some(TensorType::new(Shape(vec![seq.clone(), seq]), DType::Bool)),
+        )
+    }
+
+    /// Scores with the keys after each query zeroed.
+    fn causal_zero(&mut self, s: NodeId) -> R<NodeId> {
+        let m = self.causal_mask()?;
+        let zero = self.scalar(0.0)?;
+        self.op(Op::Select, &[m, s, zero])
+    }
+
+    /// `exp(e)` where `k <= q`, 0 elsewhere, masked before the exponential.
+    fn causal_exp(&mut self, e: NodeId) -> R<NodeId> {
+        let m = self.causal_mask()?;
+        let ninf = self.scalar(f64::NEG_INFINITY)?;
+        let e = self.op(Op::Select, &[m, e, ninf])?;
+        self.unary(UnaryOp::Exp, e)
+    }
+
+    /// `(φq·φkᵀ, causal)·v / Σ_k (φq·φkᵀ, causal)`.
+    fn kernel_attention(&mut self, fq: NodeId, fk: NodeId, v: NodeId, causal: bool) -> R<NodeId> {
+        let mut s = self.scores(fq, fk)?;
+        if causal {
+            s = self.causal_zero(s)?;
+        }
+        let num = self.op(Op::MatMul, &[s, v])?;
+        let den = self.op(
+            Op::Reduce {
+                kind: ReduceKind::Sum,
+                axes: vec![3],
+                keep_dims: true,
+            },
+            &[s],
+        )?;
+        self.bin(BinaryOp::Div, num, den)
+    }
+
+    /// RetNet's `D[h, i, j] = γ_h^(i−j)` for `j ≤ i`, else 0, with `γ_h = 1 − 2^(−5−h)`:
+    /// `[1, H, seq, seq]`.
+    fn retnet_decay(&mut self, n_heads: u64) -> R<NodeId> {
+        let (seq, one) = (Dim::sym("seq"), Dim::Const(1));
+        let heads = self.dim("heads", n_heads);
+        let ty = |s: Shape| Some(TensorType::new(s, DType::I64));
+        let h = self
+            .b
+            .add(Op::Iota { axis: 0 }, &[], ty(self.shape(&[&heads])))?;
+        let h = self.op(Op::Cast { to: self.dtype }, &[h])?;
+        let five = self.scalar(5.0)?;
+        let e = self.bin(BinaryOp::Add, h, five)?;
+        let e = self.unary(UnaryOp::Neg, e)?;
+        let two = self.scalar(2.0)?;
+        let p = self.bin(BinaryOp::Pow, two, e)?;
+        let c1 = self.scalar(1.0)?;
+        let gamma = self.bin(BinaryOp::Sub, c1, p)?;
+        let log_gamma = self.unary(UnaryOp::Log, gamma)?;
+        let log_gamma = self.op(
+            Op::Reshape {
+                shape: self.shape(&[&one, &heads, &one, &one]),
+            },
+            &[log_gamma],
+        )?;
+        let qi = self
+            .b
+            .add(Op::Iota { axis: 0 }, &[], ty(self.shape(&[&seq, &seq])))?;
+        let ki = self
+            .b
+            .add(Op::Iota { axis: 1 }, &[], ty(self.shape(&[&seq, &seq])))?;
+        let rel = self.bin(BinaryOp::Sub, qi, ki)?;
+        let rel = self.op(Op::Cast { to: self.dtype }, &[rel])?;
+        let e = self.bin(BinaryOp::Mul, rel, log_gamma)?;
+        self.causal_exp(e)
+    }
+
+    /// A per-head RMS norm of `o [B, H, N, D]`, heads joined, a swish gate
+    /// `silu(x·W_gate)` and the output projection `wo` (RetNet, GLA).
+    fn gated_output(
+        &mut self,
+        o: NodeId,
+        a: &Attention,
+        x: NodeId,
+        q_dim: &Dim,
+        prefix: &str,
+        gate: &str,
+    ) -> R<NodeId> {
+        let head_dim = self.dim("head_dim", a.head_dim);
+        let gamma = self.param(format!("{prefix}.head_norm.weight"), &[&head_dim])?;
+        let eps = self.spec.norm_eps;
+        let o = self.op(Op::RmsNorm { eps }, &[o, gamma])?;
+        let o = self.join_heads(o, q_dim)?;
+        let d = Dim::sym("d_model");
+        let g = self.linear(x, prefix, gate, None, &d, q_dim)?;
+        let g = self.unary(UnaryOp::Silu, g)?;
+        let o = self.bin(BinaryOp::Mul, o, g)?;
+        let out_bias = a.out_bias.then_some("bo");
+        self.linear(o, prefix, "wo", out_bias, q_dim, &d)
+    }
+
+    /// Mamba2's mixer with SSD in its quadratic (dual) form: `y = (C·Bᵀ ⊙ L)·(x·Δ) +
+    /// D·x` with `L[i, j] = exp(Σ_{t=j+1..i} Δ_t·A)` for `j ≤ i`, per head; `B`, `C`
+    /// shared by all heads (one group), the gated RMS norm `norm(y ⊙ silu(z))` and the
+    /// output projection. The short causal convolution before the SSM is not
+    /// modelled (the activations go straight to `silu`).
+    fn mamba2(&mut self, a: &Attention, state: u64, x: NodeId, prefix: &str) -> R<NodeId> {
+        let (batch, seq, d, one) = (
+            Dim::sym("batch"),
+            Dim::sym("seq"),
+            Dim::sym("d_model"),
+            Dim::Const(1),
+        );
+        let heads = self.dim("heads", a.heads);
+        let head_dim = self.dim("head_dim", a.head_dim);
+        let inner = self.width("d_inner", a.heads * a.head_dim);
+        let n = self.dim("state_size", state);
+        let z = self.linear(x, prefix, "w_z", None, &d, &inner)?;
+        let xs = self.linear(x, prefix, "w_x", None, &d, &inner)?;
+        let bm = self.linear(x, prefix, "w_b", None, &d, &n)?;
+        let cm = self.linear(x, prefix, "w_c", None, &d, &n)?;
+        let dt = self.linear(x, prefix, "w_dt", Some("dt_bias"), &d, &heads)?;
+        let xs = self.unary(UnaryOp::Silu, xs)?;
+        let bm = self.unary(UnaryOp::Silu, bm)?;
+        let cm = self.unary(UnaryOp::Silu, cm)?;
+        // Δ = softplus(dt) = log(1 + exp(dt)); A = −exp(A_log).
+        let dt = self.unary(UnaryOp::Exp, dt)?;
+        let c1 = self.scalar(1.0)?;
+        let dt = self.bin(BinaryOp::Add, dt, c1)?;
+        let dt = self.unary(UnaryOp::Log, dt)?;
+        let a_log = self.param(format!("{prefix}.A_log"), &[&heads])?;
+        let a_neg = self.unary(UnaryOp::Exp, a_log)?;
+        let a_neg = self.unary(UnaryOp::Neg, a_neg)?;
+        let log_decay = self.bin(BinaryOp::Mul, dt, a_neg)?;
+        let log_decay = self.op(
+            Op::Transpose {
+                perm: vec![0, 2, 1],
+            },
+            &[log_decay],
+        )?;
+        let xh = self.split_heads(xs, &heads, &head_dim)?;
+        let dt_h = self.op(
+            Op::Transpose {
+                perm: vec![0, 2, 1],
+            },
+            &[dt],
+        )?;
+        let dt_h = self.op(
+            Op::Reshape {
+                shape: self.shape(&[&batch, &heads, &seq, &one]),
+            },
+            &[dt_h],
+        )?;
+        let xd = self.bin(BinaryOp::Mul, xh, dt_h)?;
+        let shared = |l: &mut Self, t: NodeId| -> R<NodeId> {
+            let t = l.op(
+                Op::Reshape {
+                    shape: l.shape(&[&batch, &one, &seq, &n]),
+                },
+                &[t],
+            )?;
+            l.op(
+                Op::Broadcast {
+                    shape: l.shape(&[&batch, &heads, &seq, &n]),
+                },
+                &[t],
+            )
+        };
+        let bh = shared(self, bm)?;
+        let ch = shared(self, cm)?;
+        // L = exp(segsum(log a)), causal.
+        let lc = self.op(Op::CumSum { axis: 2 }, &[log_decay])?;
+        let rows = self.op(
+            Op::Reshape {
+                shape: self.shape(&[&batch, &heads, &seq, &one]),
+            },
+            &[lc],
+        )?;
+        let cols = self.op(
+            Op::Reshape {
+                shape: self.shape(&[&batch, &heads, &one, &seq]),
+            },
+            &[lc],
+        )?;
+        let seg = self.bin(BinaryOp::Sub, rows, cols)?;
+        let l = self.causal_exp(seg)?;
+        let s = self.scores(ch, bh)?;
+        let s = self.bin(BinaryOp::Mul, s, l)?;
+        let y = self.op(Op::MatMul, &[s, xd])?;
+        let skip = self.param(format!("{prefix}.D"), &[&heads])?;
+        let skip = self.op(
+            Op::Reshape {
+                shape: self.shape(&[&one, &heads, &one, &one]),
+            },
+            &[skip],
+        )?;
+        let skip = self.bin(BinaryOp::Mul, xh, skip)?;
+        let y = self.bin(BinaryOp::Add, y, skip)?;
+        let y = self.join_heads(y, &inner)?;
+        let gate = self.unary(UnaryOp::Silu, z)?;
+        let y = self.bin(BinaryOp::Mul, y, gate)?;
+        let gamma = self.param(format!("{prefix}.norm.weight"), &[&inner])?;
+        let eps = self.spec.norm_eps;
+        let y = self.op(Op::RmsNorm { eps }, &[y, gamma])?;
+        self.linear(y, prefix, "w_out", None, &inner, &d)
+    }
+
+    /// Axial attention (Ho et al., 2019) over the sequence read as a `rows × cols`
+    /// grid: full attention along each row, and along each column, summed. Each axis
+    /// is a batch of short sequences: the grid is transposed to put the axis last and
+    /// the other axis is folded into the batch, exactly as written by hand.
+    fn axial(&mut self, a: &Attention, rows: u64, x: NodeId, prefix: &str) -> R<NodeId> {
+        let batch = self.spec.dims.get("batch").copied().unwrap_or(1);
+        let seq = self.spec.dims.get("seq").copied().unwrap_or(0);
+        let cols = seq / rows;
+        let d = Dim::sym("d_model");
+        let (r, c) = (self.dim("axial_rows", rows), self.dim("axial_cols", cols));
+        let b = Dim::sym("batch");
+        // [B, seq, d] -> [B, rows, cols, d]
+        let grid = self.op(
+            Op::Reshape {
+                shape: self.shape(&[&b, &r, &c, &d]),
+            },
+            &[x],
+        )?;
+        let along_rows =
+            self.axis_attention(a, grid, batch * rows, cols, &format!("{prefix}.row"))?;
+        let along_rows = self.op(
+            Op::Reshape {
+                shape: self.shape(&[&b, &r, &c, &d]),
+            },
+            &[along_rows],
+        )?;
+        let t = self.op(
+            Op::Transpose {
+                perm: vec![0, 2, 1, 3],
+            },
+            &[grid],
+        )?;
+        let along_cols = self.axis_attention(a, t, batch * cols, rows, &format!("{prefix}.col"))?;
+        let along_cols = self.op(
+            Op::Reshape {
+                shape: self.shape(&[&b, &c, &r, &d]),
+            },
+            &[along_cols],
+        )?;
+        let along_cols = self.op(
+            Op::Transpose {
+                perm: vec![0, 2, 1, 3],
+            },
+            &[along_cols],
+        )?;
+        let sum = self.bin(BinaryOp::Add, along_rows, along_cols)?;
+        let seq = Dim::sym("seq");
+        self.op(
+            Op::Reshape {
+                shape: self.shape(&[&b, &seq, &d]),
+            },
+            &[sum],
+        )
+    }
+
+    /// Multi-head softmax attention over the last-but-one axis of `x [.., len, d]`,
+    /// the leading axes folded into a batch of `outer`: `[outer, len, d]` out.
+    fn axis_attention(
+        &mut self,
+        a: &Attention,
+        x: NodeId,
+        outer: u64,
+        len: u64,
+        prefix: &str,
+    ) -> R<NodeId> {
+        let (o, n, d) = (Dim::Const(outer), Dim::Const(len), Dim::sym("d_model"));
+        let heads = self.dim("heads", a.heads);
+        let head_dim = self.dim("head_dim", a.head_dim);
+        let q_dim = self.width("q_dim", a.heads * a.head_dim);
+        let x = self.op(
+            Op::Reshape {
+                shape: self.shape(&[&o, &n, &d]),
+            },
+            &[x],
+        )?;
+        let split = |l: &mut Self, t: NodeId| -> R<NodeId> {
+            let t = l.op(
+                Op::Reshape {
+                    shape: l.shape(&[&o, &n, &heads, &head_dim]),
+                },
+                &[t],
+            )?;
+            l.op(
+                Op::Transpose {
+                    perm: vec![0, 2, 1, 3],
+                },
+                &[t],
+            )
+        };
+        let q = self.linear(x, prefix, "wq", None, &d, &q_dim)?;
+        let k = self.linear(x, prefix, "wk", None, &d, &q_dim)?;
+        let v = self.linear(x, prefix, "wv", None, &d, &q_dim)?;
+        let (q, k, v) = (split(self, q)?, split(self, k)?, split(self, v)?);
+        let s = self.scores(q, k)?;
+        let scale = self.scalar(a.scale)?;
+        let s = self.bin(BinaryOp::Mul, s, scale)?;
+        let p = self.op(Op::Softmax { axis: 3 }, &[s])?;
+        let y = self.op(Op::MatMul, &[p, v])?;
+        let y = self.op(
+            Op::Transpose {
+                perm: vec![0, 2, 1, 3],
+            },
+            &[y],
+        )?;
+        let y = self.op(
+            Op::Reshape {
+                shape: self.shape(&[&o, &n, &q_dim]),
+            },
+            &[y],
+        )?;
+        self.linear(y, prefix, "wo", None, &q_dim, &d)
+    }
+}
