@@ -15,7 +15,11 @@ pub use attnc_backends as backends;
 pub use attnc_ir as ir;
 pub use attnc_passes as passes;
 
-use attnc_passes::{Options, RuleSelection, Target};
+use attnc_passes::{Approximation, Options, RuleSelection, Target};
+
+mod approx;
+
+pub use approx::ApproximationReport;
 
 /// A driver error: one line (or a few) for the user, already naming file and layer.
 #[derive(Debug)]
@@ -58,6 +62,8 @@ pub fn load(path: &Path, source: &SpecSource) -> Result<Graph> {
 pub struct OptimizeOptions {
     pub target: Target,
     pub rules: RuleSelection,
+    /// `--convert`: approximations applied after the exact optimization, in order.
+    pub approximations: Vec<Approximation>,
 }
 
 impl Default for OptimizeOptions {
@@ -65,8 +71,14 @@ impl Default for OptimizeOptions {
         OptimizeOptions {
             target: Target::cpu(),
             rules: RuleSelection::all(),
+            approximations: Vec::new(),
         }
     }
+}
+
+/// `--convert` text (`performer:256`, `window:4096,sinks:4`) to an approximation.
+pub fn approximation(text: &str) -> Result<Approximation> {
+    Approximation::parse(text).map_err(|e| err(format!("--convert: {e}")))
 }
 
 impl OptimizeOptions {
@@ -98,9 +110,40 @@ pub fn rules(text: &str) -> Result<RuleSelection> {
     RuleSelection::parse(text).map_err(|e| err(format!("--rules: {e}")))
 }
 
-/// Saturate, cost and extract: the optimized graph and what happened.
+/// Saturate, cost and extract: the optimized graph and what happened (with
+/// `--convert`, the approximated graph optimized again).
 pub fn optimize(graph: &Graph, options: &OptimizeOptions) -> Result<passes::Optimized> {
+    let exact = optimize_exact(graph, options)?;
+    if options.approximations.is_empty() {
+        return Ok(exact);
+    }
+    Ok(approx::apply(&exact, &options.approximations, &options.passes())?.optimized)
+}
+
+fn optimize_exact(graph: &Graph, options: &OptimizeOptions) -> Result<passes::Optimized> {
     passes::optimize(graph, &options.passes()).map_err(|e| err(format!("optimizer: {e}")))
+}
+
+/// With `--convert`: each approximation's error and speedup, measured on seeded
+/// inputs on the first converted attention alone (empty without `--convert`).
+pub fn approximation_reports(
+    graph: &Graph,
+    options: &OptimizeOptions,
+    seed: u64,
+) -> Result<Vec<ApproximationReport>> {
+    if options.approximations.is_empty() {
+        return Ok(Vec::new());
+    }
+    cpu_only(options, "measuring a --convert approximation")?;
+    let exact = optimize_exact(graph, options)?;
+    let applied = approx::apply(&exact, &options.approximations, &options.passes())?;
+    approx::measure(
+        &exact.graph,
+        &options.approximations,
+        applied.layers,
+        &options.passes(),
+        seed,
+    )
 }
 
 /// What `compile --emit` writes as text ([`compile_object`] writes objects).
@@ -181,6 +224,9 @@ pub struct InspectReport {
     /// The optimizer's report: per-layer forms, rules, costs, e-graph size, timings.
     #[serde(flatten)]
     pub optimizer: passes::Report,
+    /// `--convert`: the error and speedup of each approximation.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub approximations: Vec<ApproximationReport>,
 }
 
 pub fn inspect(graph: &Graph, options: &OptimizeOptions) -> Result<InspectReport> {
@@ -201,6 +247,7 @@ pub fn inspect(graph: &Graph, options: &OptimizeOptions) -> Result<InspectReport
         flops_after: sum(|l| l.flops_after),
         bytes_after: sum(|l| l.bytes_after),
         optimizer: r,
+        approximations: approximation_reports(graph, options, 0)?,
     })
 }
 
@@ -248,6 +295,10 @@ pub struct RunReport {
     pub fired: Vec<(String, usize)>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interp_ms: Option<f64>,
+    /// `--convert`: the error and speedup of each approximation (the check above is
+    /// then against the approximated model).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub approximations: Vec<ApproximationReport>,
 }
 
 /// Options of `run`.
@@ -398,7 +449,28 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<RunReport> {
     check_memory(graph, available_memory())?;
     let bindings: HashMap<String, Tensor> = attnc_ir::random_bindings(graph, options.seed);
     let t = Instant::now();
-    let optimized = optimize(graph, &options.optimize)?;
+    // With `--convert`, the compiled code computes the approximated model: that is
+    // what it is checked against; the approximation's own error is measured apart.
+    let (optimized, reference, approximations) = if options.optimize.approximations.is_empty() {
+        (
+            optimize(graph, &options.optimize)?,
+            graph.clone(),
+            Vec::new(),
+        )
+    } else {
+        let o = &options.optimize;
+        let exact = optimize_exact(graph, o)?;
+        let applied = approx::apply(&exact, &o.approximations, &o.passes())?;
+        let reports = approx::measure(
+            &exact.graph,
+            &o.approximations,
+            applied.layers,
+            &o.passes(),
+            options.seed,
+        )?;
+        (applied.optimized, applied.converted, reports)
+    };
+    let graph = &reference;
     let mut model =
         backends::CompiledModel::new(&optimized.graph).map_err(|e| err(e.to_string()))?;
     if let Some(n) = options.threads {
@@ -428,6 +500,7 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<RunReport> {
         opt_max_abs_err: None,
         fired: optimized.report.fired.clone(),
         interp_ms: None,
+        approximations,
     };
     if options.check {
         let t = Instant::now();

@@ -129,6 +129,11 @@ struct OptArgs {
     /// `--rules=-merge-projections`, `--rules fusion` (only that family), `none`.
     #[arg(long, value_name = "LIST")]
     rules: Option<String>,
+    /// Approximate the model (changes its function; the error is measured and
+    /// reported): `performer:256` (FAVOR+ random features, `,seed:S`),
+    /// `window:4096,sinks:4` (sliding window with attention sinks). Repeatable.
+    #[arg(long = "convert", value_name = "APPROX")]
+    convert: Vec<String>,
 }
 
 impl OptArgs {
@@ -139,6 +144,11 @@ impl OptArgs {
                 Some(r) => attnc::rules(r)?,
                 None => attnc::passes::RuleSelection::all(),
             },
+            approximations: self
+                .convert
+                .iter()
+                .map(|c| attnc::approximation(c))
+                .collect::<attnc::Result<_>>()?,
         })
     }
 }
@@ -157,6 +167,28 @@ enum EmitArg {
     Obj,
     /// Graphviz DOT of the IR graph.
     Dot,
+}
+
+/// One line per `--convert` approximation: what it replaced, its measured error and
+/// speedup.
+fn approximations_text(reports: &[attnc::ApproximationReport]) -> String {
+    let mut s = String::new();
+    for r in reports {
+        s += &format!(
+            "approximation {} on {} layer{}: max_abs_err {:.3e}, rel_err {:.3e}, speedup {:.2}x ({:.3} ms -> {:.3} ms; {} alone, {:?}, seeded inputs)\n",
+            r.name,
+            r.layers.len(),
+            if r.layers.len() == 1 { "" } else { "s" },
+            r.max_abs_err,
+            r.rel_err,
+            r.speedup,
+            r.baseline_ms,
+            r.ms,
+            r.measured_on,
+            r.shape
+        );
+    }
+    s
 }
 
 fn main() -> ExitCode {
@@ -225,6 +257,9 @@ fn real_main(cli: Cli) -> attnc::Result<()> {
                 }
             };
             let text = attnc::compile(&graph, emit, &options).map_err(|e| in_file(&model, e))?;
+            let reports = attnc::approximation_reports(&graph, &options, 0)
+                .map_err(|e| in_file(&model, e))?;
+            eprint!("{}", approximations_text(&reports));
             write_out(output.as_ref(), &text)
         }
         Command::Inspect {
@@ -303,6 +338,7 @@ fn real_main(cli: Cli) -> attnc::Result<()> {
                 if let Some(e) = report.opt_max_abs_err {
                     s += &format!("  optimized vs original graph (interpreter): {e:.3e}\n");
                 }
+                s += &approximations_text(&report.approximations);
                 write_out(None, &s)?;
             }
             match report.max_abs_err {
@@ -389,6 +425,7 @@ fn inspect_text(report: &attnc::InspectReport) -> String {
         r.saturation_ms,
         r.extraction_ms,
     );
+    s += &approximations_text(&m.approximations);
     for l in &r.layers {
         s += &format!(
             "{}\n  before: {}\n  after:  {}\n  FLOPs {} -> {}, bytes {} -> {}, estimated {} -> {}\n",

@@ -9,6 +9,7 @@
 //! an unsound rule fails its test instead of producing wrong code.
 
 mod analysis;
+pub mod approx;
 mod convert;
 mod cost;
 mod explain;
@@ -19,6 +20,7 @@ pub mod rules;
 
 pub use {
     analysis::{attr_in, type_of, type_with, EGraph, TypeAnalysis},
+    approx::{approximate, Approximation},
     convert::{build_graph, extract, extract_with, to_egraph, to_egraph_with, Program},
     cost::{Cost, Target, TargetKind},
     explain::{explain, layer_graph, Explanation, Step},
