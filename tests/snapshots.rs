@@ -27,6 +27,10 @@ fn ir_of(example: &str) -> String {
 }
 
 fn pass(example: &str, family: &str) -> String {
+    pass_at(example, family, &["layers=2"])
+}
+
+fn pass_at(example: &str, family: &str, sets: &[&str]) -> String {
     let rules = match family {
         "sparse" => "fusion,sparse",
         f => f,
@@ -35,7 +39,7 @@ fn pass(example: &str, family: &str) -> String {
         rules: attnc::rules(rules).unwrap(),
         ..OptimizeOptions::default()
     };
-    attnc::compile(&load(example, &["layers=2"]), Emit::OptIr, &options).unwrap()
+    attnc::compile(&load(example, sets), Emit::OptIr, &options).unwrap()
 }
 
 #[test]
@@ -256,4 +260,55 @@ fn routing_transformer_fusion() {
 #[test]
 fn routing_transformer_sparse() {
     insta::assert_snapshot!(pass("routing-transformer", "sparse"));
+}
+
+/// The linear, recurrent, hybrid and axial examples: the frontend's quadratic form
+/// and every pass, the `linear` family alone too. Hybrids show one whole period of
+/// their layer pattern (8 layers), so every layer kind appears.
+macro_rules! linear_snapshots {
+    ($($module:ident => $example:literal, $layers:literal;)*) => {$(
+        mod $module {
+            use super::*;
+            const SETS: &[&str] = &[concat!("layers=", $layers)];
+
+            #[test]
+            fn ir() {
+                let g = load($example, SETS);
+                let text = attnc::compile(&g, Emit::Ir, &OptimizeOptions::default()).unwrap();
+                insta::assert_snapshot!(text);
+            }
+
+            #[test]
+            fn algebra() {
+                insta::assert_snapshot!(pass_at($example, "algebra", SETS));
+            }
+
+            #[test]
+            fn fusion() {
+                insta::assert_snapshot!(pass_at($example, "fusion", SETS));
+            }
+
+            #[test]
+            fn sparse() {
+                insta::assert_snapshot!(pass_at($example, "sparse", SETS));
+            }
+
+            #[test]
+            fn linear() {
+                insta::assert_snapshot!(pass_at($example, "linear", SETS));
+            }
+        }
+    )*};
+}
+
+linear_snapshots! {
+    linear_transformer => "linear-transformer", 2;
+    performer => "performer", 2;
+    linformer => "linformer", 2;
+    retnet => "retnet", 2;
+    gla => "gla", 2;
+    mamba2 => "mamba2", 2;
+    jamba => "jamba", 8;
+    minimax_01 => "minimax-01", 8;
+    axial_transformer => "axial-transformer", 2;
 }
