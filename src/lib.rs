@@ -576,6 +576,10 @@ pub struct BenchCase {
     /// is `1 / density`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub density: Option<f64>,
+    /// Linear-attention cases: the form the baseline runs in (the optimized code runs
+    /// the chosen one); `gflops` then counts the useful `4·B·H·N·Dk·(Dv+1)` FLOPs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub form: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -636,6 +640,21 @@ pub fn bench(graph: &Graph, options: &BenchOptions) -> Result<BenchReport> {
                 vec!["block_sparse_attention".into()],
             );
             c.density = Some(density);
+            cases.push(c);
+        }
+        // Linear attention alone in the chosen form against each other form.
+        for (chosen, other, form, useful) in linear_alone(&fast)? {
+            let (baseline_ms, ms, _) = time_pair(&other, &chosen, options)?;
+            let mut c = case(
+                format!("{name}.linear_attention.{form}"),
+                &chosen,
+                baseline_ms,
+                ms,
+                vec![format!("linear_attention {form}")],
+                vec!["linear_attention".into()],
+            );
+            c.gflops = useful / (ms * 1e-3) / 1e9;
+            c.form = Some(form);
             cases.push(c);
         }
     }
@@ -701,6 +720,59 @@ fn block_sparse_alone(graph: &Graph) -> Result<Vec<(Graph, Graph, f64)>> {
     Ok(out)
 }
 
+/// The first linear attention of `graph` alone (its operands made inputs) in its own
+/// form, the same in each other form worth timing (parallel — for causal attention
+/// the quadratic one —, recurrent, chunkwise 64), the other form's name, and the
+/// useful FLOPs `4·B·H·N·Dk·(Dv + normalizer)`.
+fn linear_alone(graph: &Graph) -> Result<Vec<(Graph, Graph, String, f64)>> {
+    use attnc_ir::{LinearAttention, LinearForm, Op};
+    let Some(id) = graph
+        .node_ids()
+        .find(|&id| matches!(graph.node(id).op, Op::LinearAttention(_)))
+    else {
+        return Ok(Vec::new());
+    };
+    let Op::LinearAttention(l) = graph.node(id).op else {
+        return Ok(Vec::new());
+    };
+    let ops = graph.operands(id);
+    let alone = |l: LinearAttention| -> attnc_ir::Result<Graph> {
+        let mut b = attnc_ir::GraphBuilder::new(graph.name.clone(), graph.dims.clone());
+        let names = ["q", "k", "v", "log_decay"];
+        let mut inputs = Vec::new();
+        for (i, &o) in ops.iter().enumerate() {
+            let ty = &graph.node(o).ty;
+            inputs.push(b.input(names[i], ty.shape.clone(), ty.dtype)?);
+        }
+        let y = b.op(Op::LinearAttention(l), &inputs)?;
+        b.output("out", y)?;
+        b.finish()
+    };
+    let (q, v) = (graph.sizes(ops[0]), graph.sizes(ops[2]));
+    let useful = 4.0 * (q[0] * q[1] * q[2] * q[3]) as f64 * (v[3] + l.normalize as usize) as f64;
+    let mut others = vec![LinearForm::Parallel];
+    if l.causal {
+        others.push(LinearForm::Recurrent);
+        if q[2] % 64 == 0 && q[2] > 64 {
+            others.push(LinearForm::Chunkwise { chunk: 64 });
+        }
+    }
+    let e = |x: attnc_ir::IrError| err(x.to_string());
+    let chosen = alone(l).map_err(e)?;
+    let mut out = Vec::new();
+    for form in others.into_iter().filter(|f| *f != l.form) {
+        let name = match form {
+            LinearForm::Parallel if l.causal => "quadratic".to_string(),
+            LinearForm::Parallel => "parallel".to_string(),
+            LinearForm::Chunkwise { chunk } => format!("chunkwise{chunk}"),
+            LinearForm::Recurrent => "recurrent".to_string(),
+        };
+        let other = alone(LinearAttention { form, ..l }).map_err(e)?;
+        out.push((chosen.clone(), other, name, useful));
+    }
+    Ok(out)
+}
+
 fn case(
     name: String,
     plain: &Graph,
@@ -722,6 +794,7 @@ fn case(
         before,
         after,
         density: None,
+        form: None,
     }
 }
 

@@ -578,6 +578,7 @@ fn linear_examples_check_and_inspect_linear_attention() {
         ("mamba2", true),
         ("jamba", true),
         ("minimax-01", true),
+        ("samba", true),
         ("axial-transformer", false),
     ];
     for (m, linear) in examples {

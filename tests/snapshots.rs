@@ -310,5 +310,6 @@ linear_snapshots! {
     mamba2 => "mamba2", 2;
     jamba => "jamba", 8;
     minimax_01 => "minimax-01", 8;
+    samba => "samba", 2;
     axial_transformer => "axial-transformer", 2;
 }

@@ -854,6 +854,54 @@ fn causal_linear_attention_runs_chunkwise_or_recurrent() {
     }
 }
 
+/// `linear-quadratic` writes a parallel `linear_attention` back in its quadratic
+/// form, for every decay, causal or not, normalized or not.
+#[test]
+fn linear_attention_has_its_quadratic_form() {
+    use attnc_ir::{Decay, LinearAttention, LinearForm};
+    for decay in [Decay::None, Decay::Head, Decay::Step, Decay::Gate] {
+        for causal in [true, false] {
+            if decay != Decay::None && !causal {
+                continue;
+            }
+            let (bs, h, n, d) = (2, 2, 16, 4);
+            let mut b = builder();
+            let q = input(&mut b, "q", &[bs, h, n, d]);
+            let k = input(&mut b, "k", &[bs, h, n, d]);
+            let v = input(&mut b, "v", &[bs, h, n, 3]);
+            let mut operands = vec![q, k, v];
+            match decay {
+                Decay::None => {}
+                Decay::Head => operands.push(input(&mut b, "ld", &[h])),
+                Decay::Step => operands.push(input(&mut b, "ld", &[bs, h, n])),
+                Decay::Gate => operands.push(input(&mut b, "ld", &[bs, h, n, d])),
+            }
+            let l = LinearAttention {
+                causal,
+                decay,
+                normalize: decay == Decay::None,
+                form: LinearForm::Parallel,
+            };
+            let o = b.op(Op::LinearAttention(l), &operands).unwrap();
+            let g = done(b, o);
+            let mut bindings = random_bindings(&g, 5);
+            for (name, t) in bindings.iter_mut() {
+                match name.as_str() {
+                    "q" | "k" if l.normalize => t.data.iter_mut().for_each(|x| *x = x.abs() + 0.1),
+                    "ld" => t.data.iter_mut().for_each(|x| *x = -0.3 * x.abs()),
+                    _ => {}
+                }
+            }
+            let out = check_rule_with("linear-quadratic", &g, &bindings);
+            assert!(
+                linear_of(&out).is_empty(),
+                "{l:?}: {}",
+                attnc_ir::print(&out)
+            );
+        }
+    }
+}
+
 #[test]
 fn every_rule_is_tested_here() {
     let source = include_str!("rules.rs");

@@ -46,6 +46,16 @@ pub fn rules() -> Vec<Rule> {
                 }
                 out
             }),
+        // linear_attention(parallel) == (φq·φkᵀ ⊙ decay)·v / rowsum — the same
+        // identity read right to left, for graphs written with linear attention.
+        class_rule("linear-quadratic", L,
+            "linear_attention(φq, φk, v; parallel) == (φq·φkᵀ ⊙ decay)·v / rowsum",
+            |eg, id| found(!parallel(eg, id).is_empty()), |eg, id, _| {
+                parallel(eg, id)
+                    .into_iter()
+                    .filter_map(|(node, l, ops)| quadratic(eg, node, l, &ops))
+                    .collect()
+            }),
         // linear_attention(causal; parallel) == linear_attention(causal; recurrent)
         class_rule("linear-recurrent", L,
             "linear_attention(causal; parallel) == linear_attention(causal; recurrent)",
@@ -417,26 +427,26 @@ fn build<'e>(eg: &'e EGraph, id: Id, _: &Subst) -> Candidates<'e> {
 // ---------------------------------------------------------------------------------
 // Causal forms.
 
+/// Every `linear_attention` in the parallel form in class `id`.
+fn parallel(eg: &EGraph, id: Id) -> Vec<(&Attn, LinearAttention, Vec<Id>)> {
+    let mut out = Vec::new();
+    for node in &eg[id].nodes {
+        let attr = node.attr().and_then(|a| attr_in(eg, a));
+        if let (Attn::LinearAttention(_), Some(Attr::Linear(l))) = (node, attr) {
+            if l.form == LinearForm::Parallel {
+                let ops = node.operands().iter().map(|&o| eg.find(o)).collect();
+                out.push((node, *l, ops));
+            }
+        }
+    }
+    out
+}
+
 /// Every causal `linear_attention` in the parallel form in class `id`.
 fn causal_parallel(eg: &EGraph, id: Id) -> Vec<(&Attn, LinearAttention, Vec<Id>)> {
-    eg[id]
-        .nodes
-        .iter()
-        .filter_map(
-            |node| match (node, node.attr().and_then(|a| attr_in(eg, a))) {
-                (Attn::LinearAttention(_), Some(Attr::Linear(l)))
-                    if l.causal && l.form == LinearForm::Parallel =>
-                {
-                    Some((
-                        node,
-                        *l,
-                        node.operands().iter().map(|&o| eg.find(o)).collect(),
-                    ))
-                }
-                _ => None,
-            },
-        )
-        .collect()
+    let mut out = parallel(eg, id);
+    out.retain(|(_, l, _)| l.causal);
+    out
 }
 
 /// The same linear attention in `form`.
@@ -453,5 +463,106 @@ fn reform<'e>(
         &Op::LinearAttention(LinearAttention { form, ..l }),
         &operands,
     )?;
+    Some(b)
+}
+
+/// The quadratic form of a parallel `linear_attention`, as the spec frontend writes
+/// it (and `linear-attention` reads it).
+fn quadratic<'e>(eg: &'e EGraph, node: &Attn, l: LinearAttention, ops: &[Id]) -> Option<Build<'e>> {
+    use crate::Source;
+    use attnc_ir::{DType, Dim, Shape, TensorType};
+    let s = sizes(eg, ops[0])?;
+    let (bs, h, n) = (s[0], s[1], s[2]);
+    let dtype = super::type_in(eg, ops[0])?.dtype;
+    let mut b = Build::replacing(eg, node);
+    let (q, k, v) = (b.class(ops[0]), b.class(ops[1]), b.class(ops[2]));
+    let shape = |d: &[u64]| Shape(d.iter().map(|&x| Dim::Const(x)).collect());
+    let square = |dtype| TensorType::new(shape(&[n, n]), dtype);
+    let causal = SourceKind::Mask(MaskExpr::parse("k <= q").expect("a valid mask"));
+    let mask = b.node(Attn::Source(Source {
+        kind: causal,
+        ty: square(DType::Bool),
+    }))?;
+    let zero = b.constant(0.0, dtype)?;
+    let ninf = b.constant(f64::NEG_INFINITY, dtype)?;
+    let transposed = Op::Transpose {
+        perm: vec![0, 1, 3, 2],
+    };
+    let mul = Op::Binary(BinaryOp::Mul);
+    let exp = Op::Unary(UnaryOp::Exp);
+    let scores = match l.decay {
+        Decay::Gate => {
+            let g = b.class(ops[3]);
+            let lc = b.op(&Op::CumSum { axis: 2 }, &[g])?;
+            let up = b.op(&exp, &[lc])?;
+            let neg = b.op(&Op::Unary(UnaryOp::Neg), &[lc])?;
+            let down = b.op(&exp, &[neg])?;
+            let qb = b.op(&mul, &[q, up])?;
+            let kb = b.op(&mul, &[k, down])?;
+            let kbt = b.op(&transposed, &[kb])?;
+            let s = b.op(&Op::MatMul, &[qb, kbt])?;
+            b.op(&Op::Select, &[mask, s, zero])?
+        }
+        Decay::Head | Decay::Step => {
+            let ld = b.class(ops[3]);
+            let e = if l.decay == Decay::Head {
+                let lg = b.op(
+                    &Op::Reshape {
+                        shape: shape(&[1, h, 1, 1]),
+                    },
+                    &[ld],
+                )?;
+                let iota = |b: &mut Build<'e>, axis| {
+                    b.node(Attn::Source(Source {
+                        kind: SourceKind::Iota(axis),
+                        ty: square(DType::I64),
+                    }))
+                };
+                let (qi, ki) = (iota(&mut b, 0)?, iota(&mut b, 1)?);
+                let rel = b.op(&Op::Binary(BinaryOp::Sub), &[qi, ki])?;
+                let rel = b.op(&Op::Cast { to: dtype }, &[rel])?;
+                b.op(&mul, &[rel, lg])?
+            } else {
+                let lc = b.op(&Op::CumSum { axis: 2 }, &[ld])?;
+                let rows = b.op(
+                    &Op::Reshape {
+                        shape: shape(&[bs, h, n, 1]),
+                    },
+                    &[lc],
+                )?;
+                let cols = b.op(
+                    &Op::Reshape {
+                        shape: shape(&[bs, h, 1, n]),
+                    },
+                    &[lc],
+                )?;
+                b.op(&Op::Binary(BinaryOp::Sub), &[rows, cols])?
+            };
+            let e = b.op(&Op::Select, &[mask, e, ninf])?;
+            let w = b.op(&exp, &[e])?;
+            let kt = b.op(&transposed, &[k])?;
+            let s = b.op(&Op::MatMul, &[q, kt])?;
+            b.op(&mul, &[s, w])?
+        }
+        Decay::None => {
+            let kt = b.op(&transposed, &[k])?;
+            let s = b.op(&Op::MatMul, &[q, kt])?;
+            if l.causal {
+                b.op(&Op::Select, &[mask, s, zero])?
+            } else {
+                s
+            }
+        }
+    };
+    let num = b.op(&Op::MatMul, &[scores, v])?;
+    if l.normalize {
+        let sum = Op::Reduce {
+            kind: ReduceKind::Sum,
+            axes: vec![3],
+            keep_dims: true,
+        };
+        let den = b.op(&sum, &[scores])?;
+        b.op(&Op::Binary(BinaryOp::Div), &[num, den])?;
+    }
     Some(b)
 }
