@@ -131,7 +131,8 @@ struct OptArgs {
     rules: Option<String>,
     /// Approximate the model (changes its function; the error is measured and
     /// reported): `performer:256` (FAVOR+ random features, `,seed:S`),
-    /// `window:4096,sinks:4` (sliding window with attention sinks). Repeatable.
+    /// `window:4096,sinks:4` (sliding window with attention sinks),
+    /// `scatterbrain:256,window:64` (exact band + FAVOR+ elsewhere). Repeatable.
     #[arg(long = "convert", value_name = "APPROX")]
     convert: Vec<String>,
 }

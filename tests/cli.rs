@@ -643,7 +643,11 @@ fn linear_examples_check_and_inspect_linear_attention() {
 /// the approximation's error and speedup are reported; bad conversions are errors.
 #[test]
 fn conversions_report_their_error() {
-    for c in ["performer:64", "window:8,sinks:2"] {
+    for c in [
+        "performer:64",
+        "window:8,sinks:2",
+        "scatterbrain:32,window:8",
+    ] {
         let r = run_json(&[
             "run",
             "examples/llama3-8b.toml",

@@ -22,6 +22,13 @@ pub enum Approximation {
     /// Sliding window of `window` keys (each side, for bidirectional attention) plus
     /// the first `sinks` keys (StreamingLLM), on top of the attention's own mask.
     Window { window: u64, sinks: u64 },
+    /// Scatterbrain: exact scores on a band of `window` keys, FAVOR+ with `features`
+    /// random features (from `seed`) everywhere else.
+    Scatterbrain {
+        features: u64,
+        seed: u64,
+        window: u64,
+    },
 }
 
 impl fmt::Display for Approximation {
@@ -29,6 +36,9 @@ impl fmt::Display for Approximation {
         match self {
             Approximation::Performer { features, .. } => write!(f, "performer:{features}"),
             Approximation::Window { window, sinks } => write!(f, "window:{window},sinks:{sinks}"),
+            Approximation::Scatterbrain {
+                features, window, ..
+            } => write!(f, "scatterbrain:{features},window:{window}"),
         }
     }
 }
@@ -56,9 +66,10 @@ impl Approximation {
         let allowed: &[&str] = match kind {
             Some("performer") => &["performer", "seed"],
             Some("window") => &["window", "sinks"],
+            Some("scatterbrain") => &["scatterbrain", "window", "seed"],
             other => {
                 return Err(format!(
-                    "unknown conversion `{}`: expected performer:FEATURES[,seed:S] or window:W[,sinks:S]",
+                    "unknown conversion `{}`: expected performer:FEATURES[,seed:S], window:W[,sinks:S] or scatterbrain:FEATURES,window:W[,seed:S]",
                     other.unwrap_or(text)
                 ))
             }
@@ -83,6 +94,20 @@ impl Approximation {
                     seed: get("seed").unwrap_or(0),
                 }
             }
+            Some("scatterbrain") => {
+                let features = get("scatterbrain").unwrap_or(0);
+                let window = get("window").unwrap_or(0);
+                if features == 0 || features > 65536 || window == 0 {
+                    return Err(format!(
+                        "scatterbrain needs 1 to 65536 features and a window: `scatterbrain:256,window:64`, got `{text}`"
+                    ));
+                }
+                Approximation::Scatterbrain {
+                    features,
+                    seed: get("seed").unwrap_or(0),
+                    window,
+                }
+            }
             _ => {
                 let window = get("window").unwrap_or(0);
                 if window == 0 {
@@ -104,7 +129,7 @@ fn unsupported(a: &Attention, approx: &Approximation) -> Option<String> {
     }
     match approx {
         Approximation::Window { .. } => None,
-        Approximation::Performer { .. } => {
+        Approximation::Performer { .. } | Approximation::Scatterbrain { .. } => {
             let causal = MaskExpr::parse("k <= q").expect("a valid mask");
             if a.bias || a.softcap.is_some() {
                 Some("FAVOR+ estimates exp(q·k): no score bias or softcap".into())
@@ -158,6 +183,23 @@ pub fn approximate(graph: &Graph, approx: &Approximation) -> Result<(Graph, Vec<
                     Approximation::Performer { features, seed } => {
                         performer(&mut b, a, &operands, *features, *seed)?
                     }
+                    Approximation::Scatterbrain {
+                        features,
+                        seed,
+                        window,
+                    } => {
+                        let n = graph.sizes(graph.operands(id)[0])[2] as u64;
+                        if n % window != 0 || *window >= n {
+                            return Err(IrError::Type {
+                                layer: node.layer.clone(),
+                                op: node.op.name().into(),
+                                message: format!(
+                                    "cannot convert to {approx}: the window must divide the sequence ({n}) and be shorter"
+                                ),
+                            });
+                        }
+                        scatterbrain(&mut b, a, &operands, [*features, *seed, *window])?
+                    }
                 }
             }
             op => {
@@ -198,13 +240,38 @@ fn performer(
     m: u64,
     seed: u64,
 ) -> Result<NodeId> {
+    let (q, k, v) = heads(b, a, ops)?;
+    let (fq, fk) = favor(b, a, q, k, m, seed)?;
+    let l = LinearAttention {
+        causal: a.mask.is_some(),
+        decay: attnc_ir::Decay::None,
+        normalize: true,
+        form: LinearForm::Parallel,
+    };
+    b.op(Op::LinearAttention(l), &[fq, fk, v])
+}
+
+/// `q, k, v` with GQA keys and values repeated to every query head.
+fn heads(b: &mut GraphBuilder, a: &Attention, ops: &[NodeId]) -> Result<(NodeId, NodeId, NodeId)> {
     let (q, mut k, mut v) = (ops[0], ops[1], ops[2]);
-    let qs = sizes(b, q)?;
-    let dtype = b.ty(q).dtype;
     if a.groups > 1 {
         k = repeat_heads(b, k, a.groups)?;
         v = repeat_heads(b, v, a.groups)?;
     }
+    Ok((q, k, v))
+}
+
+/// FAVOR+ features `(φ(q), φ(k))` of `m` orthogonal random features from `seed`.
+fn favor(
+    b: &mut GraphBuilder,
+    a: &Attention,
+    q: NodeId,
+    k: NodeId,
+    m: u64,
+    seed: u64,
+) -> Result<(NodeId, NodeId)> {
+    let qs = sizes(b, q)?;
+    let dtype = b.ty(q).dtype;
     let omega = b.add(
         Op::RandomFeatures { seed },
         &[],
@@ -231,15 +298,151 @@ fn performer(
         let norm = b.constant(1.0 / (m as f64).sqrt(), dtype)?;
         b.op(Op::Binary(BinaryOp::Mul), &[e, norm])
     };
-    let fq = features(b, q)?;
-    let fk = features(b, k)?;
-    let l = LinearAttention {
-        causal: a.mask.is_some(),
+    Ok((features(b, q)?, features(b, k)?))
+}
+
+/// Scatterbrain (Chen et al., 2021): the attention matrix as its FAVOR+ low-rank
+/// estimate `L = φ(q)·φ(k)ᵀ` plus a sparse correction `S = exp(scale·q·kᵀ) − L` on a
+/// band of `window` keys (causal: `i − window < j ≤ i`; else `|i − j| < window`), so
+/// the band is exact and the rest low-rank: `out = (S + L)·[v, 1]` normalized by its
+/// last column. The band runs chunk by chunk (each query chunk of `window` rows
+/// against its own and the neighbouring key chunks), the low-rank part as linear
+/// attention: `O(N·window + N·m·D)`, never `N²`. Scores are not max-shifted: like
+/// the features, they assume moderate `scale·q·k`.
+fn scatterbrain(
+    b: &mut GraphBuilder,
+    a: &Attention,
+    ops: &[NodeId],
+    [m, seed, w]: [u64; 3],
+) -> Result<NodeId> {
+    let (q, k, v) = heads(b, a, ops)?;
+    let (fq, fk) = favor(b, a, q, k, m, seed)?;
+    let s = sizes(b, q)?;
+    let dv = sizes(b, v)?[3];
+    let (bs, h, n, d, w) = (s[0], s[1], s[2], s[3], w as usize);
+    let dtype = b.ty(q).dtype;
+    let causal = a.mask.is_some();
+    let fm = m as usize;
+    let one = b.constant(1.0, dtype)?;
+    let ones = b.op(
+        Op::Broadcast {
+            shape: dims(&[bs, h, n, 1]),
+        },
+        &[one],
+    )?;
+    let v1 = b.op(Op::Concat { axis: 3 }, &[v, ones])?;
+    // Low rank, everywhere: φ(q)·(φ(k)ᵀ·[v, 1]) (causal: prefix sums).
+    let low = LinearAttention {
+        causal,
         decay: attnc_ir::Decay::None,
-        normalize: true,
+        normalize: false,
         form: LinearForm::Parallel,
     };
-    b.op(Op::LinearAttention(l), &[fq, fk, v])
+    let low = b.op(Op::LinearAttention(low), &[fq, fk, v1])?;
+    // The band, per query chunk: its keys are the chunks before (and after) it.
+    let nc = n / w;
+    let chunks = |b: &mut GraphBuilder, x: NodeId, f: usize| {
+        b.op(
+            Op::Reshape {
+                shape: dims(&[bs, h, nc, w, f]),
+            },
+            &[x],
+        )
+    };
+    let zero = b.constant(0.0, dtype)?;
+    let band = |b: &mut GraphBuilder, x: NodeId, f: usize| -> Result<NodeId> {
+        let c = chunks(b, x, f)?;
+        let pad = b.op(
+            Op::Broadcast {
+                shape: dims(&[bs, h, 1, w, f]),
+            },
+            &[zero],
+        )?;
+        let mut parts = Vec::new();
+        let cut = |b: &mut GraphBuilder, x, start, end| {
+            b.op(
+                Op::Slice {
+                    axis: 2,
+                    start: Dim::Const(start as u64),
+                    end: Dim::Const(end as u64),
+                },
+                &[x],
+            )
+        };
+        let before = cut(b, c, 0, nc - 1)?;
+        parts.push(b.op(Op::Concat { axis: 2 }, &[pad, before])?);
+        parts.push(c);
+        if !causal {
+            let after = cut(b, c, 1, nc)?;
+            parts.push(b.op(Op::Concat { axis: 2 }, &[after, pad])?);
+        }
+        b.op(Op::Concat { axis: 3 }, &parts)
+    };
+    let kw = if causal { 2 * w } else { 3 * w };
+    // Key slot `j` of query row `r` in chunk `c` is position (c − 1)·w + j.
+    let expr = if causal {
+        format!("k > q && k <= q + {w} && (h > 0 || k >= {w})")
+    } else {
+        format!(
+            "k > q && k < q + {} && (h > 0 || k >= {w}) && (h < {} || k < {})",
+            2 * w,
+            nc - 1,
+            2 * w
+        )
+    };
+    let mask = b.add(
+        Op::Mask {
+            expr: MaskExpr::parse(&expr).expect("a well-formed band mask"),
+        },
+        &[],
+        Some(TensorType::new(dims(&[nc, w, kw]), attnc_ir::DType::Bool)),
+    )?;
+    let t = |b: &mut GraphBuilder, x| {
+        b.op(
+            Op::Transpose {
+                perm: vec![0, 1, 2, 4, 3],
+            },
+            &[x],
+        )
+    };
+    let (qc, kb, vb) = (chunks(b, q, d)?, band(b, k, d)?, band(b, v1, dv + 1)?);
+    let (fqc, fkb) = (chunks(b, fq, fm)?, band(b, fk, fm)?);
+    let kbt = t(b, kb)?;
+    let scores = b.op(Op::MatMul, &[qc, kbt])?;
+    let scale = b.constant(a.scale, dtype)?;
+    let scores = b.op(Op::Binary(BinaryOp::Mul), &[scores, scale])?;
+    let ninf = b.constant(f64::NEG_INFINITY, dtype)?;
+    let scores = b.op(Op::Select, &[mask, scores, ninf])?;
+    let exact = b.op(Op::Unary(UnaryOp::Exp), &[scores])?;
+    let fkbt = t(b, fkb)?;
+    let estimate = b.op(Op::MatMul, &[fqc, fkbt])?;
+    let estimate = b.op(Op::Select, &[mask, estimate, zero])?;
+    let correction = b.op(Op::Binary(BinaryOp::Sub), &[exact, estimate])?;
+    let sparse = b.op(Op::MatMul, &[correction, vb])?;
+    let sparse = b.op(
+        Op::Reshape {
+            shape: dims(&[bs, h, n, dv + 1]),
+        },
+        &[sparse],
+    )?;
+    let total = b.op(Op::Binary(BinaryOp::Add), &[low, sparse])?;
+    let cut = |b: &mut GraphBuilder, start: usize, end: usize| {
+        b.op(
+            Op::Slice {
+                axis: 3,
+                start: Dim::Const(start as u64),
+                end: Dim::Const(end as u64),
+            },
+            &[total],
+        )
+    };
+    let num = cut(b, 0, dv)?;
+    let den = cut(b, dv, dv + 1)?;
+    b.op(Op::Binary(BinaryOp::Div), &[num, den])
+}
+
+fn dims(d: &[usize]) -> Shape {
+    Shape(d.iter().map(|&n| Dim::Const(n as u64)).collect())
 }
 
 fn sizes(b: &GraphBuilder, x: NodeId) -> Result<Vec<usize>> {

@@ -46,6 +46,27 @@ fn error(g: &Graph, approx: &Approximation, qk_std: f64) -> f64 {
     want[0].max_abs_diff(&got[0])
 }
 
+/// Mean |approximate − exact| of `approx` on `g`, queries and keys of std 0.5.
+fn mean_error(g: &Graph, approx: &Approximation) -> f64 {
+    let (c, _) = approximate(g, approx).unwrap();
+    let mut bind = random_bindings(g, 3);
+    for name in ["q", "k"] {
+        bind.get_mut(name)
+            .unwrap()
+            .data
+            .iter_mut()
+            .for_each(|x| *x *= 0.5);
+    }
+    let want = eval(g, &bind, Precision::F64).unwrap();
+    let got = eval(&c, &bind, Precision::F64).unwrap();
+    let d = &want[0].data;
+    d.iter()
+        .zip(&got[0].data)
+        .map(|(a, b)| (a - b).abs())
+        .sum::<f64>()
+        / d.len() as f64
+}
+
 #[test]
 fn favor_plus_converges_to_softmax_attention() {
     for (mask, groups) in [(None, 1), (Some("k <= q"), 1), (Some("k <= q"), 2)] {
@@ -127,4 +148,63 @@ fn conversions_parse_and_refuse_clearly() {
     let (alone, layer) = attention_alone(&g).unwrap();
     assert_eq!(layer, "layers.0.attn");
     assert_eq!(alone.inputs().len(), 3);
+}
+
+/// Scatterbrain is exact on its band and FAVOR+ elsewhere: more accurate than FAVOR+
+/// alone with the same features, causal or not, and exact where the band holds
+/// every key (the first `window` queries of a causal attention).
+#[test]
+fn scatterbrain_corrects_favor_plus_on_its_band() {
+    let g = attention(Some("k <= q"), 1);
+    let (c, _) = approximate(
+        &g,
+        &Approximation::Scatterbrain {
+            features: 4,
+            seed: 0,
+            window: 8,
+        },
+    )
+    .unwrap();
+    let bind = random_bindings(&g, 3);
+    let (want, got) = (
+        eval(&g, &bind, Precision::F64).unwrap(),
+        eval(&c, &bind, Precision::F64).unwrap(),
+    );
+    // Rows 0..8 of each head see only keys inside the band.
+    for h in 0..2 {
+        for r in 0..8 {
+            for x in 0..5 {
+                let at = (h * 32 + r) * 5 + x;
+                let e = (want[0].data[at] - got[0].data[at]).abs();
+                assert!(e < 1e-9, "head {h} row {r}: {e}");
+            }
+        }
+    }
+    for mask in [Some("k <= q"), None] {
+        let g = attention(mask, 2);
+        let performer = Approximation::Performer {
+            features: 64,
+            seed: 1,
+        };
+        let scatter = Approximation::Scatterbrain {
+            features: 64,
+            seed: 1,
+            window: 8,
+        };
+        // The band is exact, so the error over all outputs falls (the largest one
+        // may sit outside the band, where both use the same features).
+        let (p, s) = (mean_error(&g, &performer), mean_error(&g, &scatter));
+        assert!(s < 0.9 * p, "{mask:?}: scatterbrain {s}, performer {p}");
+    }
+    assert!(Approximation::parse("scatterbrain:64,window:16").is_ok());
+    assert!(Approximation::parse("scatterbrain:64").is_err());
+    let bad = Approximation::Scatterbrain {
+        features: 4,
+        seed: 0,
+        window: 5,
+    };
+    assert!(approximate(&g, &bad)
+        .unwrap_err()
+        .to_string()
+        .contains("divide"));
 }
