@@ -717,3 +717,76 @@ fn constants_that_do_not_fit_their_dtype_are_parse_errors() {
     let p = air("cfrac.air", "%0 = const 1.5 : [] i64\noutput o = %0");
     fails_with(&["compile", path_str(&p)], &["cfrac.air:3:"]);
 }
+
+/// The linear mixers' fields: a field of another kind, a mask a mixer cannot take,
+/// sizes that do not fit, and bad conversions each name the layer and the field.
+#[test]
+fn linear_mixer_errors_name_the_layer_and_field() {
+    let lt = "examples/linear-transformer.toml";
+    let cases: &[(&str, &[&str], &[&str])] = &[
+        (
+            lt,
+            &["attention.feature_map=\"cosine\""],
+            &["layers.0", "feature_map", "cosine"],
+        ),
+        (
+            lt,
+            &["attention.features=64"],
+            &["layers.0", "features", "performer"],
+        ),
+        (
+            lt,
+            &["attention.mask=\"q - k < 4\""],
+            &["layers.0", "`k <= q` or none"],
+        ),
+        (
+            lt,
+            &["attention.state_size=16"],
+            &["layers.0", "state_size", "mamba2"],
+        ),
+        (
+            lt,
+            &["attention.kind=\"nonesuch\""],
+            &["layers.0", "nonesuch", "retnet"],
+        ),
+        (
+            "examples/linformer.toml",
+            &["attention.mask=\"k <= q\""],
+            &["layers.0", "Linformer", "causal"],
+        ),
+        (
+            "examples/linformer.toml",
+            &["attention.linformer_k=0"],
+            &["layers.0", "linformer_k"],
+        ),
+        (
+            "examples/retnet.toml",
+            &["attention.mask=\"none\""],
+            &["layers.0", "RetNet", "causal"],
+        ),
+        (
+            "examples/mamba2.toml",
+            &["attention.heads=40"],
+            &["layers.0", "Mamba2", "expand"],
+        ),
+        (
+            "examples/axial-transformer.toml",
+            &["attention.axial_rows=7"],
+            &["layers.0", "axial_rows"],
+        ),
+        (
+            "examples/mamba2.toml",
+            &["ffn.kind=\"swiglu\""],
+            &["layers.0", "ffn.hidden"],
+        ),
+    ];
+    for (spec, sets, needles) in cases {
+        let mut args = vec!["compile", spec];
+        for s in *sets {
+            args.extend(["--set", s]);
+        }
+        let mut all = vec![*spec];
+        all.extend(needles.iter());
+        fails_with(&args, &all);
+    }
+}
