@@ -149,70 +149,54 @@ fn unsupported(a: &Attention, approx: &Approximation) -> Option<String> {
 /// names of the layers changed. An attention that cannot take it is an error naming
 /// its layer.
 pub fn approximate(graph: &Graph, approx: &Approximation) -> Result<(Graph, Vec<String>)> {
-    let mut b = GraphBuilder::new(graph.name.clone(), graph.dims.clone());
-    let mut map: HashMap<NodeId, NodeId> = HashMap::new();
-    let mut layers = Vec::new();
-    for id in graph.node_ids() {
-        let node = graph.node(id);
-        b.set_layer(node.layer.clone());
-        let operands: Vec<NodeId> = graph.operands(id).iter().map(|o| map[o]).collect();
-        let new = match &node.op {
-            Op::Attention(a) => {
-                if let Some(why) = unsupported(a, approx) {
-                    return Err(IrError::Type {
-                        layer: node.layer.clone(),
-                        op: node.op.name().into(),
-                        message: format!("cannot convert to {approx}: {why}"),
-                    });
-                }
-                if let Some(l) = &node.layer {
-                    if !layers.contains(l) {
-                        layers.push(l.clone());
-                    }
-                }
-                match approx {
-                    Approximation::Window { window, sinks } => {
-                        let w = window_mask(a.mask.as_ref(), *window, *sinks);
-                        let op = Op::Attention(Attention {
-                            mask: Some(w),
-                            block: None,
-                            ..a.clone()
-                        });
-                        b.op(op, &operands)?
-                    }
-                    Approximation::Performer { features, seed } => {
-                        performer(&mut b, a, &operands, *features, *seed)?
-                    }
-                    Approximation::Scatterbrain {
-                        features,
-                        seed,
-                        window,
-                    } => {
-                        let n = graph.sizes(graph.operands(id)[0])[2] as u64;
-                        if n % window != 0 || *window >= n {
-                            return Err(IrError::Type {
-                                layer: node.layer.clone(),
-                                op: node.op.name().into(),
-                                message: format!(
-                                    "cannot convert to {approx}: the window must divide the sequence ({n}) and be shorter"
-                                ),
-                            });
-                        }
-                        scatterbrain(&mut b, a, &operands, [*features, *seed, *window])?
-                    }
-                }
-            }
-            op => {
-                let declared = op.is_source().then(|| node.ty.clone());
-                b.add(op.clone(), &operands, declared)?
-            }
+    let mut layers: Vec<String> = Vec::new();
+    let converted = attnc_ir::expand::rebuild(graph, |b, op, operands| {
+        let Op::Attention(a) = op else {
+            return Ok(None);
         };
-        map.insert(id, new);
-    }
-    for (name, id) in graph.outputs() {
-        b.output(name.clone(), map[id])?;
-    }
-    Ok((b.finish()?, layers))
+        let layer = b.layer().map(str::to_string);
+        let refuse = |why: String| IrError::Type {
+            layer: layer.clone(),
+            op: op.name().into(),
+            message: format!("cannot convert to {approx}: {why}"),
+        };
+        if let Some(why) = unsupported(a, approx) {
+            return Err(refuse(why));
+        }
+        if let Some(l) = &layer {
+            if !layers.contains(l) {
+                layers.push(l.clone());
+            }
+        }
+        Ok(Some(match approx {
+            Approximation::Window { window, sinks } => {
+                let w = window_mask(a.mask.as_ref(), *window, *sinks);
+                let op = Op::Attention(Attention {
+                    mask: Some(w),
+                    block: None,
+                    ..a.clone()
+                });
+                b.op(op, operands)?
+            }
+            Approximation::Performer { features, seed } => {
+                performer(b, a, operands, *features, *seed)?
+            }
+            Approximation::Scatterbrain {
+                features,
+                seed,
+                window,
+            } => {
+                let n = sizes(b, operands[0])?[2] as u64;
+                if n % window != 0 || *window >= n {
+                    return Err(refuse(format!(
+                        "the window must divide the sequence ({n}) and be shorter"
+                    )));
+                }
+                scatterbrain(b, a, operands, [*features, *seed, *window])?
+            }
+        }))
+    })?;
+    Ok((converted, layers))
 }
 
 /// `mask && (|q − k| < window || k < sinks)`.

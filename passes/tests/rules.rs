@@ -804,6 +804,38 @@ fn kernelized_attention_becomes_linear_attention() {
     }
 }
 
+/// `linear_attention(q, k, v [, log_decay]; l)` over `[2, 2, n, 4]` (values 3 wide),
+/// with bindings whose features are positive when normalized and decays below one.
+fn linear_graph(
+    l: attnc_ir::LinearAttention,
+    n: u64,
+) -> (Graph, std::collections::HashMap<String, attnc_ir::Tensor>) {
+    use attnc_ir::Decay;
+    let (bs, h, d) = (2, 2, 4);
+    let mut b = builder();
+    let q = input(&mut b, "q", &[bs, h, n, d]);
+    let k = input(&mut b, "k", &[bs, h, n, d]);
+    let v = input(&mut b, "v", &[bs, h, n, 3]);
+    let mut operands = vec![q, k, v];
+    match l.decay {
+        Decay::None => {}
+        Decay::Head => operands.push(input(&mut b, "ld", &[h])),
+        Decay::Step => operands.push(input(&mut b, "ld", &[bs, h, n])),
+        Decay::Gate => operands.push(input(&mut b, "ld", &[bs, h, n, d])),
+    }
+    let o = b.op(Op::LinearAttention(l), &operands).unwrap();
+    let g = done(b, o);
+    let mut bindings = random_bindings(&g, 5);
+    for (name, t) in bindings.iter_mut() {
+        match name.as_str() {
+            "q" | "k" if l.normalize => t.data.iter_mut().for_each(|x| *x = x.abs() + 0.1),
+            "ld" => t.data.iter_mut().for_each(|x| *x = -0.3 * x.abs()),
+            _ => {}
+        }
+    }
+    (g, bindings)
+}
+
 #[test]
 fn causal_linear_attention_runs_chunkwise_or_recurrent() {
     use attnc_ir::{Decay, LinearAttention, LinearForm};
@@ -812,34 +844,13 @@ fn causal_linear_attention_runs_chunkwise_or_recurrent() {
             ("linear-chunkwise", LinearForm::Chunkwise { chunk: 16 }),
             ("linear-recurrent", LinearForm::Recurrent),
         ] {
-            let (bs, h, n, d) = (2, 2, 64, 4);
-            let mut b = builder();
-            let q = input(&mut b, "q", &[bs, h, n, d]);
-            let k = input(&mut b, "k", &[bs, h, n, d]);
-            let v = input(&mut b, "v", &[bs, h, n, 3]);
-            let mut operands = vec![q, k, v];
-            match decay {
-                Decay::None => {}
-                Decay::Head => operands.push(input(&mut b, "ld", &[h])),
-                Decay::Step => operands.push(input(&mut b, "ld", &[bs, h, n])),
-                Decay::Gate => operands.push(input(&mut b, "ld", &[bs, h, n, d])),
-            }
             let l = LinearAttention {
                 causal: true,
                 decay,
                 normalize: decay == Decay::None,
                 form: LinearForm::Parallel,
             };
-            let o = b.op(Op::LinearAttention(l), &operands).unwrap();
-            let g = done(b, o);
-            let mut bindings = random_bindings(&g, 5);
-            for (name, t) in bindings.iter_mut() {
-                match name.as_str() {
-                    "q" | "k" if l.normalize => t.data.iter_mut().for_each(|x| *x = x.abs() + 0.1),
-                    "ld" => t.data.iter_mut().for_each(|x| *x = -0.3 * x.abs()),
-                    _ => {}
-                }
-            }
+            let (g, bindings) = linear_graph(l, 64);
             let out = check_rule_with(rule, &g, &bindings);
             let forms: Vec<LinearForm> = linear_of(&out).iter().map(|l| l.form).collect();
             // The cheapest rewritten form; chunkwise offers 16 and 32 here.
@@ -864,34 +875,13 @@ fn linear_attention_has_its_quadratic_form() {
             if decay != Decay::None && !causal {
                 continue;
             }
-            let (bs, h, n, d) = (2, 2, 16, 4);
-            let mut b = builder();
-            let q = input(&mut b, "q", &[bs, h, n, d]);
-            let k = input(&mut b, "k", &[bs, h, n, d]);
-            let v = input(&mut b, "v", &[bs, h, n, 3]);
-            let mut operands = vec![q, k, v];
-            match decay {
-                Decay::None => {}
-                Decay::Head => operands.push(input(&mut b, "ld", &[h])),
-                Decay::Step => operands.push(input(&mut b, "ld", &[bs, h, n])),
-                Decay::Gate => operands.push(input(&mut b, "ld", &[bs, h, n, d])),
-            }
             let l = LinearAttention {
                 causal,
                 decay,
                 normalize: decay == Decay::None,
                 form: LinearForm::Parallel,
             };
-            let o = b.op(Op::LinearAttention(l), &operands).unwrap();
-            let g = done(b, o);
-            let mut bindings = random_bindings(&g, 5);
-            for (name, t) in bindings.iter_mut() {
-                match name.as_str() {
-                    "q" | "k" if l.normalize => t.data.iter_mut().for_each(|x| *x = x.abs() + 0.1),
-                    "ld" => t.data.iter_mut().for_each(|x| *x = -0.3 * x.abs()),
-                    _ => {}
-                }
-            }
+            let (g, bindings) = linear_graph(l, 16);
             let out = check_rule_with("linear-quadratic", &g, &bindings);
             assert!(
                 linear_of(&out).is_empty(),

@@ -33,20 +33,35 @@ pub fn needs_expansion(graph: &Graph) -> bool {
 /// batched over the clusters and a scatter of the results back; everything else (names, layers, outputs, the
 /// order of inputs and params) as it was.
 pub fn expand(graph: &Graph) -> Result<Graph> {
+    rebuild(graph, |b, op, operands| {
+        Ok(Some(match op {
+            Op::Moba(m) => moba(b, m, operands)?,
+            Op::Lsh(l) => lsh(b, l, operands)?,
+            Op::Routing(r) => routing(b, r, operands)?,
+            Op::LinearAttention(l) if !is_kernel_form(l) => linear::linear(b, l, operands)?,
+            _ => return Ok(None),
+        }))
+    })
+}
+
+/// `graph` rebuilt node by node, `replace` giving the new node for an op it rewrites
+/// (`None`: the op is copied) from the already mapped operands, in the node's layer;
+/// names, outputs and the order of inputs and params stay as they were.
+pub fn rebuild(
+    graph: &Graph,
+    mut replace: impl FnMut(&mut GraphBuilder, &Op, &[NodeId]) -> Result<Option<NodeId>>,
+) -> Result<Graph> {
     let mut b = GraphBuilder::new(graph.name.clone(), graph.dims.clone());
     let mut map: HashMap<NodeId, NodeId> = HashMap::new();
     for id in graph.node_ids() {
         let node = graph.node(id);
         b.set_layer(node.layer.clone());
         let operands: Vec<NodeId> = graph.operands(id).iter().map(|o| map[o]).collect();
-        let new = match &node.op {
-            Op::Moba(m) => moba(&mut b, m, &operands)?,
-            Op::Lsh(l) => lsh(&mut b, l, &operands)?,
-            Op::Routing(r) => routing(&mut b, r, &operands)?,
-            Op::LinearAttention(l) if !is_kernel_form(l) => linear::linear(&mut b, l, &operands)?,
-            op => {
-                let declared = op.is_source().then(|| node.ty.clone());
-                b.add(op.clone(), &operands, declared)?
+        let new = match replace(&mut b, &node.op, &operands)? {
+            Some(new) => new,
+            None => {
+                let declared = node.op.is_source().then(|| node.ty.clone());
+                b.add(node.op.clone(), &operands, declared)?
             }
         };
         map.insert(id, new);

@@ -79,6 +79,11 @@ impl Lowerer<'_> {
         Shape(dims.iter().map(|d| (*d).clone()).collect())
     }
 
+    fn reshape(&mut self, x: NodeId, dims: &[&Dim]) -> Result<NodeId, IrError> {
+        let shape = self.shape(dims);
+        self.b.op(Op::Reshape { shape }, &[x])
+    }
+
     fn param(&mut self, name: String, dims: &[&Dim]) -> Result<NodeId, IrError> {
         let shape = self.shape(dims);
         self.b.param(name, shape, self.dtype)

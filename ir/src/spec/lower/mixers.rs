@@ -258,12 +258,7 @@ impl Lowerer<'_> {
         let c1 = self.scalar(1.0)?;
         let gamma = self.bin(BinaryOp::Sub, c1, p)?;
         let log_gamma = self.unary(UnaryOp::Log, gamma)?;
-        let log_gamma = self.op(
-            Op::Reshape {
-                shape: self.shape(&[&one, &heads, &one, &one]),
-            },
-            &[log_gamma],
-        )?;
+        let log_gamma = self.reshape(log_gamma, &[&one, &heads, &one, &one])?;
         let qi = self
             .b
             .add(Op::Iota { axis: 0 }, &[], ty(self.shape(&[&seq, &seq])))?;
@@ -346,20 +341,10 @@ impl Lowerer<'_> {
             },
             &[dt],
         )?;
-        let dt_h = self.op(
-            Op::Reshape {
-                shape: self.shape(&[&batch, &heads, &seq, &one]),
-            },
-            &[dt_h],
-        )?;
+        let dt_h = self.reshape(dt_h, &[&batch, &heads, &seq, &one])?;
         let xd = self.bin(BinaryOp::Mul, xh, dt_h)?;
         let shared = |l: &mut Self, t: NodeId| -> R<NodeId> {
-            let t = l.op(
-                Op::Reshape {
-                    shape: l.shape(&[&batch, &one, &seq, &n]),
-                },
-                &[t],
-            )?;
+            let t = l.reshape(t, &[&batch, &one, &seq, &n])?;
             l.op(
                 Op::Broadcast {
                     shape: l.shape(&[&batch, &heads, &seq, &n]),
@@ -371,30 +356,15 @@ impl Lowerer<'_> {
         let ch = shared(self, cm)?;
         // L = exp(segsum(log a)), causal.
         let lc = self.op(Op::CumSum { axis: 2 }, &[log_decay])?;
-        let rows = self.op(
-            Op::Reshape {
-                shape: self.shape(&[&batch, &heads, &seq, &one]),
-            },
-            &[lc],
-        )?;
-        let cols = self.op(
-            Op::Reshape {
-                shape: self.shape(&[&batch, &heads, &one, &seq]),
-            },
-            &[lc],
-        )?;
+        let rows = self.reshape(lc, &[&batch, &heads, &seq, &one])?;
+        let cols = self.reshape(lc, &[&batch, &heads, &one, &seq])?;
         let seg = self.bin(BinaryOp::Sub, rows, cols)?;
         let l = self.causal_exp(seg)?;
         let s = self.scores(ch, bh)?;
         let s = self.bin(BinaryOp::Mul, s, l)?;
         let y = self.op(Op::MatMul, &[s, xd])?;
         let skip = self.param(format!("{prefix}.D"), &[&heads])?;
-        let skip = self.op(
-            Op::Reshape {
-                shape: self.shape(&[&one, &heads, &one, &one]),
-            },
-            &[skip],
-        )?;
+        let skip = self.reshape(skip, &[&one, &heads, &one, &one])?;
         let skip = self.bin(BinaryOp::Mul, xh, skip)?;
         let y = self.bin(BinaryOp::Add, y, skip)?;
         let y = self.join_heads(y, &inner)?;
@@ -418,20 +388,10 @@ impl Lowerer<'_> {
         let (r, c) = (self.dim("axial_rows", rows), self.dim("axial_cols", cols));
         let b = Dim::sym("batch");
         // [B, seq, d] -> [B, rows, cols, d]
-        let grid = self.op(
-            Op::Reshape {
-                shape: self.shape(&[&b, &r, &c, &d]),
-            },
-            &[x],
-        )?;
+        let grid = self.reshape(x, &[&b, &r, &c, &d])?;
         let along_rows =
             self.axis_attention(a, grid, batch * rows, cols, &format!("{prefix}.row"))?;
-        let along_rows = self.op(
-            Op::Reshape {
-                shape: self.shape(&[&b, &r, &c, &d]),
-            },
-            &[along_rows],
-        )?;
+        let along_rows = self.reshape(along_rows, &[&b, &r, &c, &d])?;
         let t = self.op(
             Op::Transpose {
                 perm: vec![0, 2, 1, 3],
@@ -439,12 +399,7 @@ impl Lowerer<'_> {
             &[grid],
         )?;
         let along_cols = self.axis_attention(a, t, batch * cols, rows, &format!("{prefix}.col"))?;
-        let along_cols = self.op(
-            Op::Reshape {
-                shape: self.shape(&[&b, &c, &r, &d]),
-            },
-            &[along_cols],
-        )?;
+        let along_cols = self.reshape(along_cols, &[&b, &c, &r, &d])?;
         let along_cols = self.op(
             Op::Transpose {
                 perm: vec![0, 2, 1, 3],
@@ -453,12 +408,7 @@ impl Lowerer<'_> {
         )?;
         let sum = self.bin(BinaryOp::Add, along_rows, along_cols)?;
         let seq = Dim::sym("seq");
-        self.op(
-            Op::Reshape {
-                shape: self.shape(&[&b, &seq, &d]),
-            },
-            &[sum],
-        )
+        self.reshape(sum, &[&b, &seq, &d])
     }
 
     /// Multi-head softmax attention over the last-but-one axis of `x [.., len, d]`,
@@ -475,19 +425,9 @@ impl Lowerer<'_> {
         let heads = self.dim("heads", a.heads);
         let head_dim = self.dim("head_dim", a.head_dim);
         let q_dim = self.width("q_dim", a.heads * a.head_dim);
-        let x = self.op(
-            Op::Reshape {
-                shape: self.shape(&[&o, &n, &d]),
-            },
-            &[x],
-        )?;
+        let x = self.reshape(x, &[&o, &n, &d])?;
         let split = |l: &mut Self, t: NodeId| -> R<NodeId> {
-            let t = l.op(
-                Op::Reshape {
-                    shape: l.shape(&[&o, &n, &heads, &head_dim]),
-                },
-                &[t],
-            )?;
+            let t = l.reshape(t, &[&o, &n, &heads, &head_dim])?;
             l.op(
                 Op::Transpose {
                     perm: vec![0, 2, 1, 3],
@@ -510,12 +450,7 @@ impl Lowerer<'_> {
             },
             &[y],
         )?;
-        let y = self.op(
-            Op::Reshape {
-                shape: self.shape(&[&o, &n, &q_dim]),
-            },
-            &[y],
-        )?;
+        let y = self.reshape(y, &[&o, &n, &q_dim])?;
         self.linear(y, prefix, "wo", None, &q_dim, &d)
     }
 }
