@@ -297,6 +297,107 @@ fn matmul_odd_sizes_and_views() {
     }));
 }
 
+/// Matmuls of transposes (the last two axes swapped), which the GEMM kernel packs
+/// from the untransposed operand: either side or both, sizes off the register tile
+/// and past a K and an M block, broadcast batch dims, half types; a transpose that
+/// something else reads too is materialized for it as well.
+#[test]
+fn matmul_of_transposed_operands() {
+    // (A as stored, B as stored, transpose A, transpose B).
+    let cases: [(&[u64], &[u64], bool, bool); 6] = [
+        (&[20, 9], &[20, 37], true, false),
+        (&[9, 20], &[37, 20], false, true),
+        (&[20, 9], &[37, 20], true, true),
+        (&[2, 300, 257], &[300, 33], true, false),
+        (&[3, 2, 17, 70], &[2, 33, 70], false, true),
+        (&[1, 1], &[1, 1], true, true),
+    ];
+    let swap = |rank: usize| {
+        let mut perm: Vec<usize> = (0..rank).collect();
+        perm.swap(rank - 2, rank - 1);
+        Op::Transpose { perm }
+    };
+    for (sa, sb, ta, tb) in cases {
+        for dtype in [F32, BF16] {
+            check(&graph(|b| {
+                let mut x = b.input("a", shape(sa), dtype)?;
+                let mut y = b.param("b", shape(sb), dtype)?;
+                if ta {
+                    x = b.op(swap(sa.len()), &[x])?;
+                }
+                if tb {
+                    y = b.op(swap(sb.len()), &[y])?;
+                }
+                Ok(vec![b.op(Op::MatMul, &[x, y])?])
+            }));
+        }
+    }
+    check(&graph(|b| {
+        let x = b.input("a", shape(&[2, 12, 5]), F32)?;
+        let xt = b.op(swap(3), &[x])?;
+        let gram = b.op(Op::MatMul, &[xt, x])?;
+        let outer = b.op(Op::MatMul, &[x, xt])?;
+        let doubled = b.op(Op::Binary(attnc_ir::BinaryOp::Add), &[xt, xt])?;
+        Ok(vec![gram, outer, doubled])
+    }));
+    // Read by matmuls only: the kernels take `a` as it is, no transpose is written.
+    let g = graph(|b| {
+        let x = b.input("a", shape(&[2, 12, 5]), F32)?;
+        let xt = b.op(swap(3), &[x])?;
+        let gram = b.op(Op::MatMul, &[xt, x])?;
+        let outer = b.op(Op::MatMul, &[x, xt])?;
+        Ok(vec![gram, outer])
+    });
+    check(&g);
+    let text = attnc_backends::emit_mlir(&g).unwrap();
+    assert!(text.contains("gemm.2x12x5t.2x12x5"), "{text}");
+    assert!(text.contains("gemm.2x12x5.2x12x5t"), "{text}");
+    assert_eq!(text.matches("linalg.generic").count(), 0, "{text}");
+}
+
+/// Slices that stay views (read in place by elementwise ops, a concat, a matmul)
+/// next to slices that are copied (an output, read by a reshape, by a cast or by a
+/// one-operand concat, read by a later layer).
+#[test]
+fn slices_read_in_place_and_copied() {
+    let slice = |b: &mut attnc_ir::GraphBuilder, x, axis, start: u64, end: u64| {
+        b.op(
+            Op::Slice {
+                axis,
+                start: attnc_ir::Dim::Const(start),
+                end: attnc_ir::Dim::Const(end),
+            },
+            &[x],
+        )
+    };
+    check(&graph(|b| {
+        let x = b.input("x", shape(&[2, 6, 10]), F32)?;
+        let w = b.param("w", shape(&[5, 3]), F32)?;
+        let cols = slice(b, x, 2, 2, 7)?;
+        let col = slice(b, x, 2, 9, 10)?;
+        let ratio = b.op(Op::Binary(attnc_ir::BinaryOp::Div), &[cols, col])?;
+        let rows = slice(b, x, 1, 1, 4)?;
+        let stacked = b.op(Op::Concat { axis: 1 }, &[rows, rows, x])?;
+        let left = slice(b, x, 2, 0, 5)?;
+        let product = b.op(Op::MatMul, &[left, w])?;
+        let out = slice(b, x, 1, 3, 6)?;
+        let flat = slice(b, x, 2, 1, 3)?;
+        let flat = b.op(
+            Op::Reshape {
+                shape: shape(&[24]),
+            },
+            &[flat],
+        )?;
+        let same = slice(b, x, 0, 1, 2)?;
+        let same = b.op(Op::Cast { to: F32 }, &[same])?;
+        let one = slice(b, x, 1, 0, 2)?;
+        let one = b.op(Op::Concat { axis: 1 }, &[one])?;
+        b.set_layer(Some("later".into()));
+        let later = b.op(Op::Unary(attnc_ir::UnaryOp::Exp), &[cols])?;
+        Ok(vec![ratio, stacked, product, out, flat, same, one, later])
+    }));
+}
+
 #[test]
 fn reshapes_including_to_and_from_scalars() {
     let cases: [(&[u64], &[u64]); 6] = [

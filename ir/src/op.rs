@@ -267,9 +267,9 @@ pub enum Op {
     CumSum {
         axis: usize,
     },
-    /// `(x, a)`, same shape: the first-order linear recurrence `out[t] = a[t]·out[t-1]
-    /// + x[t]` along `axis` (`out[-1] = 0`): a decayed prefix sum, the state passing
-    /// of chunkwise linear attention.
+    /// `(x, a)`, same shape: the first-order linear recurrence
+    /// `out[t] = a[t]·out[t-1] + x[t]` along `axis` (`out[-1] = 0`): a decayed prefix
+    /// sum, the state passing of chunkwise linear attention.
     Scan {
         axis: usize,
     },

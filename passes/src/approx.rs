@@ -187,7 +187,7 @@ pub fn approximate(graph: &Graph, approx: &Approximation) -> Result<(Graph, Vec<
                 window,
             } => {
                 let n = sizes(b, operands[0])?[2] as u64;
-                if n % window != 0 || *window >= n {
+                if !n.is_multiple_of(*window) || *window >= n {
                     return Err(refuse(format!(
                         "the window must divide the sequence ({n}) and be shorter"
                     )));

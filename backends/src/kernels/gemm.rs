@@ -9,7 +9,9 @@
 //! - in parallel over (`jp`, `ip`), `ip` inner so a thread keeps one B panel in L1
 //!   against the A panels of the block: the micro-kernel, an `MR×NR` register tile
 //!   (`MR·NR/16` accumulators, each an AVX-512 vector), one broadcast of A and
-//!   `NR/16` loads of B per FMA row, then `C += tile`, masked at the edges of C.
+//!   `NR/16` loads of B per FMA row, then `C += tile`, masked at the edges of C. A
+//!   last panel of at most 16 columns (N = 65: the column of ones of a normalizer)
+//!   runs an `MR×16` tile, half the work of a full one.
 //!
 //! Packing makes the micro-kernel's loads unit-stride and conflict-free whatever the
 //! leading dimensions (a power-of-two stride otherwise maps every row of a panel to
@@ -17,7 +19,9 @@
 //! the tile: the micro-kernel always runs full tiles; only the update of C is masked.
 //!
 //! Operands may carry batch dimensions (`[.., M, K] × [.., K, N]`, broadcast as
-//! numpy does): one GEMM per batch index, over 2-D views of the operands.
+//! numpy does): one GEMM per batch index, over 2-D views of the operands. Either
+//! operand may come transposed (see [`Gemm`]): packing reads `Aᵀ` by contiguous
+//! `MR`-wide rows and gathers `Bᵀ`'s columns, the micro-kernel is the same.
 
 use super::{function, strided_type, Code, KernelSet, LANES};
 
@@ -36,12 +40,16 @@ pub(crate) const NC: usize = 4096;
 const _: () = assert!(MC.is_multiple_of(MR) && NC.is_multiple_of(NR) && NR.is_multiple_of(LANES));
 
 /// The shapes of one GEMM: `a` is `[.., M, K]`, `b` is `[.., K, N]`, `c` the
-/// broadcast result `[.., M, N]`.
+/// broadcast result `[.., M, N]`. An operand marked transposed is passed as the
+/// tensor it transposes (`a` as `[.., K, M]`, `b` as `[.., N, K]`): packing reads
+/// it in its own layout, so `A·Bᵀ` and `Aᵀ·B` never materialize the transpose.
 #[derive(Clone, Debug)]
 pub(crate) struct Gemm {
     pub a: Vec<usize>,
     pub b: Vec<usize>,
     pub c: Vec<usize>,
+    pub a_transposed: bool,
+    pub b_transposed: bool,
 }
 
 impl Gemm {
@@ -52,7 +60,24 @@ impl Gemm {
                 .collect::<Vec<_>>()
                 .join("x")
         };
-        format!("gemm.{}.{}", dims(&self.a), dims(&self.b))
+        let t = |transposed: bool| if transposed { "t" } else { "" };
+        format!(
+            "gemm.{}{}.{}{}",
+            dims(&self.a),
+            t(self.a_transposed),
+            dims(&self.b),
+            t(self.b_transposed)
+        )
+    }
+
+    /// `K`: the contracted size.
+    fn depth(&self) -> usize {
+        let r = self.a.len();
+        if self.a_transposed {
+            self.a[r - 2]
+        } else {
+            self.a[r - 1]
+        }
     }
 
     pub fn operand_types(&self) -> [String; 3] {
@@ -81,7 +106,7 @@ fn write_gemm(name: &str, g: &Gemm) -> String {
     let [ta, tb, tc] = g.operand_types();
     let nb = g.c.len() - 2;
     let (m, n) = (g.c[nb], g.c[nb + 1]);
-    let k = g.a[g.a.len() - 1];
+    let k = g.depth();
     let mut c = Code::new();
     if k == 0 {
         // No K panel writes C: it is all zeros.
@@ -115,7 +140,15 @@ fn write_gemm(name: &str, g: &Gemm) -> String {
     // Slab width in panels.
     let width = ceil_div_v(&mut c, &pv, &slabs);
     let tasks = c.ix("muli", &bv, &slabs);
-    let dims = Dims { m, n, k, kc, nc };
+    let dims = Dims {
+        m,
+        n,
+        k,
+        kc,
+        nc,
+        a_transposed: g.a_transposed,
+        b_transposed: g.b_transposed,
+    };
     c.parallel(&[&tasks], |c, ivs| {
         let task = &ivs[0];
         let id32 = c.let_("func.call @omp_get_thread_num() : () -> i32");
@@ -171,6 +204,9 @@ struct Dims {
     kc: usize,
     /// Columns packed at once, a multiple of `NR`.
     nc: usize,
+    /// Whether A comes as `[K, M]`, B as `[N, K]`.
+    a_transposed: bool,
+    b_transposed: bool,
 }
 
 /// The packing buffers of every thread (value, type) and this thread's index in them.
@@ -212,8 +248,16 @@ fn view(c: &mut Code, v: &str, sizes: &[usize], ty: &str, idx: &[String], nb: us
 /// `C[:, c0..c1] = A · B[:, c0..c1]` by the blocked loops of the module docs, on one
 /// thread (`c0` is a multiple of `NR`).
 fn gemm_2d(c: &mut Code, d: &Dims, p: &Buffers, [a, b, cc]: [&str; 3], (c0, c1): (&str, &str)) {
-    let ta = strided_type(&[d.m, d.k], "f32");
-    let tb = strided_type(&[d.k, d.n], "f32");
+    let ta = if d.a_transposed {
+        strided_type(&[d.k, d.m], "f32")
+    } else {
+        strided_type(&[d.m, d.k], "f32")
+    };
+    let tb = if d.b_transposed {
+        strided_type(&[d.n, d.k], "f32")
+    } else {
+        strided_type(&[d.k, d.n], "f32")
+    };
     let tc = strided_type(&[d.m, d.n], "f32");
     let (zero, mv, kv) = (c.idx(0), c.idx(d.m), c.idx(d.k));
     let (ap, tap) = (&p.ap.0, &p.ap.1);
@@ -222,6 +266,8 @@ fn gemm_2d(c: &mut Code, d: &Dims, p: &Buffers, [a, b, cc]: [&str; 3], (c0, c1):
     let pad = c.f32(0.0);
     // Vectors that may run past N need masking; rows past M are zero-padded by packing.
     let n_ragged = !d.n.is_multiple_of(NR);
+    // A last panel of at most LANES columns runs a tile of one vector per row.
+    let narrow_tail = (1..=LANES).contains(&(d.n % NR));
     let m_ragged = !d.m.is_multiple_of(MR);
     let in_bounds_n = if d.n.is_multiple_of(LANES) && !n_ragged {
         "true"
@@ -243,6 +289,44 @@ fn gemm_2d(c: &mut Code, d: &Dims, p: &Buffers, [a, b, cc]: [&str; 3], (c0, c1):
             c.for_range(&zero, &np, 1, |c, jp| {
                 let col0 = c.mad(jc, jp, NR);
                 let zero = c.idx(0);
+                if d.b_transposed {
+                    // Bᵀ's rows are B's columns: NR of them gathered per k (0 past N).
+                    let last = c.idx(d.n - 1);
+                    let nv = c.idx(d.n);
+                    let cols: Vec<(String, Option<String>)> = (0..NR)
+                        .map(|j| {
+                            let col = c.add_const(&col0, j);
+                            if n_ragged {
+                                let inside = c.let_(format_args!("arith.cmpi ult, {col}, {nv} : index"));
+                                (c.min(&col, &last), Some(inside))
+                            } else {
+                                (col, None)
+                            }
+                        })
+                        .collect();
+                    c.for_range(&zero, &kc, 1, |c, kk| {
+                        let row = c.ix("addi", pc, kk);
+                        let elems: Vec<String> = cols
+                            .iter()
+                            .map(|(col, inside)| {
+                                let x = c.let_(format_args!("memref.load {b}[{col}, {row}] : {tb}"));
+                                match inside {
+                                    Some(inside) => c.let_(format_args!("arith.select {inside}, {x}, {pad} : f32")),
+                                    None => x,
+                                }
+                            })
+                            .collect();
+                        let vec = c.let_(format_args!(
+                            "vector.from_elements {} : vector<{NR}xf32>",
+                            elems.join(", ")
+                        ));
+                        let zero = c.idx(0);
+                        c.line(format_args!(
+                            "vector.store {vec}, {bp}[{tid}, {jp}, {kk}, {zero}] : {tbp}, vector<{NR}xf32>"
+                        ));
+                    });
+                    return;
+                }
                 c.for_range(&zero, &kc, 1, |c, kk| {
                     let row = c.ix("addi", pc, kk);
                     for v in 0..NR / LANES {
@@ -266,6 +350,26 @@ fn gemm_2d(c: &mut Code, d: &Dims, p: &Buffers, [a, b, cc]: [&str; 3], (c0, c1):
                 c.for_range(&zero, &mp, 1, |c, ip| {
                     let row0 = c.mad(ic, ip, MR);
                     let zero = c.idx(0);
+                    if d.a_transposed {
+                        // Aᵀ's rows are A's columns: MR contiguous values per k,
+                        // read masked (0 past M) at the edge.
+                        let vm = format!("vector<{MR}xf32>");
+                        c.for_range(&zero, &kc, 1, |c, kk| {
+                            let row = c.ix("addi", pc, kk);
+                            let vec = if m_ragged {
+                                c.let_(format_args!(
+                                    "vector.transfer_read {a}[{row}, {row0}], {pad} {{in_bounds = [false]}} : {ta}, {vm}"
+                                ))
+                            } else {
+                                c.let_(format_args!("vector.load {a}[{row}, {row0}] : {ta}, {vm}"))
+                            };
+                            let zero = c.idx(0);
+                            c.line(format_args!(
+                                "vector.store {vec}, {ap}[{tid}, {ip}, {kk}, {zero}] : {tap}, {vm}"
+                            ));
+                        });
+                        return;
+                    }
                     let last = c.idx(d.m - 1);
                     let rows: Vec<(String, Option<String>)> = (0..MR)
                         .map(|r| {
@@ -301,17 +405,29 @@ fn gemm_2d(c: &mut Code, d: &Dims, p: &Buffers, [a, b, cc]: [&str; 3], (c0, c1):
                 });
                 // The micro-kernels of this block: one B panel against every A panel.
                 c.for_range(&zero, &np, 1, |c, jp| {
-                    c.for_range(&zero, &mp, 1, |c, ip| {
-                        let row0 = c.mad(ic, ip, MR);
-                        let col0 = c.mad(jc, jp, NR);
-                        prefetch_c(c, d, cc, &tc, &row0, &col0);
-                        micro_kernel(c, (ap, tap), (bp, tbp), tid, jp, ip, &kc, |c, tile| {
-                            let zero = c.idx(0);
-                            let first = c.let_(format_args!("arith.cmpi eq, {pc}, {zero} : index"));
-                            let ragged = (m_ragged, n_ragged);
-                            update_c(c, d, cc, &tc, &row0, &col0, tile, &first, ragged);
+                    let col0 = c.mad(jc, jp, NR);
+                    let panel = |c: &mut Code, nv: usize| {
+                        c.for_range(&zero, &mp, 1, |c, ip| {
+                            let row0 = c.mad(ic, ip, MR);
+                            prefetch_c(c, d, cc, &tc, &row0, &col0, nv);
+                            let a_panel = (ap.as_str(), tap.as_str(), ip);
+                            micro_kernel(c, a_panel, (bp, tbp), tid, jp, &kc, nv, |c, tile| {
+                                let zero = c.idx(0);
+                                let first = c.let_(format_args!("arith.cmpi eq, {pc}, {zero} : index"));
+                                let ragged = (m_ragged, n_ragged);
+                                update_c(c, d, cc, &tc, (&row0, &col0), tile, &first, ragged, nv);
+                            });
                         });
-                    });
+                    };
+                    if narrow_tail {
+                        // The last panel holds at most LANES columns of C: half a tile.
+                        let end = c.add_const(&col0, LANES);
+                        let n_value = c.idx(d.n);
+                        let narrow = c.let_(format_args!("arith.cmpi uge, {end}, {n_value} : index"));
+                        c.if_else(&narrow, |c| panel(c, 1), |c| panel(c, NR / LANES));
+                    } else {
+                        panel(c, NR / LANES);
+                    }
                 });
             });
         });
@@ -333,28 +449,26 @@ fn ceil_div(c: &mut Code, x: &str, by: usize) -> String {
     c.ix("divui", &up, &byv)
 }
 
-/// The `MR×NR` tile of `Ap[ip] · Bp[jp]` over `kc`, in `MR·NR/LANES` vectors (row-major),
-/// handed to `then`.
+/// The `MR × nv·LANES` tile of `Ap[ip] · Bp[jp]` over `kc` (the panel's first `nv`
+/// vectors of columns), in `MR·nv` vectors (row-major), handed to `then`.
 #[allow(clippy::too_many_arguments)]
 fn micro_kernel(
     c: &mut Code,
-    (ap, tap): (&str, &str),
+    (ap, tap, ip): (&str, &str, &str),
     (bp, tbp): (&str, &str),
     tid: &str,
     jp: &str,
-    ip: &str,
     kc: &str,
+    nv: usize,
     then: impl FnOnce(&mut Code, &[String]),
 ) {
     let vt = format!("vector<{LANES}xf32>");
     let zero_v = c.splat(0.0);
-    let iters: Vec<(String, String)> = (0..MR * NR / LANES)
-        .map(|_| (zero_v.clone(), vt.clone()))
-        .collect();
+    let iters: Vec<(String, String)> = (0..MR * nv).map(|_| (zero_v.clone(), vt.clone())).collect();
     let zero = c.idx(0);
     let one = c.idx(1);
     let tile = c.for_((&zero, kc, &one), &iters, |c, kk, acc| {
-        let bs: Vec<String> = (0..NR / LANES)
+        let bs: Vec<String> = (0..nv)
             .map(|v| {
                 let off = c.idx(v * LANES);
                 c.let_(format_args!(
@@ -370,7 +484,7 @@ fn micro_kernel(
             ));
             let bc = c.let_(format_args!("vector.broadcast {s} : f32 to {vt}"));
             for (v, bv) in bs.iter().enumerate() {
-                let acc = &acc[r * (NR / LANES) + v];
+                let acc = &acc[r * nv + v];
                 next.push(c.vop("vector.fma", &[&bc, bv, acc]));
             }
         }
@@ -383,7 +497,7 @@ fn micro_kernel(
 /// k loop (C is read and written once per `KC` panel: a tile of rows `N` apart is
 /// rarely still cached). Rows past M are clamped; columns past N are harmless (a
 /// prefetch never faults) but skipped when the whole line is past N.
-fn prefetch_c(c: &mut Code, d: &Dims, cc: &str, tc: &str, row0: &str, col0: &str) {
+fn prefetch_c(c: &mut Code, d: &Dims, cc: &str, tc: &str, row0: &str, col0: &str, nv: usize) {
     let last = c.idx(d.m - 1);
     for r in 0..MR {
         let row = c.add_const(row0, r);
@@ -392,7 +506,7 @@ fn prefetch_c(c: &mut Code, d: &Dims, cc: &str, tc: &str, row0: &str, col0: &str
         } else {
             row
         };
-        for line in 0..NR / LANES {
+        for line in 0..nv {
             let col = c.add_const(col0, line * LANES);
             let lastc = c.idx(d.n - 1);
             let col = if !d.n.is_multiple_of(NR) {
@@ -407,28 +521,28 @@ fn prefetch_c(c: &mut Code, d: &Dims, cc: &str, tc: &str, row0: &str, col0: &str
     }
 }
 
-/// `C[row0.., col0..] = tile` for the first `KC` panel (`first`), `+= tile` after:
-/// plain vector loads and stores for a tile inside C; rows past M skipped and columns
-/// past N masked otherwise.
+/// `C[row0.., col0..] = tile` (`MR × nv·LANES`) for the first `KC` panel (`first`),
+/// `+= tile` after: plain vector loads and stores for a tile inside C; rows past M
+/// skipped and columns past N masked otherwise.
 #[allow(clippy::too_many_arguments)]
 fn update_c(
     c: &mut Code,
     d: &Dims,
     cc: &str,
     tc: &str,
-    row0: &str,
-    col0: &str,
+    (row0, col0): (&str, &str),
     tile: &[String],
     first: &str,
     (m_ragged, n_ragged): (bool, bool),
+    nv: usize,
 ) {
     let vt = format!("vector<{LANES}xf32>");
     let fast = |c: &mut Code, accumulate: bool| {
         for r in 0..MR {
             let row = c.add_const(row0, r);
-            for v in 0..NR / LANES {
+            for v in 0..nv {
                 let col = c.add_const(col0, v * LANES);
-                let mut new = tile[r * (NR / LANES) + v].clone();
+                let mut new = tile[r * nv + v].clone();
                 if accumulate {
                     let old = c.let_(format_args!("vector.load {cc}[{row}, {col}] : {tc}, {vt}"));
                     new = c.vop("arith.addf", &[&old, &new]);
@@ -446,9 +560,9 @@ fn update_c(
             let row = c.add_const(row0, r);
             let inside = c.let_(format_args!("arith.cmpi ult, {row}, {mv} : index"));
             c.if_(&inside, |c| {
-                for v in 0..NR / LANES {
+                for v in 0..nv {
                     let col = c.add_const(col0, v * LANES);
-                    let mut new = tile[r * (NR / LANES) + v].clone();
+                    let mut new = tile[r * nv + v].clone();
                     if accumulate {
                         let old = c.let_(format_args!(
                             "vector.transfer_read {cc}[{row}, {col}], {pad} {{in_bounds = [false]}} : {tc}, {vt}"
@@ -470,11 +584,11 @@ fn update_c(
         return;
     }
     let mv = c.idx(d.m);
-    let nv = c.idx(d.n);
+    let n_value = c.idx(d.n);
     let row_end = c.add_const(row0, MR);
-    let col_end = c.add_const(col0, NR);
+    let col_end = c.add_const(col0, nv * LANES);
     let rows_in = c.let_(format_args!("arith.cmpi ule, {row_end}, {mv} : index"));
-    let cols_in = c.let_(format_args!("arith.cmpi ule, {col_end}, {nv} : index"));
+    let cols_in = c.let_(format_args!("arith.cmpi ule, {col_end}, {n_value} : index"));
     let full = c.let_(format_args!("arith.andi {rows_in}, {cols_in} : i1"));
     c.if_else(&full, |c| either(c, &fast), |c| either(c, &edge));
 }

@@ -13,6 +13,7 @@
 
 pub(crate) mod attention;
 pub(crate) mod gemm;
+pub(crate) mod linear;
 
 use attnc_ir::{Dims, MaskExpr};
 use std::collections::HashMap;

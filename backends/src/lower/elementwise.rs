@@ -1,7 +1,7 @@
-//! Elementwise families: constants, iota, unary / binary / compare ops, select, cast
-//! and mask expressions. Each is one all-parallel `linalg.generic` whose operands are
-//! read through numpy-broadcasting maps; floats are computed in f32 (see
-//! [`Elem::compute`]).
+//! Elementwise families: constants (scalars, and dense tensors such as random
+//! features), iota, unary / binary / compare ops, select, cast and mask expressions.
+//! Each is one all-parallel `linalg.generic` whose operands are read through
+//! numpy-broadcasting maps; floats are computed in f32 (see [`Elem::compute`]).
 
 use super::emit::{tensor_type, Elem, Emitter, Generic, Map, Val};
 use attnc_ir::{BinaryOp, CmpOp, Coord, Dims, MaskBinOp, MaskExpr, MaskKind, UnaryOp};
@@ -32,6 +32,32 @@ pub(super) fn constant(em: &mut Emitter, value: f64, elem: Elem) -> Val {
         &[],
         elem,
     )
+}
+
+/// A constant tensor of `sizes` holding `values` (row-major), each rounded to the
+/// float type `elem` once, written as the hexadecimal of its little-endian bytes.
+/// `None` when `elem` is not a float.
+pub(super) fn dense(em: &mut Emitter, values: &[f64], sizes: &[usize], elem: Elem) -> Option<Val> {
+    use std::fmt::Write;
+    let mut hex = String::with_capacity(8 * values.len());
+    for &x in values {
+        let bytes = match elem {
+            Elem::F32 => (x as f32).to_le_bytes().to_vec(),
+            Elem::F64 => x.to_le_bytes().to_vec(),
+            Elem::F16 => half::f16::from_f64(x).to_le_bytes().to_vec(),
+            Elem::BF16 => half::bf16::from_f64(x).to_le_bytes().to_vec(),
+            _ => return None,
+        };
+        for b in bytes {
+            let _ = write!(hex, "{b:02X}");
+        }
+    }
+    let ty = tensor_type(sizes, elem);
+    Some(em.tensor_op(
+        format_args!("arith.constant dense<\"0x{hex}\"> : {ty}"),
+        sizes,
+        elem,
+    ))
 }
 
 /// `out[i…] = i_axis`.

@@ -331,8 +331,7 @@ impl Emitter {
             .map(|(_, m)| m.to_string())
             .chain(std::iter::once(g.out_map.to_string()))
             .collect();
-        let iters: Vec<&str> = g
-            .iters
+        let iters: Vec<&str> = sequential_tail(&g.iters, &g.init.sizes)
             .iter()
             .map(|i| match i {
                 Iter::Parallel => "\"parallel\"",
@@ -482,6 +481,31 @@ impl Emitter {
         ))
     }
 }
+
+/// The iterators `convert-linalg-to-parallel-loops` should see: an all-parallel
+/// loop nest keeps its outer loops parallel (one `scf.parallel`, OpenMP's) and runs
+/// its innermost loop as a sequential `scf.for` inside, marked `reduction` for
+/// that conversion only (it builds one `scf.for` per non-parallel loop). Left all
+/// parallel, OpenMP collapses the whole nest into one flat loop that recomputes
+/// every index by division per element, which LLVM cannot vectorize; an inner
+/// `scf.for` over contiguous elements it can. Only when the outer loops still
+/// give every thread work.
+fn sequential_tail(iters: &[Iter], sizes: &[usize]) -> Vec<Iter> {
+    let mut out = iters.to_vec();
+    let rank = iters.len();
+    if rank >= 2
+        && iters.iter().all(|&i| i == Iter::Parallel)
+        && sizes.len() == rank
+        && sizes[..rank - 1].iter().product::<usize>() >= PARALLEL_ROWS
+        && sizes[rank - 1] > 1
+    {
+        out[rank - 1] = Iter::Reduction;
+    }
+    out
+}
+
+/// Fewest parallel iterations [`sequential_tail`] leaves a loop nest.
+const PARALLEL_ROWS: usize = 16;
 
 /// Escape a string for an MLIR string literal.
 fn escape(text: &str) -> String {

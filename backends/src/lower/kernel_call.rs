@@ -9,15 +9,17 @@ use super::elementwise::cast;
 use super::emit::{memref_type, Elem, Emitter, Val};
 use crate::kernels::attention::{attention as attention_kernel, AttentionKernel};
 use crate::kernels::gemm::{gemm, Gemm};
+use crate::kernels::linear::{linear as linear_kernel, LinearKernel};
 use crate::kernels::{strided_type, KernelSet};
-use attnc_ir::{Attention, Dims};
+use attnc_ir::{Attention, Decay, Dims, UnaryOp};
 
-/// `[.., m, k] × [.., k, n]` (float) through the GEMM kernel.
+/// `[.., m, k] × [.., k, n]` (float) through the GEMM kernel; an operand marked
+/// transposed is the tensor whose last two axes it swaps (`[.., k, m]`, `[.., n, k]`).
 pub(super) fn matmul(
     em: &mut Emitter,
     kernels: &mut KernelSet,
-    a: &Val,
-    b: &Val,
+    (a, a_transposed): (&Val, bool),
+    (b, b_transposed): (&Val, bool),
     out: &[usize],
 ) -> Val {
     let elem = a.elem;
@@ -27,6 +29,8 @@ pub(super) fn matmul(
         a: a32.sizes.clone(),
         b: b32.sizes.clone(),
         c: out.to_vec(),
+        a_transposed,
+        b_transposed,
     };
     let name = gemm(kernels, &g);
     let c = call(em, &name, &[&a32, &b32], out);
@@ -76,6 +80,35 @@ pub(super) fn attention(
     inputs.extend(segments);
     inputs.extend(list);
     let o = call(em, &name, &inputs, &out);
+    cast(em, &o, elem)
+}
+
+/// Recurrent linear attention (float, causal, unnormalized) through its kernel: the
+/// decay's multipliers `exp(log_decay)` are computed here, elementwise.
+pub(super) fn linear(
+    em: &mut Emitter,
+    kernels: &mut KernelSet,
+    decay: Decay,
+    [q, k, v]: [&Val; 3],
+    log_decay: Option<&Val>,
+) -> Val {
+    let elem = q.elem;
+    let q32 = cast(em, q, Elem::F32);
+    let k32 = cast(em, k, Elem::F32);
+    let v32 = cast(em, v, Elem::F32);
+    let a = log_decay.map(|ld| {
+        let ld32 = cast(em, ld, Elem::F32);
+        super::elementwise::unary(em, UnaryOp::Exp, &ld32)
+    });
+    let spec = LinearKernel {
+        q: q32.sizes.clone(),
+        v: v32.sizes.clone(),
+        decay: if a.is_some() { decay } else { Decay::None },
+    };
+    let name = linear_kernel(kernels, &spec);
+    let mut inputs = vec![&q32, &k32, &v32];
+    inputs.extend(a.as_ref());
+    let o = call(em, &name, &inputs, &spec.out());
     cast(em, &o, elem)
 }
 

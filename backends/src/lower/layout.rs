@@ -4,6 +4,8 @@
 //! Every result is a fresh, contiguous tensor. Views would be cheaper, but a strided
 //! view that reaches a copy after bufferization becomes a call to `memrefCopy`, a
 //! runtime function the JIT does not have; a later tiling issue can revisit this.
+//! The exception is a slice that only ops reading it in place use (elementwise
+//! generics, concats, kernels): it stays a view (see `absorbed_layouts`).
 
 use super::elementwise::map;
 use super::emit::{list, tensor_type, Elem, Emitter, Generic, Ix, Map, Val};
@@ -126,11 +128,18 @@ pub(super) fn concat(em: &mut Emitter, operands: &[Val], axis: usize, sizes: &[u
     dest
 }
 
-/// Elements `start..start + sizes[axis]` along `axis`, copied into a fresh tensor.
-pub(super) fn slice(em: &mut Emitter, x: &Val, axis: usize, start: usize, sizes: &[usize]) -> Val {
+/// Elements `start..start + sizes[axis]` along `axis`: a view (`extract_slice`),
+/// for ops that read it in place; [`copy`] it into a fresh tensor for the others.
+pub(super) fn slice_view(
+    em: &mut Emitter,
+    x: &Val,
+    axis: usize,
+    start: usize,
+    sizes: &[usize],
+) -> Val {
     let mut offsets = vec![0; x.rank()];
     offsets[axis] = start;
-    let view = em.tensor_op(
+    em.tensor_op(
         format_args!(
             "tensor.extract_slice {}{} {} {} : {} to {}",
             x.name,
@@ -142,8 +151,12 @@ pub(super) fn slice(em: &mut Emitter, x: &Val, axis: usize, start: usize, sizes:
         ),
         sizes,
         x.elem,
-    );
-    map(em, sizes, x.elem, &[&view], |_, args| args[0].clone())
+    )
+}
+
+/// `x` copied into a fresh, contiguous tensor.
+pub(super) fn copy(em: &mut Emitter, x: &Val) -> Val {
+    map(em, &x.sizes, x.elem, &[x], |_, args| args[0].clone())
 }
 
 /// `out[a.., i.., b..] = data[a.., indices[i..], b..]` along `axis` (embedding is

@@ -100,12 +100,15 @@ pub(crate) struct Lowered {
 pub(crate) const ENTRY: &str = "forward";
 
 /// Lower `graph` to MLIR text (not yet parsed or verified). Dynamic sparse attention
-/// (`moba_attention`, `lsh_attention`, `routing_attention`) runs as its expansion ([`attnc_ir::expand`]): the ops computing
-/// its block list and the block-sparse kernel over that list.
+/// (`moba_attention`, `lsh_attention`, `routing_attention`) runs as its expansion
+/// ([`attnc_ir::expand`]): the ops computing its block list and the block-sparse
+/// kernel over that list. So does `linear_attention`, as plain ops (matmuls, scans)
+/// except in its recurrent kernel form ([`attnc_ir::expand::is_kernel_form`]), which
+/// runs as a hand-written loop over time (`crate::kernels::linear`).
 pub(crate) fn lower(graph: &Graph) -> Result<Lowered> {
     if attnc_ir::expand::needs_expansion(graph) {
         let expanded = attnc_ir::expand::expand(graph).map_err(|e| BackendError::InvalidGraph {
-            message: format!("expanding dynamic sparse attention: {e}"),
+            message: format!("expanding dynamic sparse and linear attention: {e}"),
         })?;
         return lower_expanded(&expanded);
     }
@@ -117,6 +120,7 @@ fn lower_expanded(graph: &Graph) -> Result<Lowered> {
     let plan = Plan::new(graph, &live);
     let mut l = Lowering {
         graph,
+        absorbed: absorbed_layouts(graph, &plan),
         em: Emitter::new(),
         values: vec![None; graph.len()],
         outer: vec![None; graph.len()],
@@ -266,6 +270,84 @@ fn live_nodes(graph: &Graph) -> Vec<bool> {
     live
 }
 
+/// Layout ops whose result is never written out, because every op reading it takes
+/// it in another form: transposes of the last two axes (`[.., m, k]` to `[.., k, m]`)
+/// that only float matmuls read — the GEMM kernel packs the operand transposed
+/// (`Aᵀ·B`, `A·Bᵀ`) — and slices that only elementwise ops, concats and float
+/// matmuls read, which take the slice as a strided view (a `linalg.generic` input,
+/// a kernel operand). Not for a graph output or a tensor a later layer function
+/// reads (those are written out as they are); a view never reaches a copy (which
+/// would need `memrefCopy`).
+fn absorbed_layouts(graph: &Graph, plan: &Plan) -> Vec<bool> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Kind {
+        None,
+        Transpose,
+        Slice,
+    }
+    let n = graph.len();
+    let mut kind = vec![Kind::None; n];
+    for id in graph.node_ids() {
+        let i = id.index();
+        if plan.segment_of[i].is_none() || plan.exported[i] {
+            continue;
+        }
+        let node = graph.node(id);
+        kind[i] = match &node.op {
+            Op::Transpose { perm } if node.ty.dtype.is_float() => {
+                let r = perm.len();
+                let swaps_last_two = r >= 2
+                    && perm[..r - 2].iter().enumerate().all(|(i, &p)| p == i)
+                    && perm[r - 2] == r - 1
+                    && perm[r - 1] == r - 2;
+                if swaps_last_two {
+                    Kind::Transpose
+                } else {
+                    Kind::None
+                }
+            }
+            Op::Slice { .. } => Kind::Slice,
+            _ => Kind::None,
+        };
+    }
+    for (_, id) in graph.outputs() {
+        kind[id.index()] = Kind::None;
+    }
+    let mut used = vec![false; n];
+    for id in graph.node_ids() {
+        let Some(segment) = plan.segment_of[id.index()] else {
+            continue;
+        };
+        let node = graph.node(id);
+        let float_matmul = matches!(node.op, Op::MatMul) && node.ty.dtype.is_float();
+        // Ops whose result is a fresh tensor whatever their operands (a cast to the
+        // same type or a concat of one operand would pass the view on).
+        let reads_views = float_matmul
+            || matches!(
+                node.op,
+                Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Select
+            )
+            || matches!(node.op, Op::Concat { .. }) && graph.operands(id).len() > 1;
+        for o in graph.operands(id) {
+            let o = o.index();
+            used[o] = true;
+            let absorbs = match kind[o] {
+                Kind::Transpose => float_matmul,
+                Kind::Slice => reads_views,
+                Kind::None => false,
+            };
+            if !absorbs || plan.segment_of[o] != Some(segment) {
+                kind[o] = Kind::None;
+            }
+        }
+    }
+    // Only what something reads (a dead node is not lowered anyway).
+    kind.iter()
+        .zip(&used)
+        .map(|(&k, &u)| k != Kind::None && u)
+        .collect()
+}
+
 /// `layers.0.attn:%12 matmul`: what a diagnostic prints as the place of an op.
 pub(crate) fn location(graph: &Graph, id: NodeId) -> String {
     let node = graph.node(id);
@@ -294,6 +376,9 @@ impl Buffer {
 
 struct Lowering<'g> {
     graph: &'g Graph,
+    /// By node index: a transpose or slice that is never materialized, the ops
+    /// reading it taking its operand transposed or a view (see [`absorbed_layouts`]).
+    absorbed: Vec<bool>,
     em: Emitter,
     /// The tensor of each node in the layer function being written, by node index.
     values: Vec<Option<Val>>,
@@ -425,17 +510,30 @@ impl Lowering<'_> {
             Op::LayerNorm { eps } => reduce::layer_norm(em, &ops[0], &ops[1], &ops[2], *eps),
             Op::RmsNorm { eps } => reduce::rms_norm(em, &ops[0], &ops[1], *eps),
             Op::MatMul if elem.is_float() => {
-                kernel_call::matmul(em, kernels, &ops[0], &ops[1], &sizes)
+                let operands = graph.operands(id);
+                let transposed = |o: NodeId| {
+                    self.absorbed[o.index()] && matches!(graph.node(o).op, Op::Transpose { .. })
+                };
+                let a = (&ops[0], transposed(operands[0]));
+                let b = (&ops[1], transposed(operands[1]));
+                kernel_call::matmul(em, kernels, a, b, &sizes)
             }
             Op::MatMul => reduce::matmul(em, &ops[0], &ops[1], &sizes),
             Op::Reshape { .. } => layout::reshape(em, &ops[0], &sizes),
+            // Read in its own layout by the matmuls using it (see `absorbed_layouts`).
+            Op::Transpose { .. } if self.absorbed[id.index()] => ops[0].clone(),
             Op::Transpose { perm } => layout::transpose(em, &ops[0], perm),
             Op::Broadcast { .. } => layout::broadcast(em, &ops[0], &sizes),
             Op::Concat { axis } => layout::concat(em, &ops, *axis, &sizes),
             Op::Slice { axis, start, .. } => {
                 // The verifier resolved `start`; the result sizes give the length.
                 let start = graph.dims.resolve_dim(start).unwrap_or(0) as usize;
-                layout::slice(em, &ops[0], *axis, start, &sizes)
+                let view = layout::slice_view(em, &ops[0], *axis, start, &sizes);
+                if self.absorbed[id.index()] {
+                    view
+                } else {
+                    layout::copy(em, &view)
+                }
             }
             Op::Gather { axis } => self.checked_gather(id, &ops[0], &ops[1], *axis, &sizes),
             Op::Embedding => self.checked_gather(id, &ops[0], &ops[1], 0, &sizes),
@@ -458,6 +556,23 @@ impl Lowering<'_> {
             }
             Op::TopK { k, output } => select::topk(em, &ops[0], *k as usize, *output),
             Op::CumSum { axis } => select::cumsum(em, &ops[0], *axis),
+            Op::Scan { axis } => select::scan(em, &ops[0], &ops[1], *axis),
+            Op::RandomFeatures { seed } => {
+                let values = attnc_ir::orthogonal_features(sizes[0], sizes[1], *seed);
+                elementwise::dense(em, &values, &sizes, elem).ok_or_else(|| {
+                    unlowerable(format!("random features of type {}", node.ty.dtype))
+                })?
+            }
+            Op::LinearAttention(l) if !attnc_ir::expand::is_kernel_form(l) => {
+                return Err(BackendError::InvalidGraph {
+                    message: format!("internal: %{} is expanded before lowering", id.index()),
+                })
+            }
+            // The recurrent loop, unnormalized, with no decay or one per step or channel.
+            Op::LinearAttention(l) => {
+                let (q, k, v) = (&ops[0], &ops[1], &ops[2]);
+                kernel_call::linear(em, kernels, l.decay, [q, k, v], ops.get(3))
+            }
         })
     }
 

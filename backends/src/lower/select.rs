@@ -1,6 +1,6 @@
-//! Ops that walk an axis in order: cumsum (a running sum along the axis),
-//! scatter_add (updates added at their indices, one after another) and top-k (one
-//! selection pass per result along the last axis).
+//! Ops that walk an axis in order: cumsum and linear_scan (a running sum, or a
+//! decayed one, along the axis), scatter_add (updates added at their indices, one
+//! after another) and top-k (one selection pass per result along the last axis).
 //!
 //! Each is an `scf.for` carrying tensors (`iter_args`). Its body works on one slice
 //! of the carried tensors at a time — one element thick along the walked axis — with
@@ -138,10 +138,21 @@ fn add(em: &mut Emitter, acc: &str, v: &str, elem: Elem, c: Elem) -> String {
     }
 }
 
-/// Inclusive prefix sum along `axis`: a loop along the axis carrying the result and
-/// the running sum (one slice, in the compute type), which each step adds the
-/// input's slice to and writes, narrowed, into the result's.
+/// Inclusive prefix sum along `axis` (see [`recurrence`]).
 pub(super) fn cumsum(em: &mut Emitter, x: &Val, axis: usize) -> Val {
+    recurrence(em, x, None, axis)
+}
+
+/// `linear_scan`: `out[t] = a[t]·out[t-1] + x[t]` along `axis` (see [`recurrence`]).
+pub(super) fn scan(em: &mut Emitter, x: &Val, a: &Val, axis: usize) -> Val {
+    recurrence(em, x, Some(a), axis)
+}
+
+/// The first-order recurrence `state = a[t]·state + x[t]` along `axis` (`a` = 1, a
+/// prefix sum, when there is no multiplier): a loop along the axis carrying the
+/// result and the state (one slice, in the compute type), which each step updates
+/// from the inputs' slices and writes, narrowed, into the result's.
+fn recurrence(em: &mut Emitter, x: &Val, a: Option<&Val>, axis: usize) -> Val {
     let (elem, c) = (x.elem, x.elem.compute());
     if x.sizes.contains(&0) {
         return em.empty(&x.sizes, elem);
@@ -149,21 +160,37 @@ pub(super) fn cumsum(em: &mut Emitter, x: &Val, axis: usize) -> Val {
     let mut row = x.sizes.clone();
     row[axis] = 1;
     let out = em.empty(&x.sizes, elem);
-    let sum = em.filled(&row, c, 0.0);
-    let results = for_loop(em, x.sizes[axis], &[&out, &sum], |em, i, carried| {
-        let (out, sum) = (&carried[0], &carried[1]);
+    let state = em.filled(&row, c, 0.0);
+    let results = for_loop(em, x.sizes[axis], &[&out, &state], |em, i, carried| {
+        let (out, state) = (&carried[0], &carried[1]);
         let xs = slab(em, x, axis, i);
-        let ins = vec![(&xs, Map::identity(xs.rank()))];
-        let sum = em.generic(Generic::parallel(ins, sum.clone()), |em, args| {
-            add(em, &args[1], &args[0], elem, c)
-        });
+        let state = match a {
+            None => {
+                let ins = vec![(&xs, Map::identity(xs.rank()))];
+                em.generic(Generic::parallel(ins, state.clone()), |em, args| {
+                    add(em, &args[1], &args[0], elem, c)
+                })
+            }
+            Some(a) => {
+                let ms = slab(em, a, axis, i);
+                let ins = vec![
+                    (&xs, Map::identity(xs.rank())),
+                    (&ms, Map::identity(ms.rank())),
+                ];
+                em.generic(Generic::parallel(ins, state.clone()), |em, args| {
+                    let m = em.extend(&args[1], elem, c);
+                    let decayed = em.arith2("mulf", &m, &args[2], c);
+                    add(em, &decayed, &args[0], elem, c)
+                })
+            }
+        };
         let slot = slab(em, out, axis, i);
-        let ins = vec![(&sum, Map::identity(sum.rank()))];
+        let ins = vec![(&state, Map::identity(state.rank()))];
         let written = em.generic(Generic::parallel(ins, slot), |em, args| {
             em.narrow(&args[0], c, elem)
         });
         let out = put_slab(em, &written, out, axis, i);
-        vec![out, sum]
+        vec![out, state]
     });
     results[0].clone()
 }

@@ -38,7 +38,7 @@ pub fn rules() -> Vec<Rule> {
             |eg, id| found(!causal_parallel(eg, id).is_empty()), |eg, id, _| {
                 let mut out = Vec::new();
                 for (node, l, ops) in causal_parallel(eg, id) {
-                    let Some(n) = sizes(eg, ops[0]).map(|s| s[2] as u64) else { continue };
+                    let Some(n) = sizes(eg, ops[0]).map(|s| s[2]) else { continue };
                     for chunk in CHUNKS.into_iter().filter(|c| n % c == 0 && *c < n) {
                         let form = LinearForm::Chunkwise { chunk };
                         out.extend(reform(eg, node, l, &ops, form));
