@@ -307,8 +307,13 @@ fn read_scores(eg: &EGraph, s: Id) -> Vec<Scores> {
         .map(|(q, k)| plain(q, k, false))
         .collect();
     for x in causal_select(eg, s, n, 0.0) {
-        out.extend(products(eg, x).into_iter().map(|(q, k)| plain(q, k, true)));
-        for (q, k, g) in gated_products(eg, x) {
+        // GLA's gated product is also a plain product of `q ⊙ b` and `k / b`, whose
+        // `1 / b` overflows over a long sequence: only the gated reading is offered.
+        let gated = gated_products(eg, x);
+        if gated.is_empty() {
+            out.extend(products(eg, x).into_iter().map(|(q, k)| plain(q, k, true)));
+        }
+        for (q, k, g) in gated {
             out.push(Scores {
                 q,
                 k,
