@@ -354,7 +354,12 @@ impl Target {
                 let states = 5.0 * 4.0 * nc * dk * dv;
                 let scan = 2.0 * nc * dk * dv;
                 let peak = gemm * CHUNK_GEMM_EFFICIENCY;
-                (intra + 2.0 * state, peak, weights + scan, scores + states + rows)
+                (
+                    intra + 2.0 * state,
+                    peak,
+                    weights + scan,
+                    scores + states + rows,
+                )
             }
             LinearForm::Recurrent => {
                 let decay = if decayed { n * dk * dv } else { 0.0 };
