@@ -2,7 +2,38 @@
 //! `φ(x) = exp(ω·x − |x|²/2) / √m`, drawn once from a seed so that a compiled model
 //! and the interpreter see the same features.
 
-use crate::Rng;
+use crate::{BinaryOp, GraphBuilder, NodeId, Op, ReduceKind, Result, Rng, UnaryOp};
+
+/// `φ(x) = exp(ω·x̃ − |x̃|²/2) / √m` over the last axis of `x [.., D]`, with `x̃ =
+/// x·√scale` and `omega [m, D]` (a `random_features` node), as plain ops: `φ(q)·φ(k)`
+/// is then an unbiased estimate of `exp(scale·q·k)`.
+pub fn favor_features(
+    b: &mut GraphBuilder,
+    x: NodeId,
+    omega: NodeId,
+    scale: f64,
+) -> Result<NodeId> {
+    let dtype = b.ty(x).dtype;
+    let rank = b.ty(x).rank();
+    let m = b.dims().resolve_dim(&b.ty(omega).shape.0[0]).unwrap_or(1);
+    let s = b.constant(scale.sqrt(), dtype)?;
+    let xs = b.op(Op::Binary(BinaryOp::Mul), &[x, s])?;
+    let wt = b.op(Op::Transpose { perm: vec![1, 0] }, &[omega])?;
+    let proj = b.op(Op::MatMul, &[xs, wt])?;
+    let sq = b.op(Op::Binary(BinaryOp::Mul), &[xs, xs])?;
+    let sum = Op::Reduce {
+        kind: ReduceKind::Sum,
+        axes: vec![rank - 1],
+        keep_dims: true,
+    };
+    let sq = b.op(sum, &[sq])?;
+    let half = b.constant(0.5, dtype)?;
+    let sq = b.op(Op::Binary(BinaryOp::Mul), &[sq, half])?;
+    let e = b.op(Op::Binary(BinaryOp::Sub), &[proj, sq])?;
+    let e = b.op(Op::Unary(UnaryOp::Exp), &[e])?;
+    let norm = b.constant(1.0 / (m as f64).sqrt(), dtype)?;
+    b.op(Op::Binary(BinaryOp::Mul), &[e, norm])
+}
 
 /// `m × d` positive orthogonal random features, row-major: blocks of `d` rows are the
 /// Gram–Schmidt orthonormalisation of a Gaussian `d × d` block (the last block cut to

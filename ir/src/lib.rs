@@ -27,7 +27,7 @@ mod verify;
 pub use dot::to_dot;
 pub use dtype::DType;
 pub use error::{IrError, Result};
-pub use features::orthogonal_features;
+pub use features::{favor_features, orthogonal_features};
 pub use graph::{Graph, GraphBuilder, Node, NodeId};
 pub use infer::{broadcast_shapes, infer};
 pub use mask::{

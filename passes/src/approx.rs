@@ -8,7 +8,7 @@
 
 use attnc_ir::{
     Attention, BinaryOp, Dim, Graph, GraphBuilder, IrError, LinearAttention, LinearForm, MaskExpr,
-    NodeId, Op, ReduceKind, Result, Shape, TensorType, UnaryOp,
+    NodeId, Op, Result, Shape, TensorType, UnaryOp,
 };
 use std::collections::HashMap;
 use std::fmt;
@@ -261,28 +261,10 @@ fn favor(
         &[],
         Some(TensorType::new(Shape::new([m, qs[3] as u64]), dtype)),
     )?;
-    let wt = b.op(Op::Transpose { perm: vec![1, 0] }, &[omega])?;
-    let features = |b: &mut GraphBuilder, x: NodeId| -> Result<NodeId> {
-        let s = b.constant(a.scale.sqrt(), dtype)?;
-        let xs = b.op(Op::Binary(BinaryOp::Mul), &[x, s])?;
-        let proj = b.op(Op::MatMul, &[xs, wt])?;
-        let sq = b.op(Op::Binary(BinaryOp::Mul), &[xs, xs])?;
-        let sq = b.op(
-            Op::Reduce {
-                kind: ReduceKind::Sum,
-                axes: vec![3],
-                keep_dims: true,
-            },
-            &[sq],
-        )?;
-        let half = b.constant(0.5, dtype)?;
-        let sq = b.op(Op::Binary(BinaryOp::Mul), &[sq, half])?;
-        let e = b.op(Op::Binary(BinaryOp::Sub), &[proj, sq])?;
-        let e = b.op(Op::Unary(UnaryOp::Exp), &[e])?;
-        let norm = b.constant(1.0 / (m as f64).sqrt(), dtype)?;
-        b.op(Op::Binary(BinaryOp::Mul), &[e, norm])
-    };
-    Ok((features(b, q)?, features(b, k)?))
+    Ok((
+        attnc_ir::favor_features(b, q, omega, a.scale)?,
+        attnc_ir::favor_features(b, k, omega, a.scale)?,
+    ))
 }
 
 /// Scatterbrain (Chen et al., 2021): the attention matrix as its FAVOR+ low-rank

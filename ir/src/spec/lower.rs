@@ -211,23 +211,10 @@ impl Lowerer<'_> {
 
     /// Multi-head, grouped-query or multi-query attention.
     fn mha(&mut self, a: &Attention, x: NodeId, prefix: &str) -> Result<NodeId, IrError> {
-        let d = Dim::sym("d_model");
         let heads = self.dim("heads", a.heads);
         let kv_heads = self.dim("kv_heads", a.kv_heads);
         let head_dim = self.dim("head_dim", a.head_dim);
-        let q_width = a.heads * a.head_dim;
-        let kv_width = a.kv_heads * a.head_dim;
-        let q_dim = if q_width == self.spec.d_model {
-            d.clone()
-        } else {
-            self.dim("q_dim", q_width)
-        };
-        let kv_dim = if kv_width == self.spec.d_model {
-            d.clone()
-        } else {
-            self.dim("kv_dim", kv_width)
-        };
-        let qkv_bias = |name: &'static str| a.qkv_bias.then_some(name);
+        let q_dim = self.width("q_dim", a.heads * a.head_dim);
 
         if let Some((clusters, window)) = a.routing {
             // Routing Transformer: shared queries and keys routed to k-means centroids
@@ -267,18 +254,7 @@ impl Lowerer<'_> {
             let o = self.op(Op::Lsh(l), &[qk, v, rot])?;
             return self.merge_heads(o, a, &q_dim, prefix);
         }
-        let q = self.linear(x, prefix, "wq", qkv_bias("bq"), &d, &q_dim)?;
-        let k = self.linear(x, prefix, "wk", qkv_bias("bk"), &d, &kv_dim)?;
-        let v = self.linear(x, prefix, "wv", qkv_bias("bv"), &d, &kv_dim)?;
-        // [batch, seq, heads·head_dim] -> [batch, heads, seq, head_dim]
-        let mut q = self.split_heads(q, &heads, &head_dim)?;
-        let mut k = self.split_heads(k, &kv_heads, &head_dim)?;
-        let mut v = self.split_heads(v, &kv_heads, &head_dim)?;
-        if self.spec.position == Position::Rope {
-            let theta = self.spec.rope_theta;
-            q = self.op(Op::Rope { theta }, &[q])?;
-            k = self.op(Op::Rope { theta }, &[k])?;
-        }
+        let (q, mut k, mut v) = self.project_heads(a, x, prefix)?;
         if let Some((block, top_k)) = a.moba {
             // MoBA's gating is the model, not a schedule: written as its own op.
             let m = crate::Moba {

@@ -101,6 +101,26 @@ impl Lowerer<'_> {
         x: NodeId,
         prefix: &str,
     ) -> R<(NodeId, NodeId, NodeId, Dim)> {
+        let (q, mut k, mut v) = self.project_heads(a, x, prefix)?;
+        if a.heads != a.kv_heads {
+            let kv_heads = self.dim("kv_heads", a.kv_heads);
+            let head_dim = self.dim("head_dim", a.head_dim);
+            k = self.repeat_kv(k, a, &kv_heads, &head_dim)?;
+            v = self.repeat_kv(v, a, &kv_heads, &head_dim)?;
+        }
+        let q_dim = self.width("q_dim", a.heads * a.head_dim);
+        Ok((q, k, v, q_dim))
+    }
+
+    /// Queries `[batch, heads, seq, head_dim]`, keys and values `[batch, kv_heads,
+    /// seq, head_dim]` projected from `x` (with biases when the spec has them),
+    /// rotated when the model uses RoPE.
+    pub(super) fn project_heads(
+        &mut self,
+        a: &Attention,
+        x: NodeId,
+        prefix: &str,
+    ) -> R<(NodeId, NodeId, NodeId)> {
         let d = Dim::sym("d_model");
         let heads = self.dim("heads", a.heads);
         let kv_heads = self.dim("kv_heads", a.kv_heads);
@@ -111,23 +131,20 @@ impl Lowerer<'_> {
         let q = self.linear(x, prefix, "wq", bias("bq"), &d, &q_dim)?;
         let k = self.linear(x, prefix, "wk", bias("bk"), &d, &kv_dim)?;
         let v = self.linear(x, prefix, "wv", bias("bv"), &d, &kv_dim)?;
+        // [batch, seq, heads·head_dim] -> [batch, heads, seq, head_dim]
         let mut q = self.split_heads(q, &heads, &head_dim)?;
         let mut k = self.split_heads(k, &kv_heads, &head_dim)?;
-        let mut v = self.split_heads(v, &kv_heads, &head_dim)?;
+        let v = self.split_heads(v, &kv_heads, &head_dim)?;
         if self.spec.position == Position::Rope {
             let theta = self.spec.rope_theta;
             q = self.op(Op::Rope { theta }, &[q])?;
             k = self.op(Op::Rope { theta }, &[k])?;
         }
-        if a.heads != a.kv_heads {
-            k = self.repeat_kv(k, a, &kv_heads, &head_dim)?;
-            v = self.repeat_kv(v, a, &kv_heads, &head_dim)?;
-        }
-        Ok((q, k, v, q_dim))
+        Ok((q, k, v))
     }
 
     /// `d_model` when `width` is the model width, else a dimension named `name`.
-    fn width(&mut self, name: &str, width: u64) -> Dim {
+    pub(super) fn width(&mut self, name: &str, width: u64) -> Dim {
         if width == self.spec.d_model {
             Dim::sym("d_model")
         } else {
@@ -151,28 +168,9 @@ impl Lowerer<'_> {
             }
             FeatureMap::Relu => self.unary(UnaryOp::Relu, x),
             FeatureMap::Identity => Ok(x),
-            FeatureMap::Performer { features, .. } => {
+            FeatureMap::Performer { .. } => {
                 let omega = omega.ok_or_else(|| self.error("the Performer needs its features"))?;
-                // x̃ = x·√scale, so φ(q̃)·φ(k̃) estimates exp(scale·q·k).
-                let s = self.scalar(scale.sqrt())?;
-                let xs = self.bin(BinaryOp::Mul, x, s)?;
-                let wt = self.op(Op::Transpose { perm: vec![1, 0] }, &[omega])?;
-                let proj = self.op(Op::MatMul, &[xs, wt])?;
-                let sq = self.bin(BinaryOp::Mul, xs, xs)?;
-                let sq = self.op(
-                    Op::Reduce {
-                        kind: ReduceKind::Sum,
-                        axes: vec![3],
-                        keep_dims: true,
-                    },
-                    &[sq],
-                )?;
-                let half = self.scalar(0.5)?;
-                let sq = self.bin(BinaryOp::Mul, sq, half)?;
-                let e = self.bin(BinaryOp::Sub, proj, sq)?;
-                let e = self.unary(UnaryOp::Exp, e)?;
-                let norm = self.scalar(1.0 / (features as f64).sqrt())?;
-                self.bin(BinaryOp::Mul, e, norm)
+                crate::favor_features(&mut self.b, x, omega, scale)
             }
         }
     }
