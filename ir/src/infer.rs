@@ -1,7 +1,7 @@
 //! Shape and dtype inference: one function, one arm per op, used by the builder, the
 //! text parser and the verifier alike.
 
-use crate::{DType, Dim, Dims, Op, Shape, TensorType, TopKOutput};
+use crate::{DType, Dim, Dims, Op, Shape, TensorType, TopKOutput, UnaryOp};
 
 /// Result type of `op` applied to operands of types `args`, or why it is ill-typed.
 /// Source ops (no operands) take `declared` as their type after checking it. The
@@ -533,7 +533,61 @@ fn infer_unchecked(
             Ok(ty.clone())
         }
         Op::LinearAttention(l) => infer_linear(l, args, dims, &describe),
+        Op::MoeDispatch(m) => infer_moe(m, args, dims, &describe),
     }
+}
+
+/// `moe_dispatch(x, gate, [w_gate,] w_up, w_down)`: see [`crate::MoeDispatch`].
+fn infer_moe(
+    m: &crate::MoeDispatch,
+    args: &[&TensorType],
+    dims: &Dims,
+    describe: &dyn Fn(&TensorType) -> String,
+) -> Result<TensorType, String> {
+    let (x, gate) = (args[0], args[1]);
+    let weights = &args[2..];
+    let all: Vec<String> = args.iter().map(|t| describe(t)).collect();
+    if !x.dtype.is_float() || args.iter().any(|t| t.dtype != x.dtype) {
+        return Err(format!(
+            "`moe_dispatch` needs operands of one float dtype, got {}",
+            all.join(", ")
+        ));
+    }
+    let (xs, gs) = (dims.resolve(&x.shape)?, dims.resolve(&gate.shape)?);
+    let ws: Vec<Vec<u64>> = weights
+        .iter()
+        .map(|w| dims.resolve(&w.shape))
+        .collect::<Result<_, _>>()?;
+    let names = if m.gated {
+        "w_gate [E, D, H], w_up [E, D, H], w_down [E, H, D]"
+    } else {
+        "w_up [E, D, H], w_down [E, H, D]"
+    };
+    let fits = xs.len() == 2 && gs.len() == 2 && gs[0] == xs[0] && ws.iter().all(|w| w.len() == 3) && {
+        let (e, d) = (gs[1], xs[1]);
+        let (up, down) = (&ws[ws.len() - 2], &ws[ws.len() - 1]);
+        let h = up[2];
+        up[..2] == [e, d] && *down == [e, h, d] && (!m.gated || ws[0] == *up)
+    };
+    if !fits {
+        return Err(format!(
+            "`moe_dispatch` takes x [T, D], gate [T, E], {names}; got {}",
+            all.join(", ")
+        ));
+    }
+    if m.k == 0 {
+        return Err("`moe_dispatch` needs k of at least 1".into());
+    }
+    if !matches!(
+        m.activation,
+        UnaryOp::Silu | UnaryOp::Gelu | UnaryOp::GeluTanh | UnaryOp::Relu
+    ) {
+        return Err(format!(
+            "`moe_dispatch` experts use silu, gelu, gelu_tanh or relu, not {}",
+            m.activation.name()
+        ));
+    }
+    Ok(x.clone())
 }
 
 /// `linear_attention(q, k, v [, log_decay])`: see [`crate::LinearAttention`].

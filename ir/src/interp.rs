@@ -330,6 +330,7 @@ fn compute(graph: &Graph, op: &Op, shape: &[usize], args: &[&Tensor]) -> Result<
         Op::Scan { axis } => scan(args[0], args[1], *axis),
         Op::RandomFeatures { seed } => crate::orthogonal_features(shape[0], shape[1], *seed),
         Op::LinearAttention(l) => linear_attention(l, args),
+        Op::MoeDispatch(m) => moe_dispatch(m, args)?,
         Op::Attention(a) => attention(a, args, &graph.dims),
         Op::Moba(m) => moba(m, args),
         Op::Lsh(l) => lsh(l, args),
@@ -948,6 +949,66 @@ fn linear_attention(l: &crate::LinearAttention, args: &[&Tensor]) -> Vec<f64> {
         }
     }
     out
+}
+
+/// `moe_dispatch` from its definition: for each token, each expert whose gate is
+/// non-zero, in expert order. A gate with more non-zeros than the op's bound is an
+/// error (the bound is what the optimizer proved, and what sizes compiled code).
+fn moe_dispatch(m: &crate::MoeDispatch, args: &[&Tensor]) -> Result<Vec<f64>, String> {
+    let (x, gate) = (args[0], args[1]);
+    let (w_up, w_down) = (args[args.len() - 2], args[args.len() - 1]);
+    let (t, d) = (x.shape[0], x.shape[1]);
+    let (e, h) = (gate.shape[1], w_up.shape[2]);
+    let nonzero = |r: usize, c: usize| gate.data[r * e + c] != 0.0;
+    let k = m.k as usize;
+    match m.choice {
+        crate::MoeChoice::Token => {
+            if let Some(r) = (0..t).find(|&r| (0..e).filter(|&c| nonzero(r, c)).count() > k) {
+                return Err(format!(
+                    "`moe_dispatch` (choice = token, k = {k}): gate row {r} selects more than {k} experts"
+                ));
+            }
+        }
+        crate::MoeChoice::Expert => {
+            if let Some(c) = (0..e).find(|&c| (0..t).filter(|&r| nonzero(r, c)).count() > k) {
+                return Err(format!(
+                    "`moe_dispatch` (choice = expert, k = {k}): expert {c} is selected by more than {k} tokens"
+                ));
+            }
+        }
+    }
+    let project = |w: &Tensor, ex: usize, row: &[f64], (rows, cols): (usize, usize)| {
+        let w = &w.data[ex * rows * cols..(ex + 1) * rows * cols];
+        let mut out = vec![0.0; cols];
+        for (p, &a) in row.iter().enumerate() {
+            for (o, &b) in out.iter_mut().zip(&w[p * cols..(p + 1) * cols]) {
+                *o += a * b;
+            }
+        }
+        out
+    };
+    let mut out = vec![0.0; t * d];
+    for r in 0..t {
+        let row = &x.data[r * d..(r + 1) * d];
+        for ex in (0..e).filter(|&c| nonzero(r, c)) {
+            let up = project(w_up, ex, row, (d, h));
+            let hidden: Vec<f64> = if m.gated {
+                let g = project(args[2], ex, row, (d, h));
+                g.iter()
+                    .zip(&up)
+                    .map(|(&g, &u)| unary(m.activation, g) * u)
+                    .collect()
+            } else {
+                up.iter().map(|&u| unary(m.activation, u)).collect()
+            };
+            let y = project(w_down, ex, &hidden, (h, d));
+            let g = gate.data[r * e + ex];
+            for (o, v) in out[r * d..(r + 1) * d].iter_mut().zip(y) {
+                *o += g * v;
+            }
+        }
+    }
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------

@@ -34,8 +34,8 @@ pub use mask::{
     random_blocks, Coord, Coverage, MaskBinOp, MaskError, MaskExpr, MaskKind, MAX_MASK_DEPTH,
 };
 pub use op::{
-    Attention, BinaryOp, CmpOp, Decay, LinearAttention, LinearForm, Lsh, Moba, Op, ReduceKind,
-    Routing, TopKOutput, UnaryOp,
+    Attention, BinaryOp, CmpOp, Decay, LinearAttention, LinearForm, Lsh, Moba, MoeChoice,
+    MoeDispatch, Op, ReduceKind, Routing, TopKOutput, UnaryOp,
 };
 pub use random::{random_binding, random_bindings, Rng};
 pub use shape::{num_elements, Dim, Dims, Shape, TensorType, MAX_ELEMENTS};

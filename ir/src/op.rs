@@ -293,6 +293,60 @@ pub enum Op {
     Routing(Routing),
     /// Linear attention `(q, k, v [, log_decay])`; see [`LinearAttention`].
     LinearAttention(LinearAttention),
+    /// Sparse mixture-of-experts dispatch `(x, gate, [w_gate,] w_up, w_down)`; see
+    /// [`MoeDispatch`].
+    MoeDispatch(MoeDispatch),
+}
+
+/// Which side of a mixture's gate is bounded: what makes it sparse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MoeChoice {
+    /// Tokens choose: at most `k` experts per token (top-k routing, Switch).
+    Token,
+    /// Experts choose: at most `k` tokens per expert (expert-choice routing).
+    Expert,
+}
+
+impl MoeChoice {
+    pub fn name(self) -> &'static str {
+        match self {
+            MoeChoice::Token => "token",
+            MoeChoice::Expert => "expert",
+        }
+    }
+}
+
+/// A mixture of `E` MLP experts computed only where its gate is non-zero: `x [T, D]`,
+/// `gate [T, E]`, and stacked expert weights `w_gate [E, D, H]` (when `gated`),
+/// `w_up [E, D, H]`, `w_down [E, H, D]`:
+///
+/// `out[t] = Σ_{e : gate[t, e] ≠ 0} gate[t, e] · FFN_e(x[t])`, with `FFN_e(x) =
+/// (act(x·w_gate[e]) ⊙ x·w_up[e])·w_down[e]` when gated (SwiGLU: `act = silu`) and
+/// `act(x·w_up[e])·w_down[e]` otherwise.
+///
+/// This is the dense-gated mixture `Σ_e gate[t, e] · FFN_e(x[t])` wherever the
+/// experts are finite (a zero gate contributes exactly zero there). The gate has at
+/// most `k` non-zeros per token (`choice = token`) or per expert (`choice =
+/// expert`); that bound sizes the computation (`T·k` or `E·k` selected pairs) and a
+/// gate that breaks it is an error. Shared experts are experts whose gate column is
+/// never zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MoeDispatch {
+    pub activation: UnaryOp,
+    pub gated: bool,
+    pub choice: MoeChoice,
+    pub k: u64,
+}
+
+impl MoeDispatch {
+    /// Selected `(token, expert)` pairs at most, for `tokens` tokens and `experts`
+    /// experts.
+    pub fn max_pairs(&self, tokens: u64, experts: u64) -> u64 {
+        match self.choice {
+            MoeChoice::Token => tokens.saturating_mul(self.k.min(experts)),
+            MoeChoice::Expert => experts.saturating_mul(self.k.min(tokens)),
+        }
+    }
 }
 
 /// How a `linear_attention` is computed: the function is the same for every form.
@@ -490,6 +544,7 @@ impl Op {
             Op::Lsh(_) => "lsh_attention",
             Op::Routing(_) => "routing_attention",
             Op::LinearAttention(_) => "linear_attention",
+            Op::MoeDispatch(_) => "moe_dispatch",
         }
     }
 
@@ -541,6 +596,7 @@ impl Op {
             | Op::Routing(_) => 3,
             Op::Attention(a) => 3 + a.bias as usize + a.segments as usize + a.listed as usize,
             Op::LinearAttention(l) => 3 + (l.decay != Decay::None) as usize,
+            Op::MoeDispatch(m) => 4 + m.gated as usize,
             Op::Concat { .. } => return None,
         })
     }

@@ -40,6 +40,7 @@ pub fn op_flops(op: &Op, args: &[&[usize]], out: &[usize], dims: &Dims) -> u64 {
         Op::Reduce { .. } | Op::CumSum { .. } => first_in(),
         Op::Scan { .. } => first_in().saturating_mul(2),
         Op::LinearAttention(l) => linear_flops(l, args),
+        Op::MoeDispatch(m) => moe_flops(m, args),
         Op::ScatterAdd { .. } => args.get(2).map_or(0, |u| count(u)),
         // max, subtract, exp, sum, divide
         Op::Softmax { .. } => out_n.saturating_mul(5),
@@ -147,6 +148,19 @@ fn linear_flops(l: &crate::LinearAttention, args: &[&[usize]]) -> u64 {
         }
     };
     r.saturating_mul(per_row)
+}
+
+/// FLOPs of a `moe_dispatch`: per selected `(token, expert)` pair at most, the up
+/// (and gate) projection, the activation, the down projection and the weighted
+/// combine; plus one pass over the gate to group the pairs.
+fn moe_flops(m: &crate::MoeDispatch, args: &[&[usize]]) -> u64 {
+    let (x, gate, up) = (args[0], args[1], args[args.len() - 2]);
+    let (t, d, e, h) = (x[0] as u64, x[1] as u64, gate[1] as u64, up[2] as u64);
+    let projections = 2 + m.gated as u64;
+    let per_pair = projections * 2 * d * h + (1 + m.gated as u64) * h + 2 * d;
+    m.max_pairs(t, e)
+        .saturating_mul(per_pair)
+        .saturating_add(t * e)
 }
 
 /// Bytes moved by one node.

@@ -144,6 +144,12 @@ fn attributes(op: &Op) -> Vec<(&'static str, String)> {
             }
             attrs
         }
+        Op::MoeDispatch(m) => vec![
+            ("activation", m.activation.name().to_string()),
+            ("gated", m.gated.to_string()),
+            ("choice", m.choice.name().to_string()),
+            ("k", m.k.to_string()),
+        ],
         Op::Cast { to } => vec![("to", to.name().to_string())],
         Op::Reduce {
             axes, keep_dims, ..
@@ -957,6 +963,12 @@ fn op_templates() -> Vec<Op> {
             normalize: false,
             form: LinearForm::Chunkwise { chunk: 1 },
         }),
+        Op::MoeDispatch(crate::MoeDispatch {
+            activation: UnaryOp::Silu,
+            gated: true,
+            choice: crate::MoeChoice::Token,
+            k: 1,
+        }),
         Op::Mask {
             expr: MaskExpr::Int(0),
         },
@@ -1053,6 +1065,24 @@ fn fill(template: Op, attrs: &Attrs) -> Result<Op> {
                 decay,
                 normalize: attrs.bool("normalize")?,
                 form,
+            })
+        }
+        Op::MoeDispatch(_) => {
+            let activation = match attrs.word("activation", &["silu", "gelu", "gelu_tanh", "relu"])? {
+                "silu" => UnaryOp::Silu,
+                "gelu" => UnaryOp::Gelu,
+                "gelu_tanh" => UnaryOp::GeluTanh,
+                _ => UnaryOp::Relu,
+            };
+            let choice = match attrs.word("choice", &["token", "expert"])? {
+                "token" => crate::MoeChoice::Token,
+                _ => crate::MoeChoice::Expert,
+            };
+            Op::MoeDispatch(crate::MoeDispatch {
+                activation,
+                gated: attrs.bool("gated")?,
+                choice,
+                k: attrs.u64("k")?,
             })
         }
         Op::Cast { .. } => Op::Cast {

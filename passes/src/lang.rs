@@ -45,6 +45,8 @@ define_language! {
         "routing_attention" = Routing([Id; 4]), // (routing_attention routing=0.125;16;512;causal qk v centroids)
         // (linear_attention linear=causal;step;plain;chunkwise:64 q k v [log_decay])
         "linear_attention" = LinearAttention(Box<[Id]>),
+        // (moe_dispatch moe=silu;gated;token:2 x gate [w_gate] w_up w_down)
+        "moe_dispatch" = MoeDispatch(Box<[Id]>),
         Source(Source),
         Attr(Attr),
     }
@@ -127,6 +129,8 @@ pub enum Attr {
     /// `linear=causal|bidirectional;DECAY;normalized|plain;FORM` with FORM one of
     /// `parallel`, `chunkwise:C`, `recurrent`.
     Linear(attnc_ir::LinearAttention),
+    /// `moe=ACTIVATION;gated|plain;token|expert:K`
+    Moe(attnc_ir::MoeDispatch),
     Attention {
         scale: F64,
         softcap: Option<F64>,
@@ -264,6 +268,11 @@ impl fmt::Display for Attr {
                     LinearForm::Chunkwise { chunk } => write!(f, "chunkwise:{chunk}"),
                     LinearForm::Recurrent => f.write_str("recurrent"),
                 }
+            }
+            Attr::Moe(m) => {
+                let g = if m.gated { "gated" } else { "plain" };
+                let (a, c) = (m.activation.name(), m.choice.name());
+                write!(f, "moe={a};{g};{c}:{}", m.k)
             }
             Attr::Routing {
                 scale,
@@ -446,6 +455,35 @@ impl FromStr for Attr {
                 decay,
                 normalize,
                 form,
+            }));
+        }
+        if let Some(rest) = s.strip_prefix("moe=") {
+            let parts: Vec<&str> = rest.split(';').collect();
+            let [activation, gated, choice] = parts[..] else {
+                return Err(format!(
+                    "`{s}`: moe needs `moe=ACTIVATION;gated|plain;token|expert:K`"
+                ));
+            };
+            let activation = UnaryOp::ALL
+                .into_iter()
+                .find(|u| u.name() == activation)
+                .ok_or_else(|| format!("`{activation}` is not an activation"))?;
+            let gated = match gated {
+                "gated" => true,
+                "plain" => false,
+                other => return Err(format!("`{other}`: expected gated or plain")),
+            };
+            let (choice, k) = match choice.split_once(':') {
+                Some(("token", k)) => (attnc_ir::MoeChoice::Token, k),
+                Some(("expert", k)) => (attnc_ir::MoeChoice::Expert, k),
+                _ => return Err(format!("`{choice}`: expected token:K or expert:K")),
+            };
+            let k = k.parse().map_err(|_| format!("`{k}` is not a count"))?;
+            return Ok(Attr::Moe(attnc_ir::MoeDispatch {
+                activation,
+                gated,
+                choice,
+                k,
             }));
         }
         if let Some(rest) = s.strip_prefix("moba=") {
@@ -677,6 +715,7 @@ pub fn attr_of(op: &Op) -> Option<Attr> {
         | Op::CumSum { axis }
         | Op::Scan { axis } => Attr::Axis(*axis),
         Op::LinearAttention(l) => Attr::Linear(*l),
+        Op::MoeDispatch(m) => Attr::Moe(*m),
         Op::Slice { axis, start, end } => Attr::Slice {
             axis: *axis,
             start: start.clone(),
@@ -752,6 +791,8 @@ impl Attn {
                 Attn::LinearAttention(c.into())
             }
             Op::LinearAttention(_) => return None,
+            Op::MoeDispatch(m) if c.len() == 5 + m.gated as usize => Attn::MoeDispatch(c.into()),
+            Op::MoeDispatch(_) => return None,
             Op::Attention(a)
                 if c.len() == 4 + a.bias as usize + a.segments as usize + a.listed as usize =>
             {
@@ -843,6 +884,7 @@ impl Attn {
             (Attn::CumSum(_), Some(Attr::Axis(axis))) => Op::CumSum { axis: *axis },
             (Attn::Scan(_), Some(Attr::Axis(axis))) => Op::Scan { axis: *axis },
             (Attn::LinearAttention(_), Some(Attr::Linear(l))) => Op::LinearAttention(*l),
+            (Attn::MoeDispatch(_), Some(Attr::Moe(m))) => Op::MoeDispatch(*m),
             (
                 Attn::Moba(_),
                 Some(Attr::Moba {
@@ -958,6 +1000,18 @@ mod tests {
                 decay: Decay::Gate,
                 normalize: true,
                 form: LinearForm::Chunkwise { chunk: 64 },
+            }),
+            Attr::Moe(attnc_ir::MoeDispatch {
+                activation: UnaryOp::Silu,
+                gated: true,
+                choice: attnc_ir::MoeChoice::Token,
+                k: 2,
+            }),
+            Attr::Moe(attnc_ir::MoeDispatch {
+                activation: UnaryOp::GeluTanh,
+                gated: false,
+                choice: attnc_ir::MoeChoice::Expert,
+                k: 640,
             }),
             Attr::Linear(attnc_ir::LinearAttention {
                 causal: false,

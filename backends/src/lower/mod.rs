@@ -573,6 +573,9 @@ impl Lowering<'_> {
                 let (q, k, v) = (&ops[0], &ops[1], &ops[2]);
                 kernel_call::linear(em, kernels, l.decay, [q, k, v], ops.get(3))
             }
+            Op::MoeDispatch(_) => {
+                return Err(unlowerable("`moe_dispatch` (not lowered yet)".into()))
+            }
         })
     }
 
