@@ -545,7 +545,8 @@ fn infer_moe(
     describe: &dyn Fn(&TensorType) -> String,
 ) -> Result<TensorType, String> {
     let (x, gate) = (args[0], args[1]);
-    let weights = &args[2..];
+    let routed = 3 + m.gated as usize;
+    let (weights, shared) = args[2..].split_at(routed - 1);
     let all: Vec<String> = args.iter().map(|t| describe(t)).collect();
     if !x.dtype.is_float() || args.iter().any(|t| t.dtype != x.dtype) {
         return Err(format!(
@@ -563,17 +564,44 @@ fn infer_moe(
     } else {
         "w_up [E, D, H], w_down [E, H, D]"
     };
-    let fits = xs.len() == 2 && gs.len() == 2 && gs[0] == xs[0] && ws.iter().all(|w| w.len() == 3) && {
-        let (e, d) = (gs[1], xs[1]);
-        let (up, down) = (&ws[ws.len() - 2], &ws[ws.len() - 1]);
-        let h = up[2];
-        up[..2] == [e, d] && *down == [e, h, d] && (!m.gated || ws[0] == *up)
-    };
+    let fits =
+        xs.len() == 2 && gs.len() == 2 && gs[0] == xs[0] && ws.iter().all(|w| w.len() == 3) && {
+            let (e, d) = (gs[1], xs[1]);
+            let (up, down) = (&ws[ws.len() - 2], &ws[ws.len() - 1]);
+            let h = up[2];
+            up[..2] == [e, d] && *down == [e, h, d] && (!m.gated || ws[0] == *up)
+        };
     if !fits {
         return Err(format!(
             "`moe_dispatch` takes x [T, D], gate [T, E], {names}; got {}",
             all.join(", ")
         ));
+    }
+    if m.shared != crate::MoeShared::None {
+        let ss: Vec<Vec<u64>> = shared
+            .iter()
+            .map(|w| dims.resolve(&w.shape))
+            .collect::<Result<_, _>>()?;
+        let n = 2 + m.gated as usize;
+        let (d, t) = (xs[1], xs[0]);
+        let (up, down) = (&ss[n - 2], &ss[n - 1]);
+        let fits = up.len() == 2
+            && up[0] == d
+            && *down == [up[1], d]
+            && (!m.gated || ss[0] == *up)
+            && (m.shared != crate::MoeShared::Gated || ss[n] == [t, 1]);
+        if !fits {
+            let gate = if m.shared == crate::MoeShared::Gated {
+                ", shared_gate [T, 1]"
+            } else {
+                ""
+            };
+            let w = if m.gated { "ws_gate [D, Hs], " } else { "" };
+            return Err(format!(
+                "`moe_dispatch` shared experts take {w}ws_up [D, Hs], ws_down [Hs, D]{gate}; got {}",
+                all.join(", ")
+            ));
+        }
     }
     if m.k == 0 {
         return Err("`moe_dispatch` needs k of at least 1".into());

@@ -956,9 +956,9 @@ fn linear_attention(l: &crate::LinearAttention, args: &[&Tensor]) -> Vec<f64> {
 /// error (the bound is what the optimizer proved, and what sizes compiled code).
 fn moe_dispatch(m: &crate::MoeDispatch, args: &[&Tensor]) -> Result<Vec<f64>, String> {
     let (x, gate) = (args[0], args[1]);
-    let (w_up, w_down) = (args[args.len() - 2], args[args.len() - 1]);
+    let routed = 3 + m.gated as usize;
     let (t, d) = (x.shape[0], x.shape[1]);
-    let (e, h) = (gate.shape[1], w_up.shape[2]);
+    let (e, h) = (gate.shape[1], args[routed - 1].shape[2]);
     let nonzero = |r: usize, c: usize| gate.data[r * e + c] != 0.0;
     let k = m.k as usize;
     match m.choice {
@@ -977,6 +977,7 @@ fn moe_dispatch(m: &crate::MoeDispatch, args: &[&Tensor]) -> Result<Vec<f64>, St
             }
         }
     }
+    // `row · w[ex]` for `w [.., rows, cols]`.
     let project = |w: &Tensor, ex: usize, row: &[f64], (rows, cols): (usize, usize)| {
         let w = &w.data[ex * rows * cols..(ex + 1) * rows * cols];
         let mut out = vec![0.0; cols];
@@ -987,25 +988,41 @@ fn moe_dispatch(m: &crate::MoeDispatch, args: &[&Tensor]) -> Result<Vec<f64>, St
         }
         out
     };
+    // One expert's MLP on one token: weights `[w_gate,] w_up, w_down` of expert `ex`.
+    let mlp = |w: &[&Tensor], ex: usize, row: &[f64], h: usize| {
+        let up = project(w[w.len() - 2], ex, row, (d, h));
+        let hidden: Vec<f64> = if m.gated {
+            let g = project(w[0], ex, row, (d, h));
+            g.iter()
+                .zip(&up)
+                .map(|(&g, &u)| unary(m.activation, g) * u)
+                .collect()
+        } else {
+            up.iter().map(|&u| unary(m.activation, u)).collect()
+        };
+        project(w[w.len() - 1], ex, &hidden, (h, d))
+    };
+    let shared = &args[routed + 1..];
     let mut out = vec![0.0; t * d];
     for r in 0..t {
         let row = &x.data[r * d..(r + 1) * d];
-        for ex in (0..e).filter(|&c| nonzero(r, c)) {
-            let up = project(w_up, ex, row, (d, h));
-            let hidden: Vec<f64> = if m.gated {
-                let g = project(args[2], ex, row, (d, h));
-                g.iter()
-                    .zip(&up)
-                    .map(|(&g, &u)| unary(m.activation, g) * u)
-                    .collect()
-            } else {
-                up.iter().map(|&u| unary(m.activation, u)).collect()
-            };
-            let y = project(w_down, ex, &hidden, (h, d));
-            let g = gate.data[r * e + ex];
+        let acc = |out: &mut [f64], g: f64, y: Vec<f64>| {
             for (o, v) in out[r * d..(r + 1) * d].iter_mut().zip(y) {
                 *o += g * v;
             }
+        };
+        for ex in (0..e).filter(|&c| nonzero(r, c)) {
+            let y = mlp(&args[2..routed + 1], ex, row, h);
+            acc(&mut out, gate.data[r * e + ex], y);
+        }
+        if m.shared != crate::MoeShared::None {
+            let n = 2 + m.gated as usize;
+            let hs = shared[n - 1].shape[0];
+            let s = match m.shared {
+                crate::MoeShared::Gated => shared[n].data[r],
+                _ => 1.0,
+            };
+            acc(&mut out, s, mlp(&shared[..n], 0, row, hs));
         }
     }
     Ok(out)

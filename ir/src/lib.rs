@@ -35,7 +35,7 @@ pub use mask::{
 };
 pub use op::{
     Attention, BinaryOp, CmpOp, Decay, LinearAttention, LinearForm, Lsh, Moba, MoeChoice,
-    MoeDispatch, Op, ReduceKind, Routing, TopKOutput, UnaryOp,
+    MoeDispatch, MoeShared, Op, ReduceKind, Routing, TopKOutput, UnaryOp,
 };
 pub use random::{random_binding, random_bindings, Rng};
 pub use shape::{num_elements, Dim, Dims, Shape, TensorType, MAX_ELEMENTS};

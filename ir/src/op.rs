@@ -316,13 +316,45 @@ impl MoeChoice {
     }
 }
 
+/// Shared experts of a `moe_dispatch`: an MLP every token goes through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MoeShared {
+    None,
+    /// Added as is (DeepSeekMoE).
+    Always,
+    /// Scaled per token by a last operand `shared_gate [T, 1]` (Qwen2-MoE's sigmoid gate).
+    Gated,
+}
+
+impl MoeShared {
+    pub fn name(self) -> &'static str {
+        match self {
+            MoeShared::None => "none",
+            MoeShared::Always => "always",
+            MoeShared::Gated => "gated",
+        }
+    }
+
+    /// Operands after the routed experts' weights.
+    pub fn operands(self, gated: bool) -> usize {
+        match self {
+            MoeShared::None => 0,
+            MoeShared::Always => 2 + gated as usize,
+            MoeShared::Gated => 3 + gated as usize,
+        }
+    }
+}
+
 /// A mixture of `E` MLP experts computed only where its gate is non-zero: `x [T, D]`,
 /// `gate [T, E]`, and stacked expert weights `w_gate [E, D, H]` (when `gated`),
-/// `w_up [E, D, H]`, `w_down [E, H, D]`:
+/// `w_up [E, D, H]`, `w_down [E, H, D]`; with shared experts, their MLP's weights
+/// `ws_gate [D, Hs]` (when `gated`), `ws_up [D, Hs]`, `ws_down [Hs, D]` and, when
+/// `shared` is gated, `shared_gate [T, 1]`:
 ///
 /// `out[t] = Σ_{e : gate[t, e] ≠ 0} gate[t, e] · FFN_e(x[t])`, with `FFN_e(x) =
 /// (act(x·w_gate[e]) ⊙ x·w_up[e])·w_down[e]` when gated (SwiGLU: `act = silu`) and
-/// `act(x·w_up[e])·w_down[e]` otherwise.
+/// `act(x·w_up[e])·w_down[e]` otherwise; shared experts add `s[t] · FFN_s(x[t])` (`s = 1`
+/// or `shared_gate`), the same MLP with their weights.
 ///
 /// This is the dense-gated mixture `Σ_e gate[t, e] · FFN_e(x[t])` wherever the
 /// experts are finite (a zero gate contributes exactly zero there). The gate has at
@@ -336,9 +368,15 @@ pub struct MoeDispatch {
     pub gated: bool,
     pub choice: MoeChoice,
     pub k: u64,
+    pub shared: MoeShared,
 }
 
 impl MoeDispatch {
+    /// Number of operands.
+    pub fn arity(&self) -> usize {
+        4 + self.gated as usize + self.shared.operands(self.gated)
+    }
+
     /// Selected `(token, expert)` pairs at most, for `tokens` tokens and `experts`
     /// experts.
     pub fn max_pairs(&self, tokens: u64, experts: u64) -> u64 {
@@ -596,7 +634,7 @@ impl Op {
             | Op::Routing(_) => 3,
             Op::Attention(a) => 3 + a.bias as usize + a.segments as usize + a.listed as usize,
             Op::LinearAttention(l) => 3 + (l.decay != Decay::None) as usize,
-            Op::MoeDispatch(m) => 4 + m.gated as usize,
+            Op::MoeDispatch(m) => m.arity(),
             Op::Concat { .. } => return None,
         })
     }

@@ -154,13 +154,19 @@ fn linear_flops(l: &crate::LinearAttention, args: &[&[usize]]) -> u64 {
 /// (and gate) projection, the activation, the down projection and the weighted
 /// combine; plus one pass over the gate to group the pairs.
 fn moe_flops(m: &crate::MoeDispatch, args: &[&[usize]]) -> u64 {
-    let (x, gate, up) = (args[0], args[1], args[args.len() - 2]);
+    let routed = 3 + m.gated as usize;
+    let (x, gate, up) = (args[0], args[1], args[routed - 1]);
     let (t, d, e, h) = (x[0] as u64, x[1] as u64, gate[1] as u64, up[2] as u64);
     let projections = 2 + m.gated as u64;
-    let per_pair = projections * 2 * d * h + (1 + m.gated as u64) * h + 2 * d;
+    let per_row = |h: u64| projections * 2 * d * h + (1 + m.gated as u64) * h + 2 * d;
+    let shared = match m.shared {
+        crate::MoeShared::None => 0,
+        _ => t.saturating_mul(per_row(args[routed + 2 + m.gated as usize][0] as u64)),
+    };
     m.max_pairs(t, e)
-        .saturating_mul(per_pair)
+        .saturating_mul(per_row(h))
         .saturating_add(t * e)
+        .saturating_add(shared)
 }
 
 /// Bytes moved by one node.

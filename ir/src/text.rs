@@ -149,6 +149,7 @@ fn attributes(op: &Op) -> Vec<(&'static str, String)> {
             ("gated", m.gated.to_string()),
             ("choice", m.choice.name().to_string()),
             ("k", m.k.to_string()),
+            ("shared", m.shared.name().to_string()),
         ],
         Op::Cast { to } => vec![("to", to.name().to_string())],
         Op::Reduce {
@@ -968,6 +969,7 @@ fn op_templates() -> Vec<Op> {
             gated: true,
             choice: crate::MoeChoice::Token,
             k: 1,
+            shared: crate::MoeShared::None,
         }),
         Op::Mask {
             expr: MaskExpr::Int(0),
@@ -1068,12 +1070,13 @@ fn fill(template: Op, attrs: &Attrs) -> Result<Op> {
             })
         }
         Op::MoeDispatch(_) => {
-            let activation = match attrs.word("activation", &["silu", "gelu", "gelu_tanh", "relu"])? {
-                "silu" => UnaryOp::Silu,
-                "gelu" => UnaryOp::Gelu,
-                "gelu_tanh" => UnaryOp::GeluTanh,
-                _ => UnaryOp::Relu,
-            };
+            let activation =
+                match attrs.word("activation", &["silu", "gelu", "gelu_tanh", "relu"])? {
+                    "silu" => UnaryOp::Silu,
+                    "gelu" => UnaryOp::Gelu,
+                    "gelu_tanh" => UnaryOp::GeluTanh,
+                    _ => UnaryOp::Relu,
+                };
             let choice = match attrs.word("choice", &["token", "expert"])? {
                 "token" => crate::MoeChoice::Token,
                 _ => crate::MoeChoice::Expert,
@@ -1083,6 +1086,11 @@ fn fill(template: Op, attrs: &Attrs) -> Result<Op> {
                 gated: attrs.bool("gated")?,
                 choice,
                 k: attrs.u64("k")?,
+                shared: match attrs.word("shared", &["none", "always", "gated"])? {
+                    "none" => crate::MoeShared::None,
+                    "always" => crate::MoeShared::Always,
+                    _ => crate::MoeShared::Gated,
+                },
             })
         }
         Op::Cast { .. } => Op::Cast {

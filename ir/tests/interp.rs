@@ -1157,3 +1157,53 @@ fn random_bindings_are_deterministic() {
     let p32 = eval(&g, &a, Precision::F32).unwrap();
     assert!(p[0].max_abs_diff(&p32[0]) < 1e-5);
 }
+
+// ---------------------------------------------------------------------------------
+// Mixture of experts.
+
+/// Two tokens, two experts of one hidden unit (relu, not gated), D = 1:
+/// `FFN_e(x) = relu(x·u_e)·w_e`. Token 0 goes to expert 1 with gate 0.5, token 1 to
+/// both; a zero gate skips its expert.
+#[test]
+fn moe_dispatch_by_hand() {
+    let mut b = builder();
+    let x = b.input("x", shape(&[2, 1]), F32).unwrap();
+    let gate = b.input("gate", shape(&[2, 2]), F32).unwrap();
+    let up = b.param("up", shape(&[2, 1, 1]), F32).unwrap();
+    let down = b.param("down", shape(&[2, 1, 1]), F32).unwrap();
+    let m = |k| attnc_ir::MoeDispatch {
+        activation: UnaryOp::Relu,
+        gated: false,
+        choice: attnc_ir::MoeChoice::Token,
+        k,
+        shared: attnc_ir::MoeShared::None,
+    };
+    let y = b.op(Op::MoeDispatch(m(2)), &[x, gate, up, down]).unwrap();
+    let binds = || {
+        vec![
+            ("x", tensor(F32, &[2, 1], &[2.0, -1.0])),
+            ("gate", tensor(F32, &[2, 2], &[0.0, 0.5, 0.25, 0.75])),
+            ("up", tensor(F32, &[2, 1, 1], &[1.0, 3.0])),
+            ("down", tensor(F32, &[2, 1, 1], &[10.0, -1.0])),
+        ]
+    };
+    let out = run(b, &[y], binds());
+    // Token 0: 0.5 · relu(2·3)·(−1) = −3. Token 1: 0.25 · relu(−1)·10 + 0.75 ·
+    // relu(−3)·(−1) = 0.
+    assert_exact(&out[0], &[2, 1], &[-3.0, 0.0]);
+    // Token 1 selects two experts: more than k = 1 is an error, not a wrong number.
+    let mut b = builder();
+    let x = b.input("x", shape(&[2, 1]), F32).unwrap();
+    let gate = b.input("gate", shape(&[2, 2]), F32).unwrap();
+    let up = b.param("up", shape(&[2, 1, 1]), F32).unwrap();
+    let down = b.param("down", shape(&[2, 1, 1]), F32).unwrap();
+    let y = b.op(Op::MoeDispatch(m(1)), &[x, gate, up, down]).unwrap();
+    b.output("y", y).unwrap();
+    let g = b.finish().unwrap();
+    let (_, op, message) = eval_error(&g, binds());
+    assert_eq!(op, "moe_dispatch");
+    assert!(
+        message.contains("row 1") && message.contains("more than 1"),
+        "{message}"
+    );
+}

@@ -224,15 +224,130 @@ fn patterns_and_overrides_change_layers() {
     lower(&tiny).unwrap();
 }
 
+/// GPT-2 with a mixture in place of its MLP: `ffn` replaces `kind = "gelu_tanh"`.
+fn gpt2_moe(ffn: &str) -> String {
+    GPT2.replace("kind = \"gelu_tanh\"", &format!("kind = \"moe\"\n{ffn}"))
+        .replace("hidden = 3072\nbias = true", "hidden = 3072")
+}
+
 #[test]
-fn moe_is_parsed_but_lowering_says_not_yet() {
-    let text = GPT2.replace(
-        "kind = \"gelu_tanh\"",
-        "kind = \"moe\"\nexperts = 8\ntop_k = 2\nrouter = \"softmax_topk\"",
-    );
+fn moe_lowers_in_dense_gated_form() {
+    let text = gpt2_moe("experts = 8\ntop_k = 2\nexpert_kind = \"gelu_tanh\"");
     let s = parse(&text, &[], false).unwrap();
-    let e = lower(&s).unwrap_err().to_string();
-    assert!(e.contains("layers.0") && e.contains("moe"), "{e}");
+    let m = s.layer_config(0).unwrap().ffn.moe.unwrap();
+    assert_eq!(m.router, attnc_ir::spec::Router::TopK { k: 2 });
+    let g = lower(&s).unwrap();
+    // Per layer: the router's top-k and the experts as batched matmuls over all 8.
+    assert_eq!(count(&g, "topk_indices"), 12);
+    assert_eq!(count(&g, "gelu_tanh"), 12);
+    assert_eq!(g.dims.get("experts"), Some(8));
+    assert_eq!(g.dims.get("tokens"), Some(1024));
+    let names = params(&g);
+    for p in ["router", "experts.w_up", "experts.w_down"] {
+        assert!(
+            names.contains(&format!("layers.3.ffn.{p}")),
+            "{p}: {names:?}"
+        );
+    }
+    // Switch: capacity ⌈1.25 × 1024 / 8⌉ = 160 tokens per expert.
+    let s = parse(
+        &gpt2_moe("experts = 8\nrouter = \"switch\"\ncapacity_factor = 1.25"),
+        &[],
+        false,
+    )
+    .unwrap();
+    let m = s.layer_config(0).unwrap().ffn.moe.unwrap();
+    assert_eq!(m.router, attnc_ir::spec::Router::Switch { capacity: 160 });
+    assert_eq!(count(&lower(&s).unwrap(), "cumsum"), 12);
+    // Expert choice: 2 × 1024 / 8 = 256 tokens per expert by default.
+    let s = parse(
+        &gpt2_moe("experts = 8\nrouter = \"expert_choice\""),
+        &[],
+        false,
+    )
+    .unwrap();
+    let m = s.layer_config(0).unwrap().ffn.moe.unwrap();
+    assert_eq!(
+        m.router,
+        attnc_ir::spec::Router::ExpertChoice { capacity: 256 }
+    );
+    // Shared experts: one MLP of 2 × hidden, gated by a sigmoid.
+    let text = gpt2_moe("experts = 8\ntop_k = 2\nshared_experts = 2\nshared_expert_gate = true");
+    let s = parse(&text, &[], false).unwrap();
+    let shared = s.layer_config(0).unwrap().ffn.moe.unwrap().shared.unwrap();
+    assert_eq!((shared.hidden, shared.gate), (2 * 3072, true));
+    let names = params(&lower(&s).unwrap());
+    assert!(names.contains(&"layers.0.ffn.shared.gate".to_string()));
+}
+
+#[test]
+fn moe_field_errors_name_the_field_and_layer() {
+    let cases: [(&str, &[&str]); 12] = [
+        ("top_k = 2", &["layers.0", "ffn.experts"]),
+        ("experts = 1\ntop_k = 1", &["at least 2 experts"]),
+        ("experts = 4", &["softmax_topk", "top_k"]),
+        (
+            "experts = 4\ntop_k = 5",
+            &["top_k", "more than the 4 experts"],
+        ),
+        ("experts = 4\nrouter = \"switch\"\ntop_k = 2", &["top-1"]),
+        (
+            "experts = 4\nrouter = \"expert_choice\"\ntop_k = 2",
+            &["expert_choice", "top_k"],
+        ),
+        ("experts = 4\nrouter = \"hash\"", &["ffn.router", "hash"]),
+        (
+            "experts = 4\ntop_k = 2\ncapacity_factor = 1.0",
+            &["capacity_factor", "switch"],
+        ),
+        (
+            "experts = 4\nrouter = \"switch\"\ncapacity_factor = -1.0",
+            &["capacity_factor", "positive"],
+        ),
+        (
+            "experts = 4\nrouter = \"switch\"\nnorm_topk_prob = true",
+            &["norm_topk_prob", "softmax_topk"],
+        ),
+        (
+            "experts = 4\ntop_k = 2\nscoring_func = \"tanh\"",
+            &["scoring_func", "tanh"],
+        ),
+        (
+            "experts = 4\ntop_k = 2\nexpert_kind = \"moe\"",
+            &["expert_kind", "moe"],
+        ),
+    ];
+    for (ffn, want) in cases {
+        let e = parse(&gpt2_moe(ffn), &[], false).unwrap_err().to_string();
+        for w in want {
+            assert!(e.contains(w), "{ffn}: {e}");
+        }
+    }
+    // MoE fields on a dense FFN are a mistake, not silently ignored ...
+    let e = parse(GPT2, &["ffn.top_k=2"], false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ffn.top_k") && e.contains("moe"), "{e}");
+    // ... unless a dense layer overrides a mixture (DeepSeek's first layer).
+    let s = parse(DEEPSEEK, &[], false).unwrap();
+    assert!(s.layer_config(0).unwrap().ffn.moe.is_none());
+    assert!(s.layer_config(1).unwrap().ffn.moe.is_some());
+}
+
+#[test]
+fn moe_lowering_interprets_with_tiny_sizes() {
+    use attnc_ir::interp::{eval, Precision};
+    let text = gpt2_moe("experts = 6\ntop_k = 3\nnorm_topk_prob = true\nshared_experts = 1");
+    let s = parse(&text, &[], true).unwrap();
+    let m = s.layer_config(0).unwrap().ffn.moe.unwrap();
+    // Tiny: six experts kept, top-3 of them.
+    assert_eq!(
+        (m.experts, m.router),
+        (6, attnc_ir::spec::Router::TopK { k: 3 })
+    );
+    let g = lower(&s).unwrap();
+    let out = eval(&g, &attnc_ir::random_bindings(&g, 1), Precision::F64).unwrap();
+    assert!(out[0].data.iter().all(|v| v.is_finite()));
 }
 
 #[test]
@@ -417,7 +532,8 @@ fn mla_validation_errors_name_the_layer_and_field() {
 #[test]
 fn mla_lowers_at_full_size() {
     let g = lower(&parse(DEEPSEEK, &[], false).unwrap()).unwrap();
-    assert_eq!(count(&g, "softmax"), 27);
+    // Attention in every layer, a router in every layer but the first (dense).
+    assert_eq!(count(&g, "softmax"), 27 + 26);
     assert_eq!(count(&g, "concat"), 54);
     assert_eq!(count(&g, "slice"), 54);
     assert_eq!(count(&g, "rope"), 54);
@@ -427,9 +543,12 @@ fn mla_lowers_at_full_size() {
     assert_eq!(g.dims.get("qk_head_dim"), Some(192));
     assert_eq!(g.dims.get("head_dim"), None, "MLA does not use head_dim");
     assert_eq!(g.sizes(g.outputs()[0].1), vec![1, 4096, 102400]);
-    // Embedding and head 2 × 209.7M, 27 × (attention 13.76M + dense SwiGLU 67.24M
-    // + norms): the real model's attention, with dense FFNs in place of its MoE.
-    assert_eq!(param_count(&g), 2_606_624_256);
+    // Embedding and head 2 × 209.7M, 27 × (attention 13.76M + norms), the first
+    // layer's dense SwiGLU 67.24M, 26 × (64 routed experts 553.6M + the shared
+    // experts 17.3M + the router): DeepSeek-V2-Lite's 15.7B.
+    let dense = 3 * 2048 * 10944;
+    let moe = 64 * 3 * 2048 * 1408 + 3 * 2048 * 2816 + 2048 * 64;
+    assert_eq!(param_count(&g), 2_606_624_256 - 26 * dense + 26 * moe);
 }
 
 #[test]

@@ -218,7 +218,7 @@ impl Target {
         let flops = op_flops(op, &sizes, out.0, dims) as f64;
         let peak = match op {
             Op::MatMul if half_out(out.1) => self.half_matmul_gflops.unwrap_or(self.matmul_gflops),
-            Op::MatMul | Op::Moba(_) => self.matmul_gflops,
+            Op::MatMul | Op::Moba(_) | Op::MoeDispatch(_) => self.matmul_gflops,
             _ => self.vector_gflops,
         };
         // GFLOP/s and GB/s are FLOPs and bytes per nanosecond.
@@ -373,7 +373,7 @@ impl Target {
     /// The cost of `node`, a member of class `class`; operand types come from the
     /// analysis.
     pub fn node_cost(&self, egraph: &EGraph, class: egg::Id, node: &Attn) -> Cost {
-        match &egraph[class].data {
+        match &egraph[class].data.ty {
             Some(ty) => self.node_cost_typed(egraph, node, ty),
             None => Cost(0.0),
         }
@@ -395,7 +395,7 @@ impl Target {
         };
         let mut args = Vec::new();
         for &c in node.operands() {
-            let Some(t) = &egraph[c].data else {
+            let Some(t) = &egraph[c].data.ty else {
                 return Cost::INFINITE;
             };
             match dims.resolve(&t.shape) {

@@ -45,7 +45,7 @@ define_language! {
         "routing_attention" = Routing([Id; 4]), // (routing_attention routing=0.125;16;512;causal qk v centroids)
         // (linear_attention linear=causal;step;plain;chunkwise:64 q k v [log_decay])
         "linear_attention" = LinearAttention(Box<[Id]>),
-        // (moe_dispatch moe=silu;gated;token:2 x gate [w_gate] w_up w_down)
+        // (moe_dispatch moe=silu;gated;token:2;none x gate [w_gate] w_up w_down [shared..])
         "moe_dispatch" = MoeDispatch(Box<[Id]>),
         Source(Source),
         Attr(Attr),
@@ -129,7 +129,8 @@ pub enum Attr {
     /// `linear=causal|bidirectional;DECAY;normalized|plain;FORM` with FORM one of
     /// `parallel`, `chunkwise:C`, `recurrent`.
     Linear(attnc_ir::LinearAttention),
-    /// `moe=ACTIVATION;gated|plain;token|expert:K`
+    /// `moe=ACTIVATION;gated|plain;token|expert:K;none|always|gated` (the last: shared
+    /// experts)
     Moe(attnc_ir::MoeDispatch),
     Attention {
         scale: F64,
@@ -272,7 +273,7 @@ impl fmt::Display for Attr {
             Attr::Moe(m) => {
                 let g = if m.gated { "gated" } else { "plain" };
                 let (a, c) = (m.activation.name(), m.choice.name());
-                write!(f, "moe={a};{g};{c}:{}", m.k)
+                write!(f, "moe={a};{g};{c}:{};{}", m.k, m.shared.name())
             }
             Attr::Routing {
                 scale,
@@ -459,11 +460,19 @@ impl FromStr for Attr {
         }
         if let Some(rest) = s.strip_prefix("moe=") {
             let parts: Vec<&str> = rest.split(';').collect();
-            let [activation, gated, choice] = parts[..] else {
+            let [activation, gated, choice, shared] = parts[..] else {
                 return Err(format!(
-                    "`{s}`: moe needs `moe=ACTIVATION;gated|plain;token|expert:K`"
+                    "`{s}`: moe needs `moe=ACTIVATION;gated|plain;token|expert:K;none|always|gated`"
                 ));
             };
+            let shared = [
+                attnc_ir::MoeShared::None,
+                attnc_ir::MoeShared::Always,
+                attnc_ir::MoeShared::Gated,
+            ]
+            .into_iter()
+            .find(|m| m.name() == shared)
+            .ok_or_else(|| format!("`{shared}`: expected none, always or gated"))?;
             let activation = UnaryOp::ALL
                 .into_iter()
                 .find(|u| u.name() == activation)
@@ -484,6 +493,7 @@ impl FromStr for Attr {
                 gated,
                 choice,
                 k,
+                shared,
             }));
         }
         if let Some(rest) = s.strip_prefix("moba=") {
@@ -791,7 +801,7 @@ impl Attn {
                 Attn::LinearAttention(c.into())
             }
             Op::LinearAttention(_) => return None,
-            Op::MoeDispatch(m) if c.len() == 5 + m.gated as usize => Attn::MoeDispatch(c.into()),
+            Op::MoeDispatch(m) if c.len() == 1 + m.arity() => Attn::MoeDispatch(c.into()),
             Op::MoeDispatch(_) => return None,
             Op::Attention(a)
                 if c.len() == 4 + a.bias as usize + a.segments as usize + a.listed as usize =>
@@ -1006,12 +1016,14 @@ mod tests {
                 gated: true,
                 choice: attnc_ir::MoeChoice::Token,
                 k: 2,
+                shared: attnc_ir::MoeShared::None,
             }),
             Attr::Moe(attnc_ir::MoeDispatch {
                 activation: UnaryOp::GeluTanh,
                 gated: false,
                 choice: attnc_ir::MoeChoice::Expert,
                 k: 640,
+                shared: attnc_ir::MoeShared::Gated,
             }),
             Attr::Linear(attnc_ir::LinearAttention {
                 causal: false,

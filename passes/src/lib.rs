@@ -19,7 +19,7 @@ mod optimize;
 pub mod rules;
 
 pub use {
-    analysis::{attr_in, type_of, type_with, EGraph, TypeAnalysis},
+    analysis::{attr_in, type_of, type_with, ClassData, EGraph, Sparsity, TypeAnalysis},
     approx::{approximate, Approximation},
     convert::{build_graph, extract, extract_with, to_egraph, to_egraph_with, Program},
     cost::{Cost, Target, TargetKind},

@@ -892,6 +892,186 @@ fn linear_attention_has_its_quadratic_form() {
     }
 }
 
+/// A one-layer model whose FFN is the mixture `ffn` (TOML fields of `[ffn]`), in
+/// the spec's dense-gated form.
+fn moe_model(ffn: &str) -> Graph {
+    use attnc_ir::spec::{lower, parse_spec, Format, SpecSource};
+    let spec = format!(
+        r#"
+        name = "moe"
+        arch = "decoder"
+        vocab = 11
+        d_model = 8
+        layers = 1
+        norm = "rmsnorm"
+        [dims]
+        batch = 2
+        seq = 6
+        [attention]
+        heads = 2
+        [ffn]
+        kind = "moe"
+        hidden = 6
+        {ffn}
+        "#
+    );
+    let source = SpecSource::default();
+    lower(&parse_spec(&spec, Format::Toml, &source).unwrap()).unwrap()
+}
+
+fn moe_of(g: &Graph) -> Vec<attnc_ir::MoeDispatch> {
+    g.node_ids()
+        .filter_map(|id| match &g.node(id).op {
+            Op::MoeDispatch(m) => Some(*m),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every router's dense-gated mixture becomes `moe_dispatch`, bounded by what the
+/// gate's analysis proves: `k` experts per token for top-k (Switch: one, its
+/// capacity drops zeroing more), `capacity` tokens per expert for expert choice.
+#[test]
+fn dense_gated_mixtures_become_moe_dispatch() {
+    use attnc_ir::{MoeChoice, MoeShared};
+    let cases: [(&str, MoeChoice, u64, UnaryOp, bool); 7] = [
+        ("experts = 4\ntop_k = 2", MoeChoice::Token, 2, UnaryOp::Silu, true),
+        ("experts = 4\ntop_k = 2\nnorm_topk_prob = true", MoeChoice::Token, 2, UnaryOp::Silu, true),
+        (
+            "experts = 5\ntop_k = 3\nscoring_func = \"sigmoid\"\nselection_bias = true\nrouted_scaling_factor = 2.5\nexpert_kind = \"gelu\"",
+            MoeChoice::Token, 3, UnaryOp::Gelu, false,
+        ),
+        ("experts = 4\nrouter = \"switch\"\ncapacity_factor = 1.0\nexpert_kind = \"relu\"", MoeChoice::Token, 1, UnaryOp::Relu, false),
+        ("experts = 4\nrouter = \"switch\"\ncapacity_factor = 0.5", MoeChoice::Token, 1, UnaryOp::Silu, true),
+        // 12 tokens, 4 experts, factor 1: each expert takes 3 of the 12.
+        ("experts = 4\nrouter = \"expert_choice\"\ncapacity_factor = 1.0", MoeChoice::Expert, 3, UnaryOp::Silu, true),
+        ("experts = 4\ntop_k = 1\nexpert_kind = \"gelu_tanh\"", MoeChoice::Token, 1, UnaryOp::GeluTanh, false),
+    ];
+    for (ffn, choice, k, activation, gated) in cases {
+        let g = moe_model(ffn);
+        let out = check_rule("moe-dispatch", &g);
+        let want = attnc_ir::MoeDispatch {
+            activation,
+            gated,
+            choice,
+            k,
+            shared: MoeShared::None,
+        };
+        assert_eq!(moe_of(&out), [want], "{ffn}");
+        // The experts' FLOPs drop from E to k (or capacity) MLPs per token.
+        let flops = |g: &Graph| -> u64 { attnc_ir::layer_stats(g).iter().map(|l| l.flops).sum() };
+        assert!(flops(&out) < flops(&g), "{ffn}");
+    }
+}
+
+/// Exact ties in the router scores (two experts with identical router columns): top-k
+/// keeps the lower expert, in the dense and the dispatched forms alike.
+#[test]
+fn router_ties_go_to_the_lower_expert() {
+    let g = moe_model("experts = 4\ntop_k = 1");
+    let mut bindings = random_bindings(&g, 7);
+    let router = bindings.get_mut("layers.0.ffn.router").unwrap();
+    for row in router.data.chunks_mut(4) {
+        row[2] = row[1];
+    }
+    let out = check_rule_with("moe-dispatch", &g, &bindings);
+    assert_eq!(moe_of(&out).len(), 1);
+}
+
+/// A gate that is not provably sparse (a softmax over all experts, no top-k) stays
+/// dense: the rule does not fire.
+#[test]
+fn a_dense_gate_is_not_dispatched() {
+    use attnc_ir::spec::{lower, parse_spec, Format, SpecSource};
+    // `experts = top_k`: every expert is selected, the one-hot bounds nothing.
+    let spec = r#"
+        name = "moe"
+        vocab = 11
+        d_model = 8
+        layers = 1
+        [dims]
+        batch = 1
+        seq = 4
+        [attention]
+        heads = 2
+        [ffn]
+        kind = "moe"
+        hidden = 6
+        experts = 3
+        top_k = 3
+        "#;
+    let g = lower(&parse_spec(spec, Format::Toml, &SpecSource::default()).unwrap()).unwrap();
+    let mut program = to_egraph(&g).unwrap();
+    let rules = RuleSelection::parse("moe-dispatch").unwrap().rules();
+    let runner = egg::Runner::default()
+        .with_iter_limit(4)
+        .with_egraph(std::mem::take(&mut program.egraph))
+        .run(rules.iter().map(|r| &r.rewrite));
+    assert!(runner.egraph.analysis.fired.is_empty());
+}
+
+/// Shared experts (DeepSeekMoE's always-on MLP, Qwen2-MoE's sigmoid-gated one) fold
+/// into the dispatch.
+#[test]
+fn shared_experts_fold_into_the_dispatch() {
+    use attnc_ir::{MoeChoice, MoeDispatch, MoeShared};
+    for (gated_mlp, scaled) in [(true, false), (true, true), (false, false), (false, true)] {
+        let (t, d, e, h, hs) = (7, 5, 4, 3, 6);
+        let mut b = builder();
+        let x = input(&mut b, "x", &[t, d]);
+        let gate = input(&mut b, "gate", &[t, e]);
+        let mut operands = vec![x, gate];
+        if gated_mlp {
+            operands.push(param(&mut b, "w_gate", &[e, d, h]));
+        }
+        operands.push(param(&mut b, "w_up", &[e, d, h]));
+        operands.push(param(&mut b, "w_down", &[e, h, d]));
+        let routed = MoeDispatch {
+            activation: UnaryOp::Silu,
+            gated: gated_mlp,
+            choice: MoeChoice::Token,
+            k: 2,
+            shared: MoeShared::None,
+        };
+        let y = b.op(Op::MoeDispatch(routed), &operands).unwrap();
+        let su = param(&mut b, "ws_up", &[d, hs]);
+        let up = b.op(Op::MatMul, &[x, su]).unwrap();
+        let hidden = if gated_mlp {
+            let sg = param(&mut b, "ws_gate", &[d, hs]);
+            let g = b.op(Op::MatMul, &[x, sg]).unwrap();
+            let g = b.op(Op::Unary(UnaryOp::Silu), &[g]).unwrap();
+            bin(&mut b, BinaryOp::Mul, g, up)
+        } else {
+            b.op(Op::Unary(UnaryOp::Silu), &[up]).unwrap()
+        };
+        let sd = param(&mut b, "ws_down", &[hs, d]);
+        let mut z = b.op(Op::MatMul, &[hidden, sd]).unwrap();
+        if scaled {
+            let s = input(&mut b, "s", &[t, 1]);
+            z = bin(&mut b, BinaryOp::Mul, s, z);
+        }
+        let out = bin(&mut b, BinaryOp::Add, y, z);
+        let g = done(b, out);
+        let mut bindings = random_bindings(&g, 3);
+        // Two experts per token at most.
+        let gate = bindings.get_mut("gate").unwrap();
+        for (i, row) in gate.data.chunks_mut(e as usize).enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                if j != i % 4 && j != (i + 1) % 4 {
+                    *v = 0.0;
+                }
+            }
+        }
+        let out = check_rule_with("moe-shared", &g, &bindings);
+        let shared = if scaled {
+            MoeShared::Gated
+        } else {
+            MoeShared::Always
+        };
+        assert_eq!(moe_of(&out), [MoeDispatch { shared, ..routed }]);
+    }
+}
+
 #[test]
 fn every_rule_is_tested_here() {
     let source = include_str!("rules.rs");

@@ -269,11 +269,7 @@ fn gemm_2d(c: &mut Code, d: &Dims, p: &Buffers, [a, b, cc]: [&str; 3], (c0, c1):
     // A last panel of at most LANES columns runs a tile of one vector per row.
     let narrow_tail = (1..=LANES).contains(&(d.n % NR));
     let m_ragged = !d.m.is_multiple_of(MR);
-    let in_bounds_n = if d.n.is_multiple_of(LANES) && !n_ragged {
-        "true"
-    } else {
-        "false"
-    };
+    let in_bounds_n = d.n.is_multiple_of(LANES) && !n_ragged;
 
     let ncv = c.idx(d.nc);
     let step = c.idx(d.nc);
@@ -327,19 +323,17 @@ fn gemm_2d(c: &mut Code, d: &Dims, p: &Buffers, [a, b, cc]: [&str; 3], (c0, c1):
                     });
                     return;
                 }
-                c.for_range(&zero, &kc, 1, |c, kk| {
-                    let row = c.ix("addi", pc, kk);
-                    for v in 0..NR / LANES {
-                        let col = c.add_const(&col0, v * LANES);
-                        let x = c.let_(format_args!(
-                            "vector.transfer_read {b}[{row}, {col}], {pad} {{in_bounds = [{in_bounds_n}]}} : {tb}, vector<{LANES}xf32>"
-                        ));
-                        let off = c.idx(v * LANES);
-                        c.line(format_args!(
-                            "vector.store {x}, {bp}[{tid}, {jp}, {kk}, {off}] : {tbp}, vector<{LANES}xf32>"
-                        ));
-                    }
-                });
+                let sources: Vec<BVector> = (0..NR / LANES)
+                    .map(|v| BVector {
+                        buf: b,
+                        ty: &tb,
+                        lead: Vec::new(),
+                        col: c.add_const(&col0, v * LANES),
+                        in_bounds: in_bounds_n,
+                    })
+                    .collect();
+                let dst = Packed::new(bp, tbp, &[tid.as_str(), jp]);
+                pack_b_rows(c, &sources, (pc, &kc), &dst);
             });
             let mcv = c.idx(MC);
             c.for_range(&zero, &mv, MC, |c, ic| {
@@ -383,25 +377,8 @@ fn gemm_2d(c: &mut Code, d: &Dims, p: &Buffers, [a, b, cc]: [&str; 3], (c0, c1):
                             }
                         })
                         .collect();
-                    c.for_range(&zero, &kc, 1, |c, kk| {
-                        let col = c.ix("addi", pc, kk);
-                        let mut elems = Vec::new();
-                        for (row, inside) in &rows {
-                            let x = c.let_(format_args!("memref.load {a}[{row}, {col}] : {ta}"));
-                            elems.push(match inside {
-                                Some(inside) => c.let_(format_args!("arith.select {inside}, {x}, {pad} : f32")),
-                                None => x,
-                            });
-                        }
-                        let vec = c.let_(format_args!(
-                            "vector.from_elements {} : vector<{MR}xf32>",
-                            elems.join(", ")
-                        ));
-                        let zero = c.idx(0);
-                        c.line(format_args!(
-                            "vector.store {vec}, {ap}[{tid}, {ip}, {kk}, {zero}] : {tap}, vector<{MR}xf32>"
-                        ));
-                    });
+                    let dst = Packed::new(ap, tap, &[tid.as_str(), ip]);
+                    pack_a_rows(c, (a, &ta), &rows, (pc, &kc), &dst);
                 });
                 // The micro-kernels of this block: one B panel against every A panel.
                 c.for_range(&zero, &np, 1, |c, jp| {
@@ -410,8 +387,9 @@ fn gemm_2d(c: &mut Code, d: &Dims, p: &Buffers, [a, b, cc]: [&str; 3], (c0, c1):
                         c.for_range(&zero, &mp, 1, |c, ip| {
                             let row0 = c.mad(ic, ip, MR);
                             prefetch_c(c, d, cc, &tc, &row0, &col0, nv);
-                            let a_panel = (ap.as_str(), tap.as_str(), ip);
-                            micro_kernel(c, a_panel, (bp, tbp), tid, jp, &kc, nv, |c, tile| {
+                            let a_panel = Packed::new(ap, tap, &[tid.as_str(), ip]);
+                            let b_panel = Packed::new(bp, tbp, &[tid.as_str(), jp]);
+                            micro_kernel(c, &a_panel, &b_panel, &kc, nv, |c, tile| {
                                 let zero = c.idx(0);
                                 let first = c.let_(format_args!("arith.cmpi eq, {pc}, {zero} : index"));
                                 let ragged = (m_ragged, n_ragged);
@@ -449,15 +427,130 @@ fn ceil_div(c: &mut Code, x: &str, by: usize) -> String {
     c.ix("divui", &up, &byv)
 }
 
-/// The `MR × nv·LANES` tile of `Ap[ip] · Bp[jp]` over `kc` (the panel's first `nv`
-/// vectors of columns), in `MR·nv` vectors (row-major), handed to `then`.
-#[allow(clippy::too_many_arguments)]
-fn micro_kernel(
+/// A packed panel: its element `(k, lane)` at `buf[at.., k0 + k, lane]`.
+pub(crate) struct Packed<'a> {
+    pub buf: &'a str,
+    pub ty: &'a str,
+    pub at: Vec<String>,
+    /// Where the panel's `k` starts (0 when `None`).
+    pub k0: Option<&'a str>,
+}
+
+impl<'a> Packed<'a> {
+    pub fn new(buf: &'a str, ty: &'a str, at: &[&str]) -> Packed<'a> {
+        Packed {
+            buf,
+            ty,
+            at: at.iter().map(|s| s.to_string()).collect(),
+            k0: None,
+        }
+    }
+
+    /// The same panel read from depth `k0` on.
+    pub fn from(mut self, k0: &'a str) -> Packed<'a> {
+        self.k0 = Some(k0);
+        self
+    }
+
+    /// `buf[at.., k0 + kk, lane]`.
+    fn index(&self, c: &mut Code, kk: &str, lane: &str) -> String {
+        let k = match self.k0 {
+            Some(k0) => c.ix("addi", k0, kk),
+            None => kk.to_string(),
+        };
+        let mut idx = self.at.clone();
+        idx.extend([k, lane.to_string()]);
+        format!("{}[{}]", self.buf, idx.join(", "))
+    }
+}
+
+/// Pack `kc` columns of `MR` rows of A (each row an index of `a`, and whether it is
+/// a real row: 0 is packed where it is not) from column `col0` on:
+/// `dst[k][r] = A[rows[r], col0 + k]`. The rows may be anything — consecutive rows
+/// of a matrix, or rows gathered through an index list.
+pub(crate) fn pack_a_rows(
     c: &mut Code,
-    (ap, tap, ip): (&str, &str, &str),
-    (bp, tbp): (&str, &str),
-    tid: &str,
-    jp: &str,
+    (a, ta): (&str, &str),
+    rows: &[(String, Option<String>)],
+    (col0, kc): (&str, &str),
+    dst: &Packed,
+) {
+    let zero = c.idx(0);
+    let pad = c.f32(0.0);
+    c.for_range(&zero, kc, 1, |c, kk| {
+        let col = c.ix("addi", col0, kk);
+        let mut elems = Vec::new();
+        for (row, inside) in rows {
+            let x = c.let_(format_args!("memref.load {a}[{row}, {col}] : {ta}"));
+            elems.push(match inside {
+                Some(inside) => c.let_(format_args!("arith.select {inside}, {x}, {pad} : f32")),
+                None => x,
+            });
+        }
+        let vec = c.let_(format_args!(
+            "vector.from_elements {} : vector<{}xf32>",
+            elems.join(", "),
+            rows.len()
+        ));
+        let zero = c.idx(0);
+        let at = dst.index(c, kk, &zero);
+        c.line(format_args!(
+            "vector.store {vec}, {at} : {}, vector<{}xf32>",
+            dst.ty,
+            rows.len()
+        ));
+    });
+}
+
+/// One `LANES`-wide vector of a packed B panel: `buf[lead.., row, col..col + LANES]`
+/// (0 past the end of the row unless `in_bounds`).
+pub(crate) struct BVector<'a> {
+    pub buf: &'a str,
+    pub ty: &'a str,
+    pub lead: Vec<String>,
+    pub col: String,
+    pub in_bounds: bool,
+}
+
+/// Pack `kc` rows of B from row `row0` on, one vector of `sources` after the other
+/// in each packed row: `dst[k][v·LANES + ..] = sources[v] at row row0 + k`.
+pub(crate) fn pack_b_rows(
+    c: &mut Code,
+    sources: &[BVector],
+    (row0, kc): (&str, &str),
+    dst: &Packed,
+) {
+    let zero = c.idx(0);
+    let pad = c.f32(0.0);
+    c.for_range(&zero, kc, 1, |c, kk| {
+        let row = c.ix("addi", row0, kk);
+        for (v, s) in sources.iter().enumerate() {
+            let mut idx = s.lead.clone();
+            idx.extend([row.clone(), s.col.clone()]);
+            let x = c.let_(format_args!(
+                "vector.transfer_read {}[{}], {pad} {{in_bounds = [{}]}} : {}, vector<{LANES}xf32>",
+                s.buf,
+                idx.join(", "),
+                s.in_bounds,
+                s.ty
+            ));
+            let off = c.idx(v * LANES);
+            let at = dst.index(c, kk, &off);
+            c.line(format_args!(
+                "vector.store {x}, {at} : {}, vector<{LANES}xf32>",
+                dst.ty
+            ));
+        }
+    });
+}
+
+/// The `MR × nv·LANES` tile of `a · b` over `kc` (two packed panels: `a` of `MR`
+/// rows, `b` of `NR` columns, of which the first `nv` vectors are used), in `MR·nv`
+/// vectors (row-major), handed to `then`.
+pub(crate) fn micro_kernel(
+    c: &mut Code,
+    a: &Packed,
+    b: &Packed,
     kc: &str,
     nv: usize,
     then: impl FnOnce(&mut Code, &[String]),
@@ -471,17 +564,15 @@ fn micro_kernel(
         let bs: Vec<String> = (0..nv)
             .map(|v| {
                 let off = c.idx(v * LANES);
-                c.let_(format_args!(
-                    "vector.load {bp}[{tid}, {jp}, {kk}, {off}] : {tbp}, {vt}"
-                ))
+                let at = b.index(c, kk, &off);
+                c.let_(format_args!("vector.load {at} : {}, {vt}", b.ty))
             })
             .collect();
         let mut next = Vec::new();
         for r in 0..MR {
             let ri = c.idx(r);
-            let s = c.let_(format_args!(
-                "memref.load {ap}[{tid}, {ip}, {kk}, {ri}] : {tap}"
-            ));
+            let at = a.index(c, kk, &ri);
+            let s = c.let_(format_args!("memref.load {at} : {}", a.ty));
             let bc = c.let_(format_args!("vector.broadcast {s} : f32 to {vt}"));
             for (v, bv) in bs.iter().enumerate() {
                 let acc = &acc[r * nv + v];

@@ -7,6 +7,7 @@
 //! is the optimizer's job, so the frontend never takes a shortcut.
 
 mod mixers;
+mod moe;
 
 use super::{
     Arch, Attention, Ffn, FfnKind, LayerConfig, Mla, NormKind, NormPlacement, Position,
@@ -591,10 +592,11 @@ impl Lowerer<'_> {
             }
             FfnKind::None => return Ok(x),
             FfnKind::Moe => {
-                return Err(IrError::Spec {
+                let m = f.moe.as_ref().ok_or_else(|| IrError::Spec {
                     layer: Some(format!("layers.{index}")),
-                    message: "`ffn.kind = \"moe\"` is parsed but not lowered yet: mixture-of-experts lowering is part of the MoE work".into(),
-                })
+                    message: "internal: a mixture of experts without its router".into(),
+                })?;
+                return self.moe(f, m, x, prefix);
             }
         };
         let h = self.linear(x, prefix, "w_up", bias("b_up"), &d, &hidden)?;

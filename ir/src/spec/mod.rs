@@ -9,10 +9,12 @@
 
 mod load;
 mod lower;
+mod moe;
 mod tiny;
 
 pub use load::{load_spec, parse_spec, Format, SpecSource};
 pub use lower::lower;
+pub use moe::{Moe, Router, Scoring, SharedExperts};
 
 use crate::{IrError, MaskExpr};
 use serde::{Deserialize, Serialize};
@@ -70,7 +72,7 @@ pub enum FfnKind {
     Relu,
     /// `W_down·(silu(W_gate·x) ⊙ W_up·x)` (Llama).
     Swiglu,
-    /// Mixture of experts (parsed now, lowered by the MoE work).
+    /// Mixture of experts: a router and `experts` MLPs of `expert_kind` (see [`Moe`]).
     Moe,
     /// No feed-forward block: the layer is its mixer alone (pure Mamba stacks).
     None,
@@ -244,17 +246,45 @@ pub struct FfnFields {
     pub hidden: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bias: Option<bool>,
+    /// MoE: routed experts (`num_local_experts`, `n_routed_experts`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub experts: Option<u64>,
+    /// MoE: experts per token of the top-k router (`num_experts_per_tok`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub top_k: Option<u64>,
+    /// MoE: always-on shared experts (DeepSeekMoE's `n_shared_experts`), together
+    /// one MLP of `shared_hidden` (default `shared_experts × hidden`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shared_experts: Option<u64>,
-    /// `softmax_topk` (Mixtral), `switch` (top-1 with capacity), `expert_choice`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared_hidden: Option<u64>,
+    /// MoE: the shared experts' output is scaled by `sigmoid(x·w)` (Qwen2-MoE).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared_expert_gate: Option<bool>,
+    /// MoE: `softmax_topk` (Mixtral, DeepSeekMoE), `switch` (top-1 with capacity),
+    /// `expert_choice` (each expert picks its tokens).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub router: Option<String>,
+    /// MoE: Switch's and expert choice's capacity, `capacity_factor × tokens /
+    /// experts` tokens per expert.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capacity_factor: Option<f64>,
+    /// MoE: the MLP of each expert: `swiglu` (default), `gelu`, `gelu_tanh`, `relu`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expert_kind: Option<FfnKind>,
+    /// MoE: router scores `softmax` (default) or `sigmoid` (DeepSeek-V3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scoring_func: Option<String>,
+    /// MoE: the top-k gates are divided by their sum (Mixtral: true).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub norm_topk_prob: Option<bool>,
+    /// MoE: routed gates are multiplied by this (DeepSeek).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routed_scaling_factor: Option<f64>,
+    /// MoE: a learned bias per expert added to the scores for selecting experts
+    /// only, not to the gates (auxiliary-loss-free load balancing, DeepSeek-V3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selection_bias: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -338,8 +368,15 @@ pub const FFN_FIELDS: &[&str] = &[
     "experts",
     "top_k",
     "shared_experts",
+    "shared_hidden",
+    "shared_expert_gate",
     "router",
     "capacity_factor",
+    "expert_kind",
+    "scoring_func",
+    "norm_topk_prob",
+    "routed_scaling_factor",
+    "selection_bias",
 ];
 
 impl AttentionFields {
@@ -395,8 +432,18 @@ impl FfnFields {
             experts: over.experts.or(self.experts),
             top_k: over.top_k.or(self.top_k),
             shared_experts: over.shared_experts.or(self.shared_experts),
+            shared_hidden: over.shared_hidden.or(self.shared_hidden),
+            shared_expert_gate: over.shared_expert_gate.or(self.shared_expert_gate),
             router: over.router.clone().or_else(|| self.router.clone()),
             capacity_factor: over.capacity_factor.or(self.capacity_factor),
+            expert_kind: over.expert_kind.or(self.expert_kind),
+            scoring_func: over
+                .scoring_func
+                .clone()
+                .or_else(|| self.scoring_func.clone()),
+            norm_topk_prob: over.norm_topk_prob.or(self.norm_topk_prob),
+            routed_scaling_factor: over.routed_scaling_factor.or(self.routed_scaling_factor),
+            selection_bias: over.selection_bias.or(self.selection_bias),
         }
     }
 }
@@ -502,8 +549,11 @@ impl Mla {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Ffn {
     pub kind: FfnKind,
+    /// The MLP's hidden width; each expert's for a mixture.
     pub hidden: u64,
     pub bias: bool,
+    /// Set exactly when `kind` is [`FfnKind::Moe`].
+    pub moe: Option<Moe>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -543,6 +593,12 @@ const RESERVED_DIMS: &[(&str, &str)] = &[
     ("mla_kv_dim", "`attention.heads × qk_nope_head_dim`"),
     ("mla_v_dim", "`attention.heads × v_head_dim`"),
     ("ffn_hidden", "`ffn.hidden`"),
+    (
+        "tokens",
+        "`dims.batch × dims.seq` (the tokens a mixture of experts routes)",
+    ),
+    ("experts", "`ffn.experts`"),
+    ("shared_hidden", "`ffn.shared_hidden`"),
 ];
 
 /// Largest layer count and size accepted: past these a spec is a typo, not a model,
@@ -889,6 +945,7 @@ impl Spec {
             None if ffn_kind == FfnKind::None => 0,
             None => return Err(err("`ffn.hidden` is required".into())),
         };
+        let moe = self.moe(&ffn, ffn_kind, hidden, &err)?;
         Ok(LayerConfig {
             index,
             kind,
@@ -912,6 +969,7 @@ impl Spec {
                 kind: ffn_kind,
                 hidden,
                 bias: ffn.bias.unwrap_or(false),
+                moe,
             },
         })
     }

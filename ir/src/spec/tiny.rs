@@ -14,6 +14,7 @@ const TINY_HEAD_DIM: u64 = 8;
 const TINY_MAX_KV_HEADS: u64 = 2;
 const TINY_VOCAB: u64 = 97;
 const TINY_LAYERS: u64 = 2;
+const TINY_EXPERTS: u64 = 8;
 /// Multi-head latent attention: latent ranks and the per-head widths.
 const TINY_LORA_RANK: u64 = 16;
 const TINY_NOPE_HEAD_DIM: u64 = 8;
@@ -225,7 +226,18 @@ fn shrink_ffn(f: &mut FfnFields, d_ratio: f64, pinned: &[String], at: &str) {
             .hidden
             .map(|h| ((h as f64 * d_ratio).round() as u64).max(4));
     }
+    if free("shared_hidden") {
+        f.shared_hidden = f
+            .shared_hidden
+            .map(|h| ((h as f64 * d_ratio).round() as u64).max(4));
+    }
+    // Eight experts at most, a token routed to at most half of them: the gate stays
+    // sparse, so the tiny model exercises the same dispatch.
     if free("experts") {
-        f.experts = f.experts.map(|e| e.min(4).max(f.top_k.unwrap_or(1)));
+        f.experts = f.experts.map(|e| e.min(TINY_EXPERTS));
+    }
+    if free("top_k") {
+        let experts = f.experts.unwrap_or(TINY_EXPERTS);
+        f.top_k = f.top_k.map(|k| k.min((experts / 2).max(1)));
     }
 }

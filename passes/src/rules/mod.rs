@@ -10,6 +10,7 @@
 pub mod algebra;
 pub mod fusion;
 pub mod linear;
+pub mod moe;
 pub mod sparse;
 
 use crate::{type_with, Attn, Attr, EGraph, Source, TypeAnalysis};
@@ -29,14 +30,17 @@ pub enum Family {
     Sparse,
     /// Kernelized attention into linear attention; its chunkwise and recurrent forms.
     Linear,
+    /// Dense-gated mixtures of experts into the sparse dispatch.
+    Moe,
 }
 
 impl Family {
-    pub const ALL: [Family; 4] = [
+    pub const ALL: [Family; 5] = [
         Family::Algebra,
         Family::Fusion,
         Family::Sparse,
         Family::Linear,
+        Family::Moe,
     ];
 
     pub fn name(self) -> &'static str {
@@ -45,6 +49,7 @@ impl Family {
             Family::Fusion => "fusion",
             Family::Sparse => "sparse",
             Family::Linear => "linear",
+            Family::Moe => "moe",
         }
     }
 }
@@ -70,6 +75,7 @@ pub fn all_rules() -> Vec<Rule> {
     rules.extend(fusion::rules());
     rules.extend(sparse::rules());
     rules.extend(linear::rules());
+    rules.extend(moe::rules());
     rules
 }
 
@@ -130,7 +136,7 @@ impl RuleSelection {
                     .map(|n| format!("; did you mean `{n}`?"))
                     .unwrap_or_default();
                 return Err(format!(
-                    "unknown rule or family `{name}`{hint} (families: algebra, fusion, sparse, linear; \
+                    "unknown rule or family `{name}`{hint} (families: algebra, fusion, sparse, linear, moe; \
                      `attnc inspect --list-rules` lists the rules)"
                 ));
             }
@@ -214,7 +220,7 @@ impl<'e> Build<'e> {
         let var = Var::from_str(&format!("?b{}", self.ast.len())).expect("a valid var name");
         self.bindings.push((var, id));
         let id = self.egraph.find(id);
-        let ty = self.egraph[id].data.clone();
+        let ty = self.egraph[id].data.ty.clone();
         let attr = crate::attr_in(self.egraph, id).cloned();
         self.push(ENodeOrVar::Var(var), ty, attr)
     }
@@ -432,7 +438,7 @@ pub fn bound(subst: &Subst, name: &str) -> Option<Id> {
 
 /// The value of class `id` if it is a scalar constant.
 pub fn scalar(egraph: &EGraph, id: Id) -> Option<f64> {
-    if egraph[id].data.as_ref()?.rank() != 0 {
+    if egraph[id].data.ty.as_ref()?.rank() != 0 {
         return None;
     }
     egraph[id].nodes.iter().find_map(|n| match n {
@@ -446,11 +452,11 @@ pub fn scalar(egraph: &EGraph, id: Id) -> Option<f64> {
 
 /// The concrete sizes of class `id`'s type.
 pub fn sizes(egraph: &EGraph, id: Id) -> Option<Vec<u64>> {
-    let ty = egraph[id].data.as_ref()?;
+    let ty = egraph[id].data.ty.as_ref()?;
     egraph.analysis.dims.resolve(&ty.shape).ok()
 }
 
 /// The type of class `id`.
 pub fn type_in(egraph: &EGraph, id: Id) -> Option<&TensorType> {
-    egraph[id].data.as_ref()
+    egraph[id].data.ty.as_ref()
 }
