@@ -117,6 +117,12 @@ fn mistral_7b_sparse() {
     insta::assert_snapshot!(pass("mistral-7b", "sparse"));
 }
 
+/// Its first layer dense, the second a mixture: both kinds of FFN.
+#[test]
+fn deepseek_v2_lite_moe() {
+    insta::assert_snapshot!(pass("deepseek-v2-lite", "moe"));
+}
+
 #[test]
 fn deepseek_v2_lite_sparse() {
     insta::assert_snapshot!(pass("deepseek-v2-lite", "sparse"));
@@ -262,11 +268,12 @@ fn routing_transformer_sparse() {
     insta::assert_snapshot!(pass("routing-transformer", "sparse"));
 }
 
-/// The linear, recurrent, hybrid and axial examples: the frontend's quadratic form
-/// and every pass, the `linear` family alone too. Hybrids show one whole period of
-/// their layer pattern (8 layers), so every layer kind appears.
-macro_rules! linear_snapshots {
-    ($($module:ident => $example:literal, $layers:literal;)*) => {$(
+/// The linear, recurrent, hybrid, axial and mixture-of-experts examples: the
+/// frontend's form and every pass, and the families that are theirs alone
+/// (`linear`, `moe`). Hybrids show one whole period of their layer pattern (8
+/// layers), so every layer kind appears; Switch two layers (dense, sparse).
+macro_rules! example_snapshots {
+    ($($module:ident => $example:literal, $layers:literal, [$($family:ident),*];)*) => {$(
         mod $module {
             use super::*;
             const SETS: &[&str] = &[concat!("layers=", $layers)];
@@ -293,23 +300,28 @@ macro_rules! linear_snapshots {
                 insta::assert_snapshot!(pass_at($example, "sparse", SETS));
             }
 
-            #[test]
-            fn linear() {
-                insta::assert_snapshot!(pass_at($example, "linear", SETS));
-            }
+            $(
+                #[test]
+                fn $family() {
+                    insta::assert_snapshot!(pass_at($example, stringify!($family), SETS));
+                }
+            )*
         }
     )*};
 }
 
-linear_snapshots! {
-    linear_transformer => "linear-transformer", 2;
-    performer => "performer", 2;
-    linformer => "linformer", 2;
-    retnet => "retnet", 2;
-    gla => "gla", 2;
-    mamba2 => "mamba2", 2;
-    jamba => "jamba", 8;
-    minimax_01 => "minimax-01", 8;
-    samba => "samba", 2;
-    axial_transformer => "axial-transformer", 2;
+example_snapshots! {
+    linear_transformer => "linear-transformer", 2, [linear];
+    performer => "performer", 2, [linear];
+    linformer => "linformer", 2, [linear];
+    retnet => "retnet", 2, [linear];
+    gla => "gla", 2, [linear];
+    mamba2 => "mamba2", 2, [linear];
+    jamba => "jamba", 8, [linear, moe];
+    minimax_01 => "minimax-01", 8, [linear, moe];
+    samba => "samba", 2, [linear];
+    axial_transformer => "axial-transformer", 2, [linear];
+    mixtral_8x7b => "mixtral-8x7b", 2, [moe];
+    switch_transformer => "switch-transformer", 2, [moe];
+    qwen2_moe => "qwen2-moe", 2, [moe];
 }
