@@ -580,6 +580,13 @@ pub struct BenchCase {
     /// the chosen one); `gflops` then counts the useful `4·B·H·N·Dk·(Dv+1)` FLOPs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub form: Option<String>,
+    /// Mixture-of-experts layers: the useful FLOPs per second (router and the selected
+    /// experts only, as the dispatch counts them), and tokens per second. `gflops`
+    /// counts the original graph's, every expert on every token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub useful_gflops: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_per_s: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -627,7 +634,13 @@ pub fn bench(graph: &Graph, options: &BenchOptions) -> Result<BenchReport> {
         let fast = passes::layer_graph(&optimized.graph, &name).map_err(|e| err(e.to_string()))?;
         let (baseline_ms, ms, n) = time_pair(&plain, &fast, options)?;
         threads = n;
-        cases.push(case(name.clone(), &plain, baseline_ms, ms, before, after));
+        let mut c = case(name.clone(), &plain, baseline_ms, ms, before, after);
+        if let Some(tokens) = dispatched_tokens(&fast) {
+            let useful: f64 = attnc_ir::layer_stats(&fast).iter().map(|l| l.flops as f64).sum();
+            c.useful_gflops = Some(useful / (ms * 1e-3) / 1e9);
+            c.tokens_per_s = Some(tokens as f64 / (ms * 1e-3));
+        }
+        cases.push(c);
         // Block-sparse attention alone against the same attention fused but dense.
         for (sparse, dense, density) in block_sparse_alone(&fast)? {
             let (baseline_ms, ms, _) = time_pair(&dense, &sparse, options)?;
@@ -795,7 +808,17 @@ fn case(
         after,
         density: None,
         form: None,
+        useful_gflops: None,
+        tokens_per_s: None,
     }
+}
+
+/// The tokens a `moe_dispatch` of `graph` routes, if it has one.
+fn dispatched_tokens(graph: &Graph) -> Option<usize> {
+    graph
+        .node_ids()
+        .find(|&id| matches!(graph.node(id).op, attnc_ir::Op::MoeDispatch(_)))
+        .map(|id| graph.sizes(graph.operands(id)[0])[0])
 }
 
 /// Median ms of `baseline` and of `optimized`, each compiled and run on the same

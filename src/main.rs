@@ -416,6 +416,12 @@ fn bench_text(report: &attnc::BenchReport) -> String {
             "  {:<40} {:>9.3} ms {:>9.3} ms {:>7.2}x {:>10.1}\n",
             c.name, c.ms, c.baseline_ms, c.speedup, c.gflops
         );
+        if let (Some(useful), Some(tokens)) = (c.useful_gflops, c.tokens_per_s) {
+            s += &format!(
+                "  {:<40} vs the dense-gated mixture: {useful:.1} useful GFLOP/s (router + selected experts), {tokens:.0} tokens/s\n",
+                ""
+            );
+        }
         if let Some(d) = c.density {
             s += &format!(
                 "  {:<40} vs the same attention dense: density {d:.3}, ideal {:.2}x, reached {:.0}% of it\n",

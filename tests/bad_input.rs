@@ -780,6 +780,47 @@ fn linear_mixer_errors_name_the_layer_and_field() {
             &["layers.0", "ffn.hidden"],
         ),
     ];
+    compile_fails_with(cases);
+}
+
+/// Mixture-of-experts fields: sizes that do not fit, a router's fields on another
+/// router, MoE fields on a dense FFN, expert biases — each names the layer and field.
+#[test]
+fn moe_errors_name_the_layer_and_field() {
+    let mx = "examples/mixtral-8x7b.toml";
+    let sw = "examples/switch-transformer.toml";
+    let cases: &[(&str, &[&str], &[&str])] = &[
+        (mx, &["ffn.top_k=9"], &["layers.0", "top_k", "8 experts"]),
+        (mx, &["ffn.experts=0"], &["layers.0", "ffn.experts"]),
+        (mx, &["ffn.router=\"hash\""], &["layers.0", "ffn.router", "hash"]),
+        (mx, &["ffn.bias=true"], &["layers.0", "ffn.bias"]),
+        (
+            mx,
+            &["ffn.capacity_factor=1.5"],
+            &["layers.0", "capacity_factor", "switch"],
+        ),
+        (
+            sw,
+            &["kinds.sparse.ffn.top_k=2"],
+            &["layers.1", "switch", "top-1"],
+        ),
+        (
+            sw,
+            &["kinds.sparse.ffn.capacity_factor=0"],
+            &["layers.1", "capacity_factor"],
+        ),
+        (sw, &["ffn.top_k=2"], &["layers.0", "ffn.top_k", "moe"]),
+        (
+            "examples/deepseek-v2-lite.toml",
+            &["ffn.expert_kind=\"moe\""],
+            &["layers.1", "expert_kind"],
+        ),
+    ];
+    compile_fails_with(cases);
+}
+
+/// `attnc compile SPEC --set ..` fails naming the spec and every needle, per case.
+fn compile_fails_with(cases: &[(&str, &[&str], &[&str])]) {
     for (spec, sets, needles) in cases {
         let mut args = vec!["compile", spec];
         for s in *sets {

@@ -639,6 +639,63 @@ fn linear_examples_check_and_inspect_linear_attention() {
     }
 }
 
+/// The mixture-of-experts examples: at full size every mixture layer is
+/// `moe_dispatch`, its FLOPs down from all experts to the selected ones (Mixtral: 8
+/// experts, top-2, so ~4×); on the tiny models the compiled dispatch checks against
+/// the interpreter — Switch's capacity drops and expert choice included.
+#[test]
+fn moe_examples_dispatch_and_check() {
+    // (example, layers with a mixture of the first 4, least FLOPs reduction)
+    let examples = [
+        ("mixtral-8x7b", 4, 3.9),
+        ("switch-transformer", 2, 50.0),
+        ("deepseek-v2-lite", 3, 5.0),
+        ("qwen2-moe", 4, 5.0),
+        ("jamba", 2, 3.9),
+        ("minimax-01", 4, 10.0),
+    ];
+    for (m, mixtures, reduction) in examples {
+        let path = format!("examples/{m}.toml");
+        let r = run_json(&["inspect", &path, "--set", "layers=4", "--json"]);
+        let mut seen = 0;
+        for l in r["layers"].as_array().unwrap() {
+            let before = l["before"].as_array().unwrap();
+            if !before.iter().any(|o| o == "topk_indices") {
+                continue;
+            }
+            seen += 1;
+            let after = l["after"].as_array().unwrap();
+            assert!(after.iter().any(|o| o == "moe_dispatch"), "{m}: {l}");
+            let (b, a) = (l["flops_before"].as_f64().unwrap(), l["flops_after"].as_f64().unwrap());
+            assert!(b / a >= reduction, "{m}: FLOPs {b} -> {a}: {l}");
+        }
+        assert_eq!(seen, mixtures, "{m}");
+        let tol = if matches!(m, "jamba" | "minimax-01") {
+            "3e-4"
+        } else {
+            "1e-4"
+        };
+        let r = run_json(&["run", &path, "--tiny", "--check", "--tol", tol, "--json"]);
+        assert!(r["max_abs_err"].as_f64().is_some(), "{m}: {r}");
+    }
+    // Expert choice, and Switch dropping most tokens (capacity 0.25 × tokens / E).
+    for set in [
+        "kinds.sparse.ffn.router=expert_choice",
+        "kinds.sparse.ffn.capacity_factor=0.25",
+    ] {
+        let r = run_json(&[
+            "run",
+            "examples/switch-transformer.toml",
+            "--tiny",
+            "--set",
+            set,
+            "--check",
+            "--json",
+        ]);
+        assert!(r["max_abs_err"].as_f64().is_some(), "{set}: {r}");
+    }
+}
+
 /// `--convert`: the approximated model runs and checks against its own function;
 /// the approximation's error and speedup are reported; bad conversions are errors.
 #[test]
