@@ -636,7 +636,10 @@ pub fn bench(graph: &Graph, options: &BenchOptions) -> Result<BenchReport> {
         threads = n;
         let mut c = case(name.clone(), &plain, baseline_ms, ms, before, after);
         if let Some(tokens) = dispatched_tokens(&fast) {
-            let useful: f64 = attnc_ir::layer_stats(&fast).iter().map(|l| l.flops as f64).sum();
+            let useful: f64 = attnc_ir::layer_stats(&fast)
+                .iter()
+                .map(|l| l.flops as f64)
+                .sum();
             c.useful_gflops = Some(useful / (ms * 1e-3) / 1e9);
             c.tokens_per_s = Some(tokens as f64 / (ms * 1e-3));
         }

@@ -792,7 +792,11 @@ fn moe_errors_name_the_layer_and_field() {
     let cases: &[(&str, &[&str], &[&str])] = &[
         (mx, &["ffn.top_k=9"], &["layers.0", "top_k", "8 experts"]),
         (mx, &["ffn.experts=0"], &["layers.0", "ffn.experts"]),
-        (mx, &["ffn.router=\"hash\""], &["layers.0", "ffn.router", "hash"]),
+        (
+            mx,
+            &["ffn.router=\"hash\""],
+            &["layers.0", "ffn.router", "hash"],
+        ),
         (mx, &["ffn.bias=true"], &["layers.0", "ffn.bias"]),
         (
             mx,

@@ -666,7 +666,10 @@ fn moe_examples_dispatch_and_check() {
             seen += 1;
             let after = l["after"].as_array().unwrap();
             assert!(after.iter().any(|o| o == "moe_dispatch"), "{m}: {l}");
-            let (b, a) = (l["flops_before"].as_f64().unwrap(), l["flops_after"].as_f64().unwrap());
+            let (b, a) = (
+                l["flops_before"].as_f64().unwrap(),
+                l["flops_after"].as_f64().unwrap(),
+            );
             assert!(b / a >= reduction, "{m}: FLOPs {b} -> {a}: {l}");
         }
         assert_eq!(seen, mixtures, "{m}");

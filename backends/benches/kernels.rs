@@ -5,16 +5,22 @@
 //!   Sapphire Rapids and would fall back to generic kernels) — the peak;
 //! - `gemm/attnc/2048` — attnc's GEMM kernel, compiled from a one-matmul graph;
 //! - `attention/{full,causal}/N` — fused attention, B=1 H=8 D=64, N = 512 … 8192;
-//! - `attention/gqa32-8-d128/4096` — GQA 32 query / 8 KV heads, D=128.
+//! - `attention/gqa32-8-d128/4096` — GQA 32 query / 8 KV heads, D=128;
+//! - `moe/top2-of-8-swiglu/2048` — `moe_dispatch`, 2048 tokens each routed to 2 of 8
+//!   SwiGLU experts (D=512, H=1408), a random top-2 gate.
 //!
-//! Attention counts only the useful matmul FLOPs, 4·B·H·N²·D (half of it causal).
+//! Attention counts only the useful matmul FLOPs, 4·B·H·N²·D (half of it causal);
+//! the mixture those of the selected pairs, 2·T·k·3·D·H.
 //! After criterion's own report, a table gives each case's best time as GFLOP/s and
 //! as a fraction of the OpenBLAS peak measured in this run.
 //!
 //! `cargo bench -p attnc-backends --bench kernels` (add `-- gemm` to run a subset).
 
 use attnc_backends::{CompiledModel, Prepared};
-use attnc_ir::{random_bindings, Attention, DType, Dims, Graph, GraphBuilder, MaskExpr, Op, Shape};
+use attnc_ir::{
+    random_bindings, Attention, DType, Dims, Graph, GraphBuilder, MaskExpr, MoeChoice, MoeDispatch,
+    MoeShared, Op, Shape, Tensor, UnaryOp,
+};
 use criterion::Criterion;
 use std::time::{Duration, Instant};
 
@@ -67,6 +73,51 @@ fn attention_graph(n: u64, h: u64, hk: u64, d: u64, causal: bool) -> Graph {
     let y = b.op(Op::Attention(a), &[q, k, v]).unwrap();
     b.output("o", y).unwrap();
     b.finish().unwrap()
+}
+
+/// `moe_dispatch` over `x [t, d]` and a gate input `[t, e]`, SwiGLU experts; with
+/// its bindings: random, the gate `k` distinct experts per token.
+fn moe_case(t: u64, d: u64, e: u64, h: u64, k: u64) -> (CompiledModel, Prepared) {
+    let mut b = GraphBuilder::new("moe", Dims::new());
+    let x = b.input("x", Shape::new([t, d]), DType::F32).unwrap();
+    let gate = b.input("gate", Shape::new([t, e]), DType::F32).unwrap();
+    let w = ["w_gate", "w_up"].map(|n| b.param(n, Shape::new([e, d, h]), DType::F32).unwrap());
+    let wd = b
+        .param("w_down", Shape::new([e, h, d]), DType::F32)
+        .unwrap();
+    let m = MoeDispatch {
+        activation: UnaryOp::Silu,
+        gated: true,
+        choice: MoeChoice::Token,
+        k,
+        shared: MoeShared::None,
+    };
+    let y = b
+        .op(Op::MoeDispatch(m), &[x, gate, w[0], w[1], wd])
+        .unwrap();
+    b.output("y", y).unwrap();
+    let g = b.finish().unwrap();
+    let mut bindings = random_bindings(&g, 1);
+    let (t, e) = (t as usize, e as usize);
+    let mut values = vec![0.0; t * e];
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for row in values.chunks_mut(e) {
+        let mut picked = 0;
+        while picked < k as usize {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let c = (state % e as u64) as usize;
+            if row[c] == 0.0 {
+                row[c] = 0.5;
+                picked += 1;
+            }
+        }
+    }
+    bindings.insert("gate".into(), Tensor::new(DType::F32, vec![t, e], values));
+    let model = CompiledModel::new(&g).expect("compiles");
+    let prepared = model.prepare(&bindings).expect("binds");
+    (model, prepared)
 }
 
 type Sgemm = unsafe extern "C" fn(
@@ -167,6 +218,12 @@ fn cases() -> (Case, Vec<Case>) {
     let (model, mut p) = compiled(&g);
     let flops = 4.0 * (32 * n * n * 128) as f64;
     all.push(case("attention/gqa32-8-d128/4096", flops, move || {
+        model.run_prepared(&mut p).unwrap()
+    }));
+    let (t, d, e, h, k) = (2048u64, 512, 8, 1408, 2);
+    let (model, mut p) = moe_case(t, d, e, h, k);
+    let flops = 2.0 * (t * k * 3 * d * h) as f64;
+    all.push(case("moe/top2-of-8-swiglu/2048", flops, move || {
         model.run_prepared(&mut p).unwrap()
     }));
     (peak, all)

@@ -18,6 +18,12 @@
 //! one L1 set), and its zero padding is what handles sizes that are not multiples of
 //! the tile: the micro-kernel always runs full tiles; only the update of C is masked.
 //!
+//! Packing A reads `LANES` columns of each of the `MR` rows as one vector and
+//! transposes them in registers ([`transpose_rows`]); the pieces — [`pack_a_rows`]
+//! (any rows: consecutive, or gathered through an index list), [`pack_b_rows`],
+//! [`micro_kernel`] over any two packed panels ([`Packed`]) — are shared with the
+//! grouped GEMMs of the mixture-of-experts kernel (`super::moe`).
+//!
 //! Operands may carry batch dimensions (`[.., M, K] × [.., K, N]`, broadcast as
 //! numpy does): one GEMM per batch index, over 2-D views of the operands. Either
 //! operand may come transposed (see [`Gemm`]): packing reads `Aᵀ` by contiguous
@@ -96,7 +102,7 @@ pub(crate) fn gemm(set: &mut KernelSet, g: &Gemm) -> String {
 }
 
 /// The OpenMP runtime calls the kernel makes (libomp defines them).
-const OMP_DECLARATIONS: &str = "func.func private @omp_get_max_threads() -> i32\nfunc.func private @omp_get_thread_num() -> i32\n";
+pub(crate) const OMP_DECLARATIONS: &str = "func.func private @omp_get_max_threads() -> i32\nfunc.func private @omp_get_thread_num() -> i32\n";
 
 /// One parallel loop over (batch index, column slab) tasks — `S = ceil(T / batch)`
 /// slabs of whole `NR` panels per GEMM for `T` threads, so every thread has work and
@@ -467,7 +473,9 @@ impl<'a> Packed<'a> {
 /// Pack `kc` columns of `MR` rows of A (each row an index of `a`, and whether it is
 /// a real row: 0 is packed where it is not) from column `col0` on:
 /// `dst[k][r] = A[rows[r], col0 + k]`. The rows may be anything — consecutive rows
-/// of a matrix, or rows gathered through an index list.
+/// of a matrix, or rows gathered through an index list. `LANES` columns at a time:
+/// one vector load per row and an in-register transpose ([`transpose_rows`]); the
+/// last `kc mod LANES` columns element by element.
 pub(crate) fn pack_a_rows(
     c: &mut Code,
     (a, ta): (&str, &str),
@@ -477,7 +485,41 @@ pub(crate) fn pack_a_rows(
 ) {
     let zero = c.idx(0);
     let pad = c.f32(0.0);
-    c.for_range(&zero, kc, 1, |c, kk| {
+    let vt = format!("vector<{LANES}xf32>");
+    let vm = format!("vector<{}xf32>", rows.len());
+    let lanes = c.idx(LANES);
+    let q = c.ix("divui", kc, &lanes);
+    let whole = c.ix("muli", &q, &lanes);
+    if rows.len() == MR {
+        c.for_range(&zero, &whole, LANES, |c, kk| {
+            let col = c.ix("addi", col0, kk);
+            let zv = c.splat(0.0);
+            let vs: Vec<String> = rows
+                .iter()
+                .map(|(row, inside)| {
+                    let v = c.let_(format_args!("vector.load {a}[{row}, {col}] : {ta}, {vt}"));
+                    match inside {
+                        Some(inside) => {
+                            c.let_(format_args!("arith.select {inside}, {v}, {zv} : {vt}"))
+                        }
+                        None => v,
+                    }
+                })
+                .collect();
+            for (j, col) in transpose_rows(c, &vs).iter().enumerate() {
+                let k = c.add_const(kk, j);
+                let zero = c.idx(0);
+                let at = dst.index(c, &k, &zero);
+                c.line(format_args!("vector.store {col}, {at} : {}, {vm}", dst.ty));
+            }
+        });
+    }
+    let from = if rows.len() == MR {
+        whole
+    } else {
+        zero.clone()
+    };
+    c.for_range(&from, kc, 1, |c, kk| {
         let col = c.ix("addi", col0, kk);
         let mut elems = Vec::new();
         for (row, inside) in rows {
@@ -488,18 +530,65 @@ pub(crate) fn pack_a_rows(
             });
         }
         let vec = c.let_(format_args!(
-            "vector.from_elements {} : vector<{}xf32>",
-            elems.join(", "),
-            rows.len()
+            "vector.from_elements {} : {vm}",
+            elems.join(", ")
         ));
         let zero = c.idx(0);
         let at = dst.index(c, kk, &zero);
-        c.line(format_args!(
-            "vector.store {vec}, {at} : {}, vector<{}xf32>",
-            dst.ty,
-            rows.len()
-        ));
+        c.line(format_args!("vector.store {vec}, {at} : {}, {vm}", dst.ty));
     });
+}
+
+/// The transpose of `MR` rows of `LANES` lanes: `LANES` vectors of `MR` lanes,
+/// column `j` holding `rows[0][j], .., rows[MR - 1][j]`. Three rounds of two-input
+/// shuffles (pairs of rows, then quads, then all eight): 32 shuffles for 128 values.
+pub(crate) fn transpose_rows(c: &mut Code, rows: &[String]) -> Vec<String> {
+    const _: () = assert!(MR == 8 && LANES == 16);
+    let vt = format!("vector<{LANES}xf32>");
+    let shuffle = |c: &mut Code, x: &str, y: &str, mask: &[usize]| {
+        let m: Vec<String> = mask.iter().map(|i| i.to_string()).collect();
+        c.let_(format_args!(
+            "vector.shuffle {x}, {y} [{}] : {vt}, {vt}",
+            m.join(", ")
+        ))
+    };
+    // Rows 2p and 2p + 1 interleaved: columns 8h.. 8h + 8, two values each.
+    let mut pairs = Vec::new();
+    for p in 0..4 {
+        let halves: Vec<String> = (0..2)
+            .map(|h| {
+                let mask: Vec<usize> = (0..8).flat_map(|i| [8 * h + i, 16 + 8 * h + i]).collect();
+                shuffle(c, &rows[2 * p], &rows[2 * p + 1], &mask)
+            })
+            .collect();
+        pairs.push(halves);
+    }
+    // Rows 4q.. 4q + 4: columns 8h + 4f.. + 4, four values each.
+    let mut quads = vec![vec![vec![String::new(); 2]; 2]; 2];
+    for (q, quad) in quads.iter_mut().enumerate() {
+        for (h, half) in quad.iter_mut().enumerate() {
+            for (f, out) in half.iter_mut().enumerate() {
+                let mask: Vec<usize> = (0..4)
+                    .flat_map(|i| {
+                        let l = 4 * f + i;
+                        [2 * l, 2 * l + 1, 16 + 2 * l, 16 + 2 * l + 1]
+                    })
+                    .collect();
+                *out = shuffle(c, &pairs[2 * q][h], &pairs[2 * q + 1][h], &mask);
+            }
+        }
+    }
+    // Column j: its four values in each quad.
+    (0..LANES)
+        .map(|j| {
+            let (h, f, i) = (j / 8, (j % 8) / 4, j % 4);
+            let mask: Vec<usize> = (0..4)
+                .map(|r| 4 * i + r)
+                .chain((0..4).map(|r| 16 + 4 * i + r))
+                .collect();
+            shuffle(c, &quads[0][h][f], &quads[1][h][f], &mask)
+        })
+        .collect()
 }
 
 /// One `LANES`-wide vector of a packed B panel: `buf[lead.., row, col..col + LANES]`

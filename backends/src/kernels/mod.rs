@@ -14,6 +14,7 @@
 pub(crate) mod attention;
 pub(crate) mod gemm;
 pub(crate) mod linear;
+pub(crate) mod moe;
 
 use attnc_ir::{Dims, MaskExpr};
 use std::collections::HashMap;
@@ -411,6 +412,78 @@ impl Code {
         other(self);
         self.close("}");
     }
+}
+
+impl Code {
+    /// `scf.while` taking one task index after the other from the shared `i32`
+    /// counter `counter[0]` (`memref<1xi32>`, atomically incremented) while it is
+    /// below `tasks`: dynamic scheduling of uneven tasks over the threads of a
+    /// parallel loop. `body` gets the task index.
+    pub fn for_each_task(
+        &mut self,
+        counter: &str,
+        tasks: &str,
+        body: impl FnOnce(&mut Code, &str),
+    ) {
+        let one = self.constant(1, "i32");
+        let zero = self.idx(0);
+        let result = self.fresh();
+        self.open(format_args!("{result} = scf.while : () -> index {{"));
+        let old = self.let_(format_args!(
+            "memref.atomic_rmw addi {one}, {counter}[{zero}] : (i32, memref<1xi32>) -> i32"
+        ));
+        let task = self.let_(format_args!("arith.index_cast {old} : i32 to index"));
+        let more = self.let_(format_args!("arith.cmpi ult, {task}, {tasks} : index"));
+        self.line(format_args!("scf.condition({more}) {task} : index"));
+        self.close("} do {");
+        self.indent += 2;
+        self.consts.push(HashMap::new());
+        let arg = self.fresh();
+        self.line(format_args!("^bb0({arg}: index):"));
+        body(self, &arg);
+        self.line("scf.yield");
+        self.close("}");
+    }
+}
+
+/// `2^x` on `LANES` lanes: `2^n · p(x - n)` with `n = round(x)` and `p` the degree-6
+/// Taylor polynomial of `2^r` on `[-1/2, 1/2]` (relative error < 2e-7); `x` is
+/// clamped to `[-200, 127]` (`[-127, 127]` without AVX-512), so very negative inputs
+/// give exactly 0 and very large ones 2^127. (The attention kernel's `exp2`, with
+/// both clamps.)
+pub(crate) fn vector_exp2(c: &mut Code, x: &str, avx512: bool) -> String {
+    let vt = format!("vector<{LANES}xf32>");
+    let lo = c.splat(if avx512 { -200.0 } else { -127.0 });
+    let hi = c.splat(127.0);
+    let x = c.vop("arith.maxnumf", &[x, &lo]);
+    let x = c.vop("arith.minnumf", &[&x, &hi]);
+    let n = c.let_(format_args!("math.roundeven {x} : {vt}"));
+    let r = c.vop("arith.subf", &[&x, &n]);
+    let ln2 = std::f64::consts::LN_2;
+    let mut coef = [1.0f64; 7];
+    for k in 1..7 {
+        coef[k] = coef[k - 1] * ln2 / k as f64;
+    }
+    let mut p = c.splat(coef[6] as f32);
+    for k in (0..6).rev() {
+        let ck = c.splat(coef[k] as f32);
+        p = c.vop("vector.fma", &[&p, &r, &ck]);
+    }
+    if avx512 {
+        let all = c.constant(-1, "i16");
+        let rounding = c.constant(4, "i32");
+        return c.let_(format_args!(
+            "x86vector.avx512.mask.scalef {p}, {n}, {p}, {all}, {rounding} : {vt}"
+        ));
+    }
+    let vi = format!("vector<{LANES}xi32>");
+    let ni = c.let_(format_args!("arith.fptosi {n} : {vt} to {vi}"));
+    let bias = c.let_(format_args!("arith.constant dense<127> : {vi}"));
+    let shift = c.let_(format_args!("arith.constant dense<23> : {vi}"));
+    let e = c.let_(format_args!("arith.addi {ni}, {bias} : {vi}"));
+    let e = c.let_(format_args!("arith.shli {e}, {shift} : {vi}"));
+    let scale = c.let_(format_args!("arith.bitcast {e} : {vi} to {vt}"));
+    c.vop("arith.mulf", &[&p, &scale])
 }
 
 /// A kernel function's text around its body.

@@ -10,8 +10,9 @@ use super::emit::{memref_type, Elem, Emitter, Val};
 use crate::kernels::attention::{attention as attention_kernel, AttentionKernel};
 use crate::kernels::gemm::{gemm, Gemm};
 use crate::kernels::linear::{linear as linear_kernel, LinearKernel};
+use crate::kernels::moe::{moe as moe_kernel, MoeKernel, Schedule};
 use crate::kernels::{strided_type, KernelSet};
-use attnc_ir::{Attention, Decay, Dims, UnaryOp};
+use attnc_ir::{Attention, BinaryOp, Decay, Dims, MoeDispatch, MoeShared, UnaryOp};
 
 /// `[.., m, k] × [.., k, n]` (float) through the GEMM kernel; an operand marked
 /// transposed is the tensor whose last two axes it swaps (`[.., k, m]`, `[.., n, k]`).
@@ -110,6 +111,92 @@ pub(super) fn linear(
     inputs.extend(a.as_ref());
     let o = call(em, &name, &inputs, &spec.out());
     cast(em, &o, elem)
+}
+
+/// `moe_dispatch(x, gate, [w_gate,] w_up, w_down, [shared..])` (float): the routed
+/// experts through their kernel, shared experts (every token) through the GEMM
+/// kernel and elementwise ops, added after the routed ones (the interpreter's
+/// order), all in f32. Returns the result and the status flag of the gate's bound
+/// (a rank-0 `i8` tensor, 1 when the gate has more non-zeros than `k` allows).
+pub(super) fn moe(
+    em: &mut Emitter,
+    kernels: &mut KernelSet,
+    op: &MoeDispatch,
+    ops: &[Val],
+) -> (Val, Val) {
+    let elem = ops[0].elem;
+    let f32s: Vec<Val> = ops.iter().map(|v| cast(em, v, Elem::F32)).collect();
+    // `[w_gate,] w_up, w_down` end at `routed`.
+    let routed = 3 + op.gated as usize;
+    let (x, gate, up) = (&f32s[0], &f32s[1], &f32s[routed - 1]);
+    let spec = MoeKernel {
+        op: *op,
+        t: x.sizes[0],
+        d: x.sizes[1],
+        e: gate.sizes[1],
+        h: up.sizes[2],
+        schedule: Schedule::from_env(),
+    };
+    let name = moe_kernel(kernels, &spec);
+    let out = [spec.t, spec.d];
+    let mut args = Vec::new();
+    let types = spec.operand_types();
+    for (v, ty) in f32s[..=routed].iter().zip(&types) {
+        args.push(em.op(format_args!(
+            "bufferization.to_buffer {} read_only : {} to {ty}",
+            v.name,
+            v.ty()
+        )));
+    }
+    let plain = memref_type(&out, Elem::F32);
+    let buffer = em.op(format_args!(
+        "memref.alloc() {{alignment = 64 : i64}} : {plain}"
+    ));
+    args.push(em.op(format_args!(
+        "memref.cast {buffer} : {plain} to {}",
+        types[types.len() - 2]
+    )));
+    let flag = em.op("memref.alloc() : memref<i8>");
+    args.push(flag.clone());
+    em.stmt(format_args!(
+        "func.call @{name}({}) : ({}) -> ()",
+        args.join(", "),
+        types.join(", ")
+    ));
+    let tensor = super::emit::tensor_type(&out, Elem::F32);
+    let mut result = em.tensor_op(
+        format_args!("bufferization.to_tensor {buffer} restrict writable : {plain} to {tensor}"),
+        &out,
+        Elem::F32,
+    );
+    let flag = em.tensor_op(
+        format_args!("bufferization.to_tensor {flag} restrict writable : memref<i8> to tensor<i8>"),
+        &[],
+        Elem::I8,
+    );
+    if op.shared != MoeShared::None {
+        let shared = &f32s[routed + 1..];
+        let n = 2 + op.gated as usize;
+        let (ws_up, ws_down) = (&shared[n - 2], &shared[n - 1]);
+        let hs = ws_up.sizes[1];
+        let project = |em: &mut Emitter, kernels: &mut KernelSet, w: &Val| {
+            matmul(em, kernels, (x, false), (w, false), &[spec.t, hs])
+        };
+        let u = project(em, kernels, ws_up);
+        let hidden = if op.gated {
+            let g = project(em, kernels, &shared[0]);
+            let a = super::elementwise::unary(em, op.activation, &g);
+            super::elementwise::binary(em, BinaryOp::Mul, &a, &u, &[spec.t, hs])
+        } else {
+            super::elementwise::unary(em, op.activation, &u)
+        };
+        let mut y = matmul(em, kernels, (&hidden, false), (ws_down, false), &out);
+        if op.shared == MoeShared::Gated {
+            y = super::elementwise::binary(em, BinaryOp::Mul, &y, &shared[n], &out);
+        }
+        result = super::elementwise::binary(em, BinaryOp::Add, &result, &y, &out);
+    }
+    (cast(em, &result, elem), flag)
 }
 
 /// `func.call @name(inputs.., result)` on f32 operands; returns the result tensor.

@@ -573,9 +573,8 @@ impl Lowering<'_> {
                 let (q, k, v) = (&ops[0], &ops[1], &ops[2]);
                 kernel_call::linear(em, kernels, l.decay, [q, k, v], ops.get(3))
             }
-            Op::MoeDispatch(_) => {
-                return Err(unlowerable("`moe_dispatch` (not lowered yet)".into()))
-            }
+            // Float operands (the verifier requires it); the gate's bound is checked.
+            Op::MoeDispatch(m) => self.checked_moe(id, m, &ops),
         })
     }
 
@@ -606,6 +605,22 @@ impl Lowering<'_> {
         let flag = layout::index_out_of_range(&mut self.em, indices, data.sizes[axis]);
         self.check(id, flag, "an index is out of range");
         select::scatter_add(&mut self.em, data, indices, updates, axis)
+    }
+
+    /// `moe_dispatch` through its kernel, whose flag says whether the gate kept to its
+    /// bound (the pairs past it are skipped).
+    fn checked_moe(&mut self, id: NodeId, m: &attnc_ir::MoeDispatch, ops: &[Val]) -> Val {
+        let (out, flag) = kernel_call::moe(&mut self.em, &mut self.kernels, m, ops);
+        let message = match m.choice {
+            attnc_ir::MoeChoice::Token => {
+                "a gate row has more non-zeros than the k experts a token may choose"
+            }
+            attnc_ir::MoeChoice::Expert => {
+                "a gate column has more non-zeros than the k tokens an expert may choose"
+            }
+        };
+        self.check(id, flag, message);
+        out
     }
 
     /// Integer division: a zero divisor is an error, as in the interpreter.
