@@ -222,9 +222,7 @@ fn sparsity(egraph: &EGraph, enode: &Attn, out: &[u64]) -> Sparsity {
         let s = sizes(c);
         let f = data(c).sparsity;
         Sparsity {
-            row: f
-                .row
-                .filter(|_| s.len() >= 1 && s[s.len() - 1] == out[r - 1]),
+            row: f.row.filter(|_| s.last() == Some(&out[r - 1])),
             col: f
                 .col
                 .filter(|_| r >= 2 && s.len() >= 2 && s[s.len() - 2] == out[r - 2]),
@@ -304,9 +302,11 @@ fn sparsity(egraph: &EGraph, enode: &Attn, out: &[u64]) -> Sparsity {
             }
         }
         Attn::Reduce([a, x]) => match attr(*a) {
-            Some(Attr::Reduce { kind, axes, .. })
-                if matches!(kind, ReduceKind::Sum | ReduceKind::Max | ReduceKind::Mean) =>
-            {
+            Some(Attr::Reduce {
+                kind: ReduceKind::Sum | ReduceKind::Max | ReduceKind::Mean,
+                axes,
+                ..
+            }) => {
                 let s = sizes(*x);
                 let rin = s.len();
                 let f = data(*x).sparsity;
