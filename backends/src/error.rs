@@ -38,6 +38,9 @@ pub enum BackendError {
     /// The JIT could not compile, find or run the function.
     #[error("JIT: {message}")]
     Jit { message: String },
+    /// The GPU runner: no driver or device, or a driver call that failed.
+    #[error("GPU: {message}")]
+    Gpu { message: String },
     /// An input or param of the graph has no binding.
     #[error("no value bound for {kind} `{name}`")]
     MissingBinding { kind: &'static str, name: String },

@@ -36,6 +36,7 @@ mod aot;
 mod cpu;
 mod engine;
 mod error;
+pub mod gpu;
 mod host;
 mod kernels;
 mod llvm;
@@ -48,4 +49,5 @@ pub const OPENMP_RUNTIME: &str = "/usr/lib/llvm-22/lib/libomp.so";
 
 pub use cpu::{emit_llvm_ir, emit_mlir, emit_object, CompiledModel, Prepared, CPU_PIPELINE};
 pub use error::{BackendError, Result};
+pub use gpu::{compile_gpu, emit_gpu_mlir, Arch, GpuProgram};
 pub use host::{tensor_from_bytes, tensor_to_bytes};
