@@ -22,6 +22,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 fi
 
+# ptxas, NVIDIA's PTX assembler (PyPI's nvcc wheel, no GPU needed): the GPU tests
+# assemble the emitted PTX with it for sm_80 and sm_90. Optional: without it those
+# checks are skipped with a note.
+if command -v python3 >/dev/null 2>&1 && ! python3 -c "import nvidia.cuda_nvcc" 2>/dev/null; then
+  echo "setup: installing ptxas (pip nvidia-cuda-nvcc-cu12)"
+  python3 -m pip install -q nvidia-cuda-nvcc-cu12 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages nvidia-cuda-nvcc-cu12 \
+    || echo "setup: ptxas not installed; the GPU tests will not assemble PTX"
+fi
+
 if [ ! -x /usr/lib/llvm-22/bin/llvm-config ]; then
   echo "setup: /usr/lib/llvm-22/bin/llvm-config is missing after the install" >&2
   exit 1

@@ -64,6 +64,8 @@ pub struct OptimizeOptions {
     pub rules: RuleSelection,
     /// `--convert`: approximations applied after the exact optimization, in order.
     pub approximations: Vec<Approximation>,
+    /// The NVIDIA architecture GPU code is generated for (`--arch`).
+    pub gpu_arch: backends::Arch,
 }
 
 impl Default for OptimizeOptions {
@@ -72,6 +74,7 @@ impl Default for OptimizeOptions {
             target: Target::cpu(),
             rules: RuleSelection::all(),
             approximations: Vec::new(),
+            gpu_arch: backends::Arch::Sm90,
         }
     }
 }
@@ -154,6 +157,8 @@ pub enum Emit {
     Mlir,
     Llvm,
     Dot,
+    /// PTX of the optimized graph for a GPU target (`--arch`).
+    Ptx,
 }
 
 /// The optimized graph compiled ahead of time for this CPU: an object file and the
@@ -198,6 +203,21 @@ pub fn compile(graph: &Graph, emit: Emit, options: &OptimizeOptions) -> Result<S
                 }
             );
             text + &attnc_ir::print(&opt.graph)
+        }
+        Emit::Ptx | Emit::Mlir if options.target.kind == passes::TargetKind::Gpu => {
+            let opt = optimize(graph, options)?;
+            let arch = options.gpu_arch;
+            match emit {
+                Emit::Ptx => backends::compile_gpu(&opt.graph, arch).map(|p| p.ptx),
+                _ => backends::emit_gpu_mlir(&opt.graph, arch),
+            }
+            .map_err(|e| err(e.to_string()))?
+        }
+        Emit::Ptx => {
+            return Err(err(format!(
+                "--emit ptx is GPU code: give a GPU target (--target gpu, h100 or h200), not `{}`",
+                options.target.name
+            )))
         }
         Emit::Mlir | Emit::Llvm => {
             cpu_only(options, "--emit mlir/llvm")?;
@@ -471,15 +491,35 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<RunReport> {
         (applied.optimized, applied.converted, reports)
     };
     let graph = &reference;
-    let mut model =
-        backends::CompiledModel::new(&optimized.graph).map_err(|e| err(e.to_string()))?;
-    if let Some(n) = options.threads {
-        model.set_threads(n);
-    }
-    let compile_ms = ms_since(t);
-    let t = Instant::now();
-    let outputs = model.run(&bindings).map_err(|e| err(e.to_string()))?;
-    let ms = ms_since(t);
+    let (outputs, compile_ms, ms) = match options.optimize.target.kind {
+        passes::TargetKind::Cpu => {
+            let mut model =
+                backends::CompiledModel::new(&optimized.graph).map_err(|e| err(e.to_string()))?;
+            if let Some(n) = options.threads {
+                model.set_threads(n);
+            }
+            let compile_ms = ms_since(t);
+            let t = Instant::now();
+            let outputs = model.run(&bindings).map_err(|e| err(e.to_string()))?;
+            (outputs, compile_ms, ms_since(t))
+        }
+        // The PTX and its launch plan, run through the CUDA driver; `ms` is GPU time.
+        passes::TargetKind::Gpu => {
+            let e = |x: backends::BackendError| err(x.to_string());
+            let program =
+                backends::compile_gpu(&optimized.graph, options.optimize.gpu_arch).map_err(e)?;
+            let names = optimized
+                .graph
+                .outputs()
+                .iter()
+                .map(|(n, _)| n.clone())
+                .collect();
+            let model = backends::GpuModel::new(program, names).map_err(e)?;
+            let compile_ms = ms_since(t);
+            let (outputs, gpu_ms) = model.run(&bindings).map_err(e)?;
+            (outputs, compile_ms, gpu_ms)
+        }
+    };
     let mut report = RunReport {
         model: graph.name.clone(),
         seed: options.seed,

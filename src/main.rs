@@ -135,6 +135,9 @@ struct OptArgs {
     /// `scatterbrain:256,window:64` (exact band + FAVOR+ elsewhere). Repeatable.
     #[arg(long = "convert", value_name = "APPROX")]
     convert: Vec<String>,
+    /// NVIDIA architecture of GPU code (`--target gpu`): sm_80 or sm_90.
+    #[arg(long, default_value = "sm_90")]
+    arch: String,
 }
 
 impl OptArgs {
@@ -150,6 +153,9 @@ impl OptArgs {
                 .iter()
                 .map(|c| attnc::approximation(c))
                 .collect::<attnc::Result<_>>()?,
+            gpu_arch: attnc::backends::Arch::parse(&self.arch).ok_or_else(|| {
+                attnc::Error(format!("--arch {}: expected sm_80 or sm_90", self.arch))
+            })?,
         })
     }
 }
@@ -168,6 +174,8 @@ enum EmitArg {
     Obj,
     /// Graphviz DOT of the IR graph.
     Dot,
+    /// PTX for NVIDIA GPUs (`--target gpu`, `--arch sm_80|sm_90`).
+    Ptx,
 }
 
 /// One line per `--convert` approximation: what it replaced, its measured error and
@@ -244,8 +252,8 @@ fn cpu_only(options: &OptimizeOptions) -> attnc::Result<()> {
     match options.target.kind {
         attnc::passes::TargetKind::Cpu => Ok(()),
         attnc::passes::TargetKind::Gpu => Err(attnc::Error(format!(
-            "--target {} is a gpu target, which this build cannot run yet: it has the CPU \
-             backend only (the gpu cost model works with compile --emit opt-ir and inspect)",
+            "--target {} is a gpu target: `bench` times CPU code only for now (GPU code: \
+             `compile --emit ptx`, `run --target gpu`)",
             options.target.name
         ))),
     }
@@ -272,6 +280,7 @@ fn real_main(cli: Cli) -> attnc::Result<()> {
                 EmitArg::Mlir => Emit::Mlir,
                 EmitArg::Llvm => Emit::Llvm,
                 EmitArg::Dot => Emit::Dot,
+                EmitArg::Ptx => Emit::Ptx,
                 EmitArg::Obj => {
                     let (object, header) =
                         attnc::compile_object(&graph, &options).map_err(|e| in_file(&model, e))?;
@@ -325,7 +334,6 @@ fn real_main(cli: Cli) -> attnc::Result<()> {
             json,
         } => {
             let optimize = opt.options()?;
-            cpu_only(&optimize)?;
             let graph = load(&model)?;
             let tol = match tol {
                 Some(t) if t.is_nan() || t < 0.0 => {

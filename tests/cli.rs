@@ -348,9 +348,65 @@ fn check_failure_and_gpu_target_exit_non_zero() {
         ],
         &["exceeds the tolerance"],
     );
+    // Without a GPU driver, a GPU run is one clear error; with one, it runs.
+    let o = attnc(&[
+        "run",
+        "examples/gpt2.toml",
+        "--tiny",
+        "--target",
+        "gpu",
+        "--check",
+    ]);
+    if !o.status.success() {
+        let e = stderr(&o);
+        assert!(e.contains("GPU") && !e.contains("panicked"), "{e}");
+    }
     fails_with(
-        &["run", "examples/gpt2.toml", "--tiny", "--target", "gpu"],
+        &["bench", "examples/gpt2.toml", "--tiny", "--target", "gpu"],
         &["gpu"],
+    );
+}
+
+/// `--target gpu --emit ptx`: the optimized llama3-8b as PTX for both architectures,
+/// one entry per kernel, nothing left for libdevice; assembled by ptxas where the
+/// tests can find it (backends/tests/gpu_ptx.rs checks every op family that way).
+#[test]
+fn llama3_compiles_to_ptx_for_sm80_and_sm90() {
+    for arch in ["sm_80", "sm_90"] {
+        let o = attnc(&[
+            "compile",
+            "examples/llama3-8b.toml",
+            "--target",
+            "gpu",
+            "--emit",
+            "ptx",
+            "--arch",
+            arch,
+        ]);
+        let ptx = stdout(&o);
+        assert!(o.status.success(), "{arch}: {}", stderr(&o));
+        assert!(ptx.contains(&format!(".target {arch}")), "{arch}");
+        assert!(
+            ptx.contains(".entry") && !ptx.contains(".extern .func"),
+            "{arch}"
+        );
+    }
+    fails_with(
+        &["compile", "examples/gpt2.toml", "--emit", "ptx"],
+        &["--emit ptx", "GPU target"],
+    );
+    fails_with(
+        &[
+            "compile",
+            "examples/gpt2.toml",
+            "--target",
+            "gpu",
+            "--emit",
+            "ptx",
+            "--arch",
+            "sm_70",
+        ],
+        &["sm_70", "sm_80 or sm_90"],
     );
 }
 

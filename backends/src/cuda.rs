@@ -40,20 +40,21 @@ impl Driver {
         // no preconditions.
         let lib = unsafe { Library::new("libcuda.so.1").or_else(|_| Library::new("libcuda.so")) }
             .map_err(|e| {
-                no_gpu(format!(
-                    "no CUDA driver on this machine (libcuda.so.1 could not be loaded: {e}); \
+            no_gpu(format!(
+                "no CUDA driver on this machine (libcuda.so.1 could not be loaded: {e}); \
                      `--target gpu` runs need an NVIDIA GPU and its driver"
-                ))
-            })?;
+            ))
+        })?;
         let mut d = Driver {
             lib,
             device: 0,
             context: std::ptr::null_mut(),
             device_name: String::new(),
         };
-        d.call("cuInit", |f: Symbol<unsafe extern "C" fn(c_uint) -> CuResult>| unsafe {
-            f(0)
-        })?;
+        d.call(
+            "cuInit",
+            |f: Symbol<unsafe extern "C" fn(c_uint) -> CuResult>| unsafe { f(0) },
+        )?;
         let mut count: c_int = 0;
         d.call(
             "cuDeviceGetCount",
@@ -161,8 +162,8 @@ impl GpuModel {
     /// Load `program` on device 0. `outputs` are the graph's output names in order.
     pub fn new(program: GpuProgram, outputs: Vec<String>) -> Result<GpuModel> {
         let driver = Driver::open()?;
-        let ptx = CString::new(program.ptx.clone())
-            .map_err(|_| no_gpu("the PTX holds a NUL byte"))?;
+        let ptx =
+            CString::new(program.ptx.clone()).map_err(|_| no_gpu("the PTX holds a NUL byte"))?;
         let mut module: CuModule = std::ptr::null_mut();
         driver.call(
             "cuModuleLoadData",
@@ -172,13 +173,14 @@ impl GpuModel {
         )?;
         let mut functions = Vec::new();
         for k in &program.kernels {
-            let name = CString::new(k.name.clone()).map_err(|_| no_gpu("a kernel name holds NUL"))?;
+            let name =
+                CString::new(k.name.clone()).map_err(|_| no_gpu("a kernel name holds NUL"))?;
             let mut func: CuFunction = std::ptr::null_mut();
             driver.call(
                 "cuModuleGetFunction",
-                |f: Symbol<unsafe extern "C" fn(*mut CuFunction, CuModule, *const c_char) -> CuResult>| unsafe {
-                    f(&mut func, module, name.as_ptr())
-                },
+                |f: Symbol<
+                    unsafe extern "C" fn(*mut CuFunction, CuModule, *const c_char) -> CuResult,
+                >| unsafe { f(&mut func, module, name.as_ptr()) },
             )?;
             if k.shared_bytes > 48 * 1024 {
                 // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
@@ -252,10 +254,12 @@ impl GpuModel {
                 BufferRole::Param(n) => ("param", n),
                 _ => continue,
             };
-            let t = bindings.get(name).ok_or_else(|| BackendError::MissingBinding {
-                kind,
-                name: name.clone(),
-            })?;
+            let t = bindings
+                .get(name)
+                .ok_or_else(|| BackendError::MissingBinding {
+                    kind,
+                    name: name.clone(),
+                })?;
             self.upload(i, t)?;
         }
         let event = |d: &Driver| -> Result<CuEvent> {
