@@ -28,7 +28,7 @@
 //!   layout's rows carry even work (a sliding window), when they go in order and a
 //!   thread's consecutive tasks share key blocks in cache.
 
-use super::{function, strided_type, Code, KernelSet, LANES};
+use super::{exp2, function, strided_type, Code, Exp2, KernelSet, LANES};
 use attnc_ir::{
     dense_attention_block, listed_tile, Attention, BlockLayout, Dims, MaskBinOp, MaskExpr,
 };
@@ -941,64 +941,6 @@ fn softcap(c: &mut Code, x: &str, cap: f64, avx512: bool) -> String {
     let t = c.vop("arith.subf", &[&one, &r]);
     let capv = c.splat(cap as f32);
     c.vop("arith.mulf", &[&t, &capv])
-}
-
-/// What [`exp2`] may meet and use.
-struct Exp2 {
-    /// `-inf` inputs (masked scores): clamped to -127 first, giving exactly 0.
-    neg_inf: bool,
-    /// Positive inputs past 127 (softcap's `2^(2y)`).
-    positive: bool,
-    /// `vscalefps` computes `p·2^n` in one instruction, and is exact for any finite n.
-    avx512: bool,
-}
-
-/// `2^x` on 16 lanes: `2^n · p(x - n)` with `n = round(x)` and `p` the degree-6
-/// Taylor polynomial of `2^r` on `[-1/2, 1/2]` (relative error < 2e-7). Without
-/// AVX-512, `2^n` is built in the exponent field, which needs `x` in `[-127, 127]`:
-/// at -127 the field is 0, so very negative inputs give exactly 0 either way.
-fn exp2(c: &mut Code, x: &str, e: Exp2) -> String {
-    let vt = format!("vector<{LANES}xf32>");
-    let mut x = x.to_string();
-    if e.neg_inf || !e.avx512 {
-        // With `vscalefps`, 2^-200 rounds to exactly 0 (2^-127 would be a denormal:
-        // slow, and not 0).
-        let lo = c.splat(if e.avx512 { -200.0 } else { -127.0 });
-        x = c.vop("arith.maxnumf", &[&x, &lo]);
-    }
-    if e.positive || !e.avx512 {
-        let hi = c.splat(127.0);
-        x = c.vop("arith.minnumf", &[&x, &hi]);
-    }
-    let n = c.let_(format_args!("math.roundeven {x} : {vt}"));
-    let r = c.vop("arith.subf", &[&x, &n]);
-    let ln2 = std::f64::consts::LN_2;
-    let mut coef = [1.0f64; 7];
-    for k in 1..7 {
-        coef[k] = coef[k - 1] * ln2 / k as f64;
-    }
-    let mut p = c.splat(coef[6] as f32);
-    for k in (0..6).rev() {
-        let ck = c.splat(coef[k] as f32);
-        p = c.vop("vector.fma", &[&p, &r, &ck]);
-    }
-    if e.avx512 {
-        let all = c.constant(-1, "i16");
-        let rounding = c.constant(4, "i32");
-        // Operands go to `llvm.x86.avx512.mask.scalef.ps.512(a, b, passthru, k, r)`
-        // in this order: `p · 2^floor(n)` in every lane.
-        return c.let_(format_args!(
-            "x86vector.avx512.mask.scalef {p}, {n}, {p}, {all}, {rounding} : {vt}"
-        ));
-    }
-    let vi = format!("vector<{LANES}xi32>");
-    let ni = c.let_(format_args!("arith.fptosi {n} : {vt} to {vi}"));
-    let bias = c.let_(format_args!("arith.constant dense<127> : {vi}"));
-    let shift = c.let_(format_args!("arith.constant dense<23> : {vi}"));
-    let e = c.let_(format_args!("arith.addi {ni}, {bias} : {vi}"));
-    let e = c.let_(format_args!("arith.shli {e}, {shift} : {vi}"));
-    let scale = c.let_(format_args!("arith.bitcast {e} : {vi} to {vt}"));
-    c.vop("arith.mulf", &[&p, &scale])
 }
 
 /// The bias for row `q` and keys `k..k+16`, broadcast as numpy does into

@@ -446,17 +446,44 @@ impl Code {
     }
 }
 
-/// `2^x` on `LANES` lanes: `2^n · p(x - n)` with `n = round(x)` and `p` the degree-6
-/// Taylor polynomial of `2^r` on `[-1/2, 1/2]` (relative error < 2e-7); `x` is
-/// clamped to `[-200, 127]` (`[-127, 127]` without AVX-512), so very negative inputs
-/// give exactly 0 and very large ones 2^127. (The attention kernel's `exp2`, with
-/// both clamps.)
+/// `2^x` on `LANES` lanes for any input: [`exp2`] with both clamps, so very negative
+/// inputs give exactly 0 and very large ones 2^127.
 pub(crate) fn vector_exp2(c: &mut Code, x: &str, avx512: bool) -> String {
+    let e = Exp2 {
+        neg_inf: true,
+        positive: true,
+        avx512,
+    };
+    exp2(c, x, e)
+}
+
+/// What [`exp2`] may meet and use.
+pub(crate) struct Exp2 {
+    /// `-inf` inputs (masked scores): clamped to -127 first, giving exactly 0.
+    pub neg_inf: bool,
+    /// Positive inputs past 127 (softcap's `2^(2y)`).
+    pub positive: bool,
+    /// `vscalefps` computes `p·2^n` in one instruction, and is exact for any finite n.
+    pub avx512: bool,
+}
+
+/// `2^x` on 16 lanes: `2^n · p(x - n)` with `n = round(x)` and `p` the degree-6
+/// Taylor polynomial of `2^r` on `[-1/2, 1/2]` (relative error < 2e-7). Without
+/// AVX-512, `2^n` is built in the exponent field, which needs `x` in `[-127, 127]`:
+/// at -127 the field is 0, so very negative inputs give exactly 0 either way.
+pub(crate) fn exp2(c: &mut Code, x: &str, e: Exp2) -> String {
     let vt = format!("vector<{LANES}xf32>");
-    let lo = c.splat(if avx512 { -200.0 } else { -127.0 });
-    let hi = c.splat(127.0);
-    let x = c.vop("arith.maxnumf", &[x, &lo]);
-    let x = c.vop("arith.minnumf", &[&x, &hi]);
+    let mut x = x.to_string();
+    if e.neg_inf || !e.avx512 {
+        // With `vscalefps`, 2^-200 rounds to exactly 0 (2^-127 would be a denormal:
+        // slow, and not 0).
+        let lo = c.splat(if e.avx512 { -200.0 } else { -127.0 });
+        x = c.vop("arith.maxnumf", &[&x, &lo]);
+    }
+    if e.positive || !e.avx512 {
+        let hi = c.splat(127.0);
+        x = c.vop("arith.minnumf", &[&x, &hi]);
+    }
     let n = c.let_(format_args!("math.roundeven {x} : {vt}"));
     let r = c.vop("arith.subf", &[&x, &n]);
     let ln2 = std::f64::consts::LN_2;
@@ -469,9 +496,11 @@ pub(crate) fn vector_exp2(c: &mut Code, x: &str, avx512: bool) -> String {
         let ck = c.splat(coef[k] as f32);
         p = c.vop("vector.fma", &[&p, &r, &ck]);
     }
-    if avx512 {
+    if e.avx512 {
         let all = c.constant(-1, "i16");
         let rounding = c.constant(4, "i32");
+        // Operands go to `llvm.x86.avx512.mask.scalef.ps.512(a, b, passthru, k, r)`
+        // in this order: `p · 2^floor(n)` in every lane.
         return c.let_(format_args!(
             "x86vector.avx512.mask.scalef {p}, {n}, {p}, {all}, {rounding} : {vt}"
         ));
