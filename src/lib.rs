@@ -247,10 +247,116 @@ pub struct InspectReport {
     /// `--convert`: the error and speedup of each approximation.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub approximations: Vec<ApproximationReport>,
+    /// `--target gpu`: the compiled kernels and their launch plan.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<GpuReport>,
+}
+
+/// What the GPU backend made of the optimized graph: its kernels with `ptxas -v`'s
+/// register and shared-memory use, and the size of its launch plan.
+#[derive(Clone, Debug, Serialize)]
+pub struct GpuReport {
+    pub arch: String,
+    pub launches: usize,
+    pub buffers: usize,
+    /// Device memory the plan allocates (inputs, params, outputs, temporaries).
+    pub device_bytes: u64,
+    /// Run-time checks (status flags) of the plan.
+    pub checks: usize,
+    /// PTX size, bytes.
+    pub ptx_bytes: usize,
+    /// The `ptxas` that assembled the PTX, or why there was none (then the kernels'
+    /// `registers`, `spill_bytes` and `static_shared_bytes` are null).
+    pub ptxas: String,
+    pub kernels: Vec<GpuKernelReport>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct GpuKernelReport {
+    pub name: String,
+    /// The IR op it computes.
+    pub op: String,
+    pub block: [u32; 3],
+    /// Dynamic shared memory per block, bytes (what the launches request).
+    pub shared_bytes: u32,
+    pub launches: usize,
+    /// The layers that launch it, in order.
+    pub layers: Vec<String>,
+    pub registers: Option<u32>,
+    pub spill_bytes: Option<u32>,
+    pub static_shared_bytes: Option<u32>,
+}
+
+/// Compile the optimized `graph` for the GPU and assemble it with `ptxas -v` when
+/// one is found: the report `inspect --target gpu` prints.
+pub fn gpu_report(graph: &Graph, arch: backends::Arch) -> Result<GpuReport> {
+    let program = backends::compile_gpu(graph, arch).map_err(|e| err(e.to_string()))?;
+    let (ptxas, assembled) = match backends::gpu::ptxas(&program.ptx, arch, true) {
+        None => (
+            "not found (set ATTNC_PTXAS, put ptxas on PATH or pip install \
+             nvidia-cuda-nvcc-cu12)"
+                .to_string(),
+            Vec::new(),
+        ),
+        Some(r) => {
+            let r = r.map_err(|e| err(format!("the PTX for {}: {e}", arch.name())))?;
+            let exe = backends::gpu::find_ptxas().unwrap_or_default();
+            (exe.display().to_string(), r.kernels)
+        }
+    };
+    let kernels = (program.kernels.iter().enumerate())
+        .map(|(i, k)| {
+            let mut layers: Vec<String> = Vec::new();
+            let mut launches = 0;
+            for l in program.launches.iter().filter(|l| l.kernel == i) {
+                launches += 1;
+                let layer = l.layer.clone().unwrap_or_else(|| "-".into());
+                if !layers.contains(&layer) {
+                    layers.push(layer);
+                }
+            }
+            let asm = assembled.iter().find(|r| r.name == k.name);
+            GpuKernelReport {
+                name: k.name.clone(),
+                op: k.op.clone(),
+                block: k.block,
+                shared_bytes: k.shared_bytes,
+                launches,
+                layers,
+                registers: asm.map(|r| r.registers),
+                spill_bytes: asm.map(|r| r.spill_bytes()),
+                static_shared_bytes: asm.map(|r| r.shared_bytes),
+            }
+        })
+        .collect();
+    Ok(GpuReport {
+        arch: arch.name().into(),
+        launches: program.launches.len(),
+        buffers: program.buffers.len(),
+        device_bytes: program.device_bytes(),
+        checks: program.checks.len(),
+        ptx_bytes: program.ptx.len(),
+        ptxas,
+        kernels,
+    })
+}
+
+/// The GPU launch plan of the optimized `graph` as text (kernel signatures, buffers,
+/// launches, checks; no PTX): what the GPU snapshot tests record.
+pub fn gpu_plan(graph: &Graph, options: &OptimizeOptions) -> Result<String> {
+    let opt = optimize(graph, options)?;
+    let program =
+        backends::plan_gpu(&opt.graph, options.gpu_arch).map_err(|e| err(e.to_string()))?;
+    Ok(program.summary())
 }
 
 pub fn inspect(graph: &Graph, options: &OptimizeOptions) -> Result<InspectReport> {
-    let r = optimize(graph, options)?.report;
+    let optimized = optimize(graph, options)?;
+    let gpu = match options.target.kind {
+        passes::TargetKind::Gpu => Some(gpu_report(&optimized.graph, options.gpu_arch)?),
+        _ => None,
+    };
+    let r = optimized.report;
     let params = graph.params();
     let sum =
         |f: fn(&passes::LayerReport) -> u64| r.layers.iter().map(f).fold(0, u64::saturating_add);
@@ -268,6 +374,7 @@ pub fn inspect(graph: &Graph, options: &OptimizeOptions) -> Result<InspectReport
         bytes_after: sum(|l| l.bytes_after),
         optimizer: r,
         approximations: approximation_reports(graph, options, 0)?,
+        gpu,
     })
 }
 

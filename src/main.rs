@@ -491,6 +491,47 @@ fn inspect_text(report: &attnc::InspectReport) -> String {
             s += &format!("  rules:  {}\n", l.rules.join(", "));
         }
     }
+    if let Some(g) = &m.gpu {
+        s += &gpu_text(g);
+    }
+    s
+}
+
+fn gpu_text(g: &attnc::GpuReport) -> String {
+    let mut s = format!(
+        "gpu {}: {} kernels, {} launches, {} buffers ({}B device memory), {} run-time checks, {}B of PTX\n  ptxas: {}\n",
+        g.arch,
+        g.kernels.len(),
+        g.launches,
+        g.buffers,
+        human(g.device_bytes as f64),
+        g.checks,
+        human(g.ptx_bytes as f64),
+        g.ptxas
+    );
+    s += &format!(
+        "  {:<24} {:<22} {:>11} {:>7} {:>5} {:>6} {:>8}  layers\n",
+        "kernel", "op", "block", "smem", "regs", "spill", "launches"
+    );
+    let opt = |v: Option<u32>| v.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+    for k in &g.kernels {
+        let [x, y, z] = k.block;
+        let layers = match k.layers.as_slice() {
+            [] => String::new(),
+            [one] => one.clone(),
+            [first, .., last] => format!("{first} .. {last} ({})", k.layers.len()),
+        };
+        s += &format!(
+            "  {:<24} {:<22} {:>11} {:>7} {:>5} {:>6} {:>8}  {layers}\n",
+            k.name,
+            k.op,
+            format!("{x}x{y}x{z}"),
+            k.shared_bytes,
+            opt(k.registers),
+            opt(k.spill_bytes),
+            k.launches,
+        );
+    }
     s
 }
 

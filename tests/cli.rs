@@ -411,6 +411,53 @@ fn llama3_compiles_to_ptx_for_sm80_and_sm90() {
 }
 
 #[test]
+fn inspect_reports_gpu_kernels_with_ptxas_usage() {
+    let o = attnc(&[
+        "inspect",
+        "examples/mixtral-8x7b.toml",
+        "--target",
+        "gpu",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let g = &v["gpu"];
+    assert_eq!(g["arch"], "sm_90");
+    assert!(g["launches"].as_u64().unwrap() > 32 * 10, "{g}");
+    // The embedding's index check and one bound check per mixture layer.
+    assert_eq!(g["checks"].as_u64(), Some(33), "{g}");
+    let kernels = g["kernels"].as_array().unwrap();
+    let op = |name: &str| {
+        kernels
+            .iter()
+            .find(|k| k["op"].as_str().unwrap().contains(name))
+            .unwrap_or_else(|| panic!("no {name} kernel in {g}"))
+    };
+    let attention = op("attention");
+    assert_eq!(attention["launches"].as_u64(), Some(32));
+    assert!(attention["shared_bytes"].as_u64().unwrap() > 0);
+    op("moe_up");
+    let assembled = attnc::backends::gpu::find_ptxas().is_some();
+    for k in kernels {
+        assert_eq!(k["registers"].is_u64(), assembled, "{k}");
+        if assembled {
+            let regs = k["registers"].as_u64().unwrap();
+            assert!((1..=255).contains(&regs), "{k}");
+        }
+    }
+    // Without --target gpu there is no GPU section.
+    let o = attnc(&["inspect", "examples/gpt2.toml", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(v.get("gpu").is_none());
+    let o = attnc(&["inspect", "examples/gpt2.toml", "--target", "gpu"]);
+    let text = stdout(&o);
+    assert!(
+        text.contains("gpu sm_90:") && text.contains("regs"),
+        "{text}"
+    );
+}
+
+#[test]
 fn bench_times_optimized_against_original_per_layer_and_model() {
     let r = run_json(&[
         "bench",

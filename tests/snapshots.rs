@@ -325,3 +325,53 @@ example_snapshots! {
     switch_transformer => "switch-transformer", 2, [moe];
     qwen2_moe => "qwen2-moe", 2, [moe];
 }
+
+/// The GPU launch plan of every example (`--target gpu`, sm_90): kernel signatures,
+/// buffers, launches and run-time checks, not the PTX (the PTX tests assemble that).
+/// Two layers at full size (one period of a hybrid's pattern), optimized with the
+/// H200's cost model as `compile --target gpu` does.
+macro_rules! gpu_snapshots {
+    ($($test:ident => $example:literal, $layers:literal;)*) => {
+        mod gpu_plan {
+            use super::*;
+            $(
+                #[test]
+                fn $test() {
+                    let g = load($example, &[concat!("layers=", $layers)]);
+                    let options = OptimizeOptions {
+                        target: attnc::target("gpu").unwrap(),
+                        ..OptimizeOptions::default()
+                    };
+                    insta::assert_snapshot!(attnc::gpu_plan(&g, &options).unwrap());
+                }
+            )*
+        }
+    };
+}
+
+gpu_snapshots! {
+    axial_transformer => "axial-transformer", 2;
+    bigbird => "bigbird", 2;
+    deepseek_v2_lite => "deepseek-v2-lite", 2;
+    gla => "gla", 2;
+    gpt2 => "gpt2", 2;
+    jamba => "jamba", 8;
+    linear_transformer => "linear-transformer", 2;
+    linformer => "linformer", 2;
+    llama3_8b => "llama3-8b", 2;
+    longformer => "longformer", 2;
+    mamba2 => "mamba2", 2;
+    minimax_01 => "minimax-01", 8;
+    mistral_7b => "mistral-7b", 2;
+    mixtral_8x7b => "mixtral-8x7b", 2;
+    moba => "moba", 2;
+    performer => "performer", 2;
+    qwen2_moe => "qwen2-moe", 2;
+    reformer => "reformer", 2;
+    retnet => "retnet", 2;
+    routing_transformer => "routing-transformer", 2;
+    samba => "samba", 2;
+    sparse_transformer => "sparse-transformer", 2;
+    streaming_llm => "streaming-llm", 2;
+    switch_transformer => "switch-transformer", 2;
+}

@@ -262,6 +262,17 @@ impl GpuModel {
                 })?;
             self.upload(i, t)?;
         }
+        // Status flags start at 0 each run.
+        for c in &self.program.checks {
+            let zero = [0u8; 4];
+            let dst = self.buffers[c.buffer];
+            self.driver.call(
+                "cuMemcpyHtoD_v2",
+                |f: Symbol<unsafe extern "C" fn(CuDevicePtr, *const c_void, usize) -> CuResult>| unsafe {
+                    f(dst, zero.as_ptr() as *const c_void, zero.len())
+                },
+            )?;
+        }
         let event = |d: &Driver| -> Result<CuEvent> {
             let mut e: CuEvent = std::ptr::null_mut();
             d.call(
@@ -358,6 +369,24 @@ impl GpuModel {
                 "cuEventDestroy_v2",
                 |f: Symbol<unsafe extern "C" fn(CuEvent) -> CuResult>| unsafe { f(e) },
             )?;
+        }
+        for c in &self.program.checks {
+            let mut flag = [0u8; 4];
+            let src = self.buffers[c.buffer];
+            self.driver.call(
+                "cuMemcpyDtoH_v2",
+                |f: Symbol<unsafe extern "C" fn(*mut c_void, CuDevicePtr, usize) -> CuResult>| unsafe {
+                    f(flag.as_mut_ptr() as *mut c_void, src, flag.len())
+                },
+            )?;
+            if flag != [0; 4] {
+                return Err(BackendError::Runtime {
+                    op: c.op.clone(),
+                    layer: c.layer.clone(),
+                    node: c.node,
+                    message: c.message.to_string(),
+                });
+            }
         }
         let mut outputs = Vec::new();
         for name in &self.outputs {

@@ -51,5 +51,5 @@ pub const OPENMP_RUNTIME: &str = "/usr/lib/llvm-22/lib/libomp.so";
 pub use cpu::{emit_llvm_ir, emit_mlir, emit_object, CompiledModel, Prepared, CPU_PIPELINE};
 pub use cuda::GpuModel;
 pub use error::{BackendError, Result};
-pub use gpu::{compile_gpu, emit_gpu_mlir, Arch, GpuProgram};
+pub use gpu::{compile_gpu, emit_gpu_mlir, plan_gpu, Arch, GpuProgram};
 pub use host::{tensor_from_bytes, tensor_to_bytes};

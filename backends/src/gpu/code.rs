@@ -357,6 +357,19 @@ impl W {
         self.close("}");
     }
 
+    /// Set the status flag `flag` (an [`Args::flag`] parameter) when `bad`: a failed
+    /// run-time check. Threads that find it write the same 1, so the race is benign.
+    ///
+    /// [`Args::flag`]: super::module::Args::flag
+    pub fn raise(&mut self, flag: &str, bad: &str) {
+        let flag = flag.to_string();
+        self.if_(bad, |w| {
+            let one = w.i32(1);
+            let zero = w.idx(0);
+            w.store(&one, &flag, "memref<1xi32>", &[&zero]);
+        });
+    }
+
     /// `scf.if cond -> (types) { then } else { other }`, written in the open:
     /// `if_begin`, the then-branch, `if_else` with its values, the
     /// else-branch, `if_end` with its values (returns the results).

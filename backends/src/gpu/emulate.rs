@@ -1048,12 +1048,12 @@ impl Thread<'_> {
 
 /// Run every launch of `program` (kernels from `module`) on `inputs`: the bytes of
 /// each input and param buffer by name. Returns the bytes of every output buffer by
-/// name.
+/// name, and the indices of the checks ([`GpuProgram::checks`]) that failed.
 pub(crate) fn run(
     program: &GpuProgram,
     module: &Module,
     inputs: &HashMap<String, Vec<u8>>,
-) -> HashMap<String, Vec<u8>> {
+) -> (HashMap<String, Vec<u8>>, Vec<usize>) {
     let buffers: Vec<Arc<Mutex<Vec<u8>>>> = program
         .buffers
         .iter()
@@ -1063,6 +1063,7 @@ pub(crate) fn run(
                     .get(n)
                     .cloned()
                     .unwrap_or_else(|| panic!("emulator: no binding for {n}")),
+                BufferRole::Status => vec![0; b.bytes() as usize],
                 // Poison: kernels must write what they read.
                 _ => vec![0xFF; b.bytes() as usize],
             };
@@ -1086,18 +1087,21 @@ pub(crate) fn run(
             .collect();
         launch(module, f, k.block, k.shared_bytes as usize, l.grid, &params);
     }
-    program
+    let bytes = |i: usize| buffers[i].lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let outputs = program
         .buffers
         .iter()
         .enumerate()
         .filter_map(|(i, b)| match &b.role {
-            BufferRole::Output(n) => Some((
-                n.clone(),
-                buffers[i].lock().unwrap_or_else(|e| e.into_inner()).clone(),
-            )),
+            BufferRole::Output(n) => Some((n.clone(), bytes(i))),
             _ => None,
         })
-        .collect()
+        .collect();
+    let failed = (program.checks.iter().enumerate())
+        .filter(|(_, c)| bytes(c.buffer).iter().any(|&b| b != 0))
+        .map(|(i, _)| i)
+        .collect();
+    (outputs, failed)
 }
 
 fn run_thread<'a>(
@@ -1243,7 +1247,12 @@ mod tests {
             .iter()
             .map(|(n, t)| (n.clone(), crate::host::tensor_to_bytes(t)))
             .collect();
-        let got = run(&planned.program, &module, &inputs);
+        let (got, failed) = run(&planned.program, &module, &inputs);
+        let failed: Vec<_> = failed.iter().map(|&i| &planned.program.checks[i]).collect();
+        assert!(
+            failed.is_empty(),
+            "checks failed on valid inputs: {failed:?}"
+        );
         let want =
             eval(g, bindings, Precision::F64).unwrap_or_else(|e| panic!("interpreting: {e}"));
         for ((name, id), w) in g.outputs().iter().zip(&want) {
@@ -1851,6 +1860,112 @@ mod tests {
         bind.insert("gate".into(), Tensor::new(DType::F32, vec![t, e], gate));
         bind.insert("gate_e".into(), Tensor::new(DType::F32, vec![t, e], gate_e));
         check_with(&g, &bind);
+    }
+
+    /// The `(op, message)` of every check that fails when `g` runs on `bindings`.
+    fn failed_checks(g: &Graph, bindings: &Bindings) -> Vec<(String, &'static str)> {
+        let planned = plan(g, Arch::Sm90, &GpuOptions::default()).unwrap();
+        check_plan(&planned.program).unwrap_or_else(|e| panic!("plan: {e}"));
+        let module = Module::parse(&planned.module);
+        let inputs = bindings
+            .iter()
+            .map(|(n, t)| (n.clone(), crate::host::tensor_to_bytes(t)))
+            .collect();
+        let (_, failed) = run(&planned.program, &module, &inputs);
+        let checks = &planned.program.checks;
+        failed
+            .iter()
+            .map(|&i| (checks[i].op.clone(), checks[i].message))
+            .collect()
+    }
+
+    #[test]
+    fn run_time_checks_set_their_flags() {
+        let (t, d, e, h) = (9usize, 4usize, 4usize, 6usize);
+        let g = graph(|b| {
+            let u = |x: usize| x as u64;
+            let table = b.param("table", shape(&[5, 3]), DType::F32)?;
+            let ids = b.input("ids", shape(&[4]), DType::I64)?;
+            let emb = b.op(Op::Embedding, &[table, ids])?;
+            let data = b.input("data", shape(&[2, 6]), DType::F32)?;
+            let idx = b.input("idx", shape(&[3]), DType::I32)?;
+            let gathered = b.op(Op::Gather { axis: 1 }, &[data, idx])?;
+            let num = b.input("num", shape(&[5]), DType::I64)?;
+            let den = b.input("den", shape(&[5]), DType::I64)?;
+            let quot = b.op(Op::Binary(BinaryOp::Div), &[num, den])?;
+            let sidx = b.input("sidx", shape(&[2]), DType::I64)?;
+            let upd = b.input("upd", shape(&[2, 2]), DType::F32)?;
+            let scattered = b.op(Op::ScatterAdd { axis: 1 }, &[data, sidx, upd])?;
+            let x = b.input("x", shape(&[u(t), u(d)]), DType::F32)?;
+            let gate = b.input("gate", shape(&[u(t), u(e)]), DType::F32)?;
+            let wu = b.param("w_up", shape(&[u(e), u(d), u(h)]), DType::F32)?;
+            let wd = b.param("w_down", shape(&[u(e), u(h), u(d)]), DType::F32)?;
+            let moe = |choice, k| MoeDispatch {
+                activation: UnaryOp::Relu,
+                gated: false,
+                choice,
+                k,
+                shared: MoeShared::None,
+            };
+            let by_token = b.op(
+                Op::MoeDispatch(moe(MoeChoice::Token, 1)),
+                &[x, gate, wu, wd],
+            )?;
+            let by_expert = b.op(
+                Op::MoeDispatch(moe(MoeChoice::Expert, 3)),
+                &[x, gate, wu, wd],
+            )?;
+            Ok(vec![emb, gathered, quot, scattered, by_token, by_expert])
+        });
+        let mut good = attnc_ir::random_bindings(&g, 5);
+        let ints = |v: &[f64]| Tensor::new(DType::I64, vec![v.len()], v.to_vec());
+        good.insert("ids".into(), ints(&[0.0, 4.0, 2.0, 1.0]));
+        good.insert(
+            "idx".into(),
+            Tensor::new(DType::I32, vec![3], vec![5.0, 0.0, 3.0]),
+        );
+        good.insert("num".into(), ints(&[7.0, -7.0, 0.0, 9.0, 1.0]));
+        good.insert("den".into(), ints(&[2.0, 3.0, 5.0, -1.0, 1.0]));
+        good.insert("sidx".into(), ints(&[1.0, 5.0]));
+        // One expert per token, expert `tok % 3`: at most 3 tokens per expert.
+        let mut gate = vec![0.0; t * e];
+        for tok in 0..t {
+            gate[tok * e + tok % 3] = 0.5;
+        }
+        good.insert(
+            "gate".into(),
+            Tensor::new(DType::F32, vec![t, e], gate.clone()),
+        );
+        check_with(&g, &good);
+        assert_eq!(failed_checks(&g, &good), vec![]);
+
+        let mut bad = good.clone();
+        bad.insert("ids".into(), ints(&[0.0, 5.0, 2.0, 1.0]));
+        bad.insert(
+            "idx".into(),
+            Tensor::new(DType::I32, vec![3], vec![5.0, -1.0, 3.0]),
+        );
+        bad.insert("den".into(), ints(&[2.0, 3.0, 0.0, -1.0, 1.0]));
+        bad.insert("sidx".into(), ints(&[6.0, 0.0]));
+        // Token 0 gets a second expert; expert 0 a fourth token.
+        gate[1] = 0.25;
+        gate[8 * e] = 0.5;
+        bad.insert("gate".into(), Tensor::new(DType::F32, vec![t, e], gate));
+        let mut failed = failed_checks(&g, &bad);
+        failed.sort();
+        let index = super::super::ew::INDEX_OUT_OF_RANGE;
+        let mut want = vec![
+            ("div".to_string(), super::super::ew::DIVISION_BY_ZERO),
+            ("embedding".to_string(), index),
+            ("gather".to_string(), index),
+            ("scatter_add".to_string(), index),
+            ("moe_dispatch".to_string(), super::super::moe::TOKEN_BOUND),
+            ("moe_dispatch".to_string(), super::super::moe::EXPERT_BOUND),
+        ];
+        want.sort();
+        assert_eq!(failed, want);
+        // The interpreter agrees that each is an error.
+        assert!(eval(&g, &bad, Precision::F64).is_err());
     }
 
     #[test]

@@ -116,6 +116,10 @@ impl Pos {
     }
 }
 
+/// The messages of the run-time checks, as the CPU backend words them.
+pub(crate) const INDEX_OUT_OF_RANGE: &str = "an index is out of range";
+pub(crate) const DIVISION_BY_ZERO: &str = "integer division by zero";
+
 /// What an elementwise expression can read: the buffers of materialized nodes.
 pub(crate) struct Ew<'a> {
     pub graph: &'a Graph,
@@ -219,7 +223,13 @@ impl Ew<'_> {
                         BinaryOp::Mul => w.let_(format_args!("arith.muli {x}, {y} : {ty}")),
                         BinaryOp::Max => w.let_(format_args!("arith.maxsi {x}, {y} : {ty}")),
                         BinaryOp::Min => w.let_(format_args!("arith.minsi {x}, {y} : {ty}")),
-                        BinaryOp::Div => math::int_div(w, &x, &y, ty),
+                        BinaryOp::Div => {
+                            let flag = self.args.flag(Some(id.index()), DIVISION_BY_ZERO);
+                            let zero = w.constant(0, ty);
+                            let by_zero = w.let_(format_args!("arith.cmpi eq, {y}, {zero} : {ty}"));
+                            w.raise(&flag, &by_zero);
+                            math::int_div(w, &x, &y, ty)
+                        }
                         BinaryOp::Pow => {
                             return Err(unlowerable(
                                 graph,
@@ -279,7 +289,7 @@ impl Ew<'_> {
                 let coords = pos.coords(w);
                 let icoords = coords[*axis..*axis + isz.len()].to_vec();
                 let ipos = Pos::at(&isz, icoords);
-                let index = self.index(w, ops[1], &ipos, data[*axis])?;
+                let index = self.index(w, id, ops[1], &ipos, data[*axis])?;
                 let mut dc: Vec<String> = coords[..*axis].to_vec();
                 dc.push(index);
                 dc.extend(coords[*axis + isz.len()..].iter().cloned());
@@ -291,7 +301,7 @@ impl Ew<'_> {
                 let coords = pos.coords(w);
                 let r = coords.len();
                 let ipos = Pos::at(&isz, coords[..r - 1].to_vec());
-                let row = self.index(w, ops[1], &ipos, table[0])?;
+                let row = self.index(w, id, ops[1], &ipos, table[0])?;
                 let tc = vec![row, coords[r - 1].clone()];
                 self.eval(w, ops[0], &Pos::at(&table, tc))?
             }
@@ -342,8 +352,16 @@ impl Ew<'_> {
         self.eval(w, id, &inner)
     }
 
-    /// An index value of `indices` at `pos`, clamped into `[0, n)`, as an `index`.
-    fn index(&mut self, w: &mut W, indices: NodeId, pos: &Pos, n: usize) -> Result<String> {
+    /// An index value of `indices` at `pos`, clamped into `[0, n)`, as an `index`;
+    /// one that needed clamping fails `reader`'s run-time check.
+    fn index(
+        &mut self,
+        w: &mut W,
+        reader: NodeId,
+        indices: NodeId,
+        pos: &Pos,
+        n: usize,
+    ) -> Result<String> {
         let dt = self.dtype(indices);
         let v = self.eval(w, indices, pos)?;
         let v = if dt == DType::I32 {
@@ -353,6 +371,11 @@ impl Ew<'_> {
         };
         let zero = w.i64(0);
         let last = w.i64(n.saturating_sub(1) as i64);
+        let flag = self.args.flag(Some(reader.index()), INDEX_OUT_OF_RANGE);
+        let below = w.let_(format_args!("arith.cmpi slt, {v}, {zero} : i64"));
+        let above = w.let_(format_args!("arith.cmpi sgt, {v}, {last} : i64"));
+        let bad = w.or(&below, &above);
+        w.raise(&flag, &bad);
         let v = w.let_(format_args!("arith.maxsi {v}, {zero} : i64"));
         let v = w.let_(format_args!("arith.minsi {v}, {last} : i64"));
         Ok(w.index_cast(&v, "i64", "index"))

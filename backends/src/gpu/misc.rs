@@ -189,7 +189,7 @@ pub(crate) fn scan(
 
 /// `out[o, idx[j], r] += upd[o, j, r]` for `j` in order, `out` already holding `data`
 /// (`[outer, n, inner]`, `m` indices): one thread per `(o, r)` line. An index outside
-/// `[0, n)` adds nothing (the interpreter reports it as an error).
+/// `[0, n)` adds nothing and fails the run-time check (the interpreter's error).
 pub(crate) fn scatter_add(
     indices: (usize, DType, usize),
     updates: usize,
@@ -202,6 +202,7 @@ pub(crate) fn scatter_add(
     let ip = args.get(indices.0, indices.1, m);
     let up = args.get(updates, dt, outer * m * inner);
     let op = args.output(out.0, dt, outer * n * inner);
+    let flag = args.flag(None, super::ew::INDEX_OUT_OF_RANGE);
     let lines = outer * inner;
     let mut w = W::new();
     w.grid_stride(lines, BLOCK, |w, line| {
@@ -220,6 +221,8 @@ pub(crate) fn scatter_add(
             let lo = w.let_(format_args!("arith.cmpi sge, {i}, {zero} : i64"));
             let hi = w.let_(format_args!("arith.cmpi slt, {i}, {nv} : i64"));
             let ok = w.and(&lo, &hi);
+            let bad = w.not(&ok);
+            w.raise(&flag, &bad);
             let (up, op) = (up.clone(), op.clone());
             let (o, r) = (o.clone(), r.clone());
             w.if_(&ok, |w| {

@@ -68,6 +68,10 @@ pub(crate) struct Args {
     pub list: Vec<(usize, DType, usize)>,
     /// The plan buffers the kernel writes.
     pub writes: Vec<usize>,
+    /// Run-time checks the kernel makes: `(parameter, node, message)`, the node
+    /// checked (`None`: the one the launch computes). The plan gives each parameter
+    /// the check's status buffer when it launches the kernel.
+    pub flags: Vec<(usize, Option<usize>, &'static str)>,
 }
 
 impl Args {
@@ -86,6 +90,21 @@ impl Args {
             self.writes.push(buf);
         }
         self.get(buf, dtype, n)
+    }
+
+    /// The status flag parameter (`memref<1xi32>`) of a run-time check of `node`
+    /// (`None`: the node the launch computes); set it with [`W::raise`].
+    ///
+    /// [`W::raise`]: super::code::W::raise
+    pub fn flag(&mut self, node: Option<usize>, message: &'static str) -> String {
+        if let Some(&(i, _, _)) = self.flags.iter().find(|f| f.1 == node && f.2 == message) {
+            return format!("%a{i}");
+        }
+        // A placeholder buffer until the plan assigns the status buffer.
+        self.list.push((usize::MAX, DType::I32, 1));
+        let i = self.list.len() - 1;
+        self.flags.push((i, node, message));
+        format!("%a{i}")
     }
 
     pub fn buffers(&self) -> Vec<usize> {

@@ -20,8 +20,10 @@
 //!    order (the interpreter's order), adds `s·shared(x)`, rounds once.
 //!
 //! `hidden` and `y` have room for the op's bound on pairs ([`MoeDispatch::max_pairs`]);
-//! a gate with more non-zeros than the bound allows (an error in the interpreter; the
-//! GPU plan has no status flags) gets its pairs past the room dropped.
+//! a gate with more non-zeros than the bound allows (an error in the interpreter)
+//! gets its pairs past the room dropped and fails the run-time check: a token with
+//! more than `k` experts (counted in `moe_combine`), an expert with more than `k`
+//! tokens (in `moe_offsets`).
 
 use super::code::W;
 use super::ew::{launch_grid, BLOCK};
@@ -77,7 +79,12 @@ pub(crate) fn moe(
     let y = temp(DType::F32, vec![pairs, d]);
     let mut steps = vec![
         route(gate.0, dt, (t, e), rows, slot, counts),
-        offsets_kernel(counts, offsets, e),
+        offsets_kernel(
+            counts,
+            offsets,
+            e,
+            (m.choice == MoeChoice::Expert).then_some(m.k),
+        ),
     ];
     let grouped = Grouped {
         t,
@@ -138,7 +145,8 @@ pub(crate) fn moe(
     } else {
         None
     };
-    steps.push(combine(&grouped, slot, y, shared, dt, o.out));
+    let token_bound = (m.choice == MoeChoice::Token).then_some(m.k);
+    steps.push(combine(&grouped, slot, y, shared, dt, o.out, token_bound));
     Ok(steps)
 }
 
@@ -274,10 +282,18 @@ fn route(
     )
 }
 
-fn offsets_kernel(counts: usize, offsets: usize, e: usize) -> Step {
+/// The messages of the bound checks, as the CPU backend words them.
+pub(crate) const TOKEN_BOUND: &str =
+    "a gate row has more non-zeros than the k experts a token may choose";
+pub(crate) const EXPERT_BOUND: &str =
+    "a gate column has more non-zeros than the k tokens an expert may choose";
+
+/// `offsets` from `counts`; with `expert_bound`, a count above it fails the check.
+fn offsets_kernel(counts: usize, offsets: usize, e: usize, expert_bound: Option<u64>) -> Step {
     let mut args = Args::default();
     let cp = args.get(counts, DType::I32, e);
     let op = args.output(offsets, DType::I32, e + 1);
+    let flag = expert_bound.map(|k| (args.flag(None, EXPERT_BOUND), k.min(i32::MAX as u64)));
     let (ct, ot) = (math::memref(DType::I32, e), math::memref(DType::I32, e + 1));
     let mut w = W::new();
     let tid = w.thread_id("x");
@@ -293,6 +309,11 @@ fn offsets_kernel(counts: usize, offsets: usize, e: usize) -> Step {
             &[(z.clone(), "i32".into())],
             |w, i, acc| {
                 let c = w.load(&cp, &ct, &[i]);
+                if let Some((flag, k)) = &flag {
+                    let kv = w.i32(*k as i64);
+                    let over = w.let_(format_args!("arith.cmpi sgt, {c}, {kv} : i32"));
+                    w.raise(flag, &over);
+                }
                 let s = w.let_(format_args!("arith.addi {}, {c} : i32", acc[0]));
                 let next = w.add_c(i, 1);
                 w.store(&s, &op, &ot, &[&next]);
@@ -526,6 +547,7 @@ fn combine(
     shared: Option<(usize, Option<usize>)>,
     dt: DType,
     out: usize,
+    token_bound: Option<u64>,
 ) -> Step {
     let (t, d, e, pairs) = (g.t, g.d, g.e, g.pairs);
     let mut args = Args::default();
@@ -539,6 +561,7 @@ fn combine(
         )
     });
     let outp = args.output(out, dt, t * d);
+    let flag = token_bound.map(|k| (args.flag(None, TOKEN_BOUND), k.min(i32::MAX as u64)));
     let (st, ot) = (
         math::memref(DType::I32, t * e),
         math::memref(DType::I32, e + 1),
@@ -548,10 +571,11 @@ fn combine(
         let tok = w.div_c(i, d);
         let col = w.rem_c(i, d);
         let zero = w.f32(0.0);
+        let chosen0 = w.i32(0);
         let (lb, ub, one) = (w.idx(0), w.idx(e), w.idx(1));
         let acc = w.for_(
             (&lb, &ub, &one),
-            &[(zero.clone(), "f32".into())],
+            &[(zero.clone(), "f32".into()), (chosen0, "i32".into())],
             |w, ex, acc| {
                 let at = w.mad_c(ex, &tok, e);
                 let s = w.load(&sp, &st, &[&at]);
@@ -568,9 +592,18 @@ fn combine(
                 let yat = w.mad_c(&col, &p, d);
                 let v = math::load(w, &yp, DType::F32, pairs * d, &yat);
                 let sum = math::fadd(w, &acc[0], &v);
-                vec![math::fselect(w, &ok, &sum, &acc[0])]
+                let one32 = w.i32(1);
+                let more = w.let_(format_args!("arith.addi {}, {one32} : i32", acc[1]));
+                let chosen = w.select(&sel, &more, &acc[1], "i32");
+                vec![math::fselect(w, &ok, &sum, &acc[0]), chosen]
             },
         );
+        if let Some((flag, k)) = &flag {
+            // The token's experts, counted by every thread of its row.
+            let kv = w.i32(*k as i64);
+            let over = w.let_(format_args!("arith.cmpi sgt, {}, {kv} : i32", acc[1]));
+            w.raise(flag, &over);
+        }
         let mut v = acc[0].clone();
         if let Some((ys, scale)) = &shared {
             let sv = math::load(w, ys, DType::F32, t * d, i);

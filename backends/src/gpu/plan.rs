@@ -23,7 +23,7 @@ use super::misc;
 use super::mma;
 use super::module::{KernelCode, Kernels};
 use super::moe::{self, MoeOperands};
-use super::program::{Arch, Arg, Buffer, BufferRole, GpuProgram, Launch};
+use super::program::{Arch, Arg, Buffer, BufferRole, GpuProgram, Launch, StatusCheck};
 use super::rows::{self, Rows};
 use super::GpuOptions;
 use crate::{BackendError, Result};
@@ -100,6 +100,7 @@ fn plan_expanded(graph: &Graph, arch: Arch, options: &GpuOptions) -> Result<Plan
         launches: Vec::new(),
         inline,
         output_names: HashMap::new(),
+        checks: Vec::new(),
     };
     for (name, id) in graph.outputs() {
         p.output_names
@@ -114,7 +115,7 @@ fn plan_expanded(graph: &Graph, arch: Arch, options: &GpuOptions) -> Result<Plan
         }
     }
     p.copy_outputs()?;
-    let (buffers, launches) = reuse_temporaries(p.buffers, p.launches);
+    let (buffers, launches, checks) = reuse_temporaries(p.buffers, p.launches, p.checks);
     let module = p.kernels.text();
     // Every buffer, and every value an expression computes positions in (a slice or
     // gather may read a larger inlined value than it yields).
@@ -133,6 +134,7 @@ fn plan_expanded(graph: &Graph, arch: Arch, options: &GpuOptions) -> Result<Plan
             kernels: p.kernels.list,
             buffers,
             launches,
+            checks,
         },
     })
 }
@@ -148,6 +150,7 @@ struct Planner<'g> {
     inline: Vec<bool>,
     /// The first output naming each node.
     output_names: HashMap<usize, String>,
+    checks: Vec<StatusCheck>,
 }
 
 /// `(buffer, dtype, sizes)` of a value a kernel reads.
@@ -216,16 +219,44 @@ impl Planner<'_> {
             ));
         }
         let kernel = self.kernels.add(&code);
+        let mut args = code.args.clone();
+        for &(param, node, message) in &code.args.flags {
+            let buf = self.status_buffer(node.unwrap_or(id.index()), message);
+            args.list[param].0 = buf;
+            args.writes.push(buf);
+        }
         let node = self.graph.node(id);
         self.launches.push(Launch {
             kernel,
             grid,
-            args: code.args.buffers().into_iter().map(Arg::Buffer).collect(),
-            writes: code.args.writes.clone(),
+            args: args.buffers().into_iter().map(Arg::Buffer).collect(),
+            writes: args.writes,
             node: id.index(),
             layer: node.layer.clone(),
         });
         Ok(())
+    }
+
+    /// The status buffer of the run-time check `message` of node `node` (one per node
+    /// and message, however many kernels make it).
+    fn status_buffer(&mut self, node: usize, message: &'static str) -> usize {
+        if let Some(c) = self
+            .checks
+            .iter()
+            .find(|c| c.node == node && c.message == message)
+        {
+            return c.buffer;
+        }
+        let buffer = self.new_buffer(BufferRole::Status, DType::I32, vec![1], node);
+        let n = self.graph.node(NodeId::new(node));
+        self.checks.push(StatusCheck {
+            buffer,
+            node,
+            op: n.op.name().to_string(),
+            layer: n.layer.clone(),
+            message,
+        });
+        buffer
     }
 
     fn node(&mut self, id: NodeId) -> Result<()> {
@@ -492,12 +523,13 @@ type Slot = (usize, usize);
 
 /// Temporaries reused by later values of the same dtype and sizes once their last
 /// reader has run (a buffer is live from the first launch that touches it to the
-/// last). Returns the buffers still in use, renumbered, and the launches with their
-/// arguments remapped.
+/// last). Returns the buffers still in use, renumbered, and the launches and checks
+/// with their buffers remapped.
 fn reuse_temporaries(
     buffers: Vec<Buffer>,
     mut launches: Vec<Launch>,
-) -> (Vec<Buffer>, Vec<Launch>) {
+    mut checks: Vec<StatusCheck>,
+) -> (Vec<Buffer>, Vec<Launch>, Vec<StatusCheck>) {
     let n = buffers.len();
     let mut first = vec![usize::MAX; n];
     let mut last = vec![0usize; n];
@@ -553,7 +585,10 @@ fn reuse_temporaries(
             *w = phys[*w].unwrap_or(*w);
         }
     }
-    (kept, launches)
+    for c in &mut checks {
+        c.buffer = phys[c.buffer].unwrap_or(c.buffer);
+    }
+    (kept, launches, checks)
 }
 
 /// Consistency of a plan: every argument names a buffer; a launch reads only
@@ -619,6 +654,14 @@ pub fn check_plan(p: &GpuProgram) -> std::result::Result<(), String> {
             if !written[i] {
                 return Err(format!("output `{name}` (buffer {i}) is never written"));
             }
+        }
+    }
+    for c in &p.checks {
+        if p.buffers.get(c.buffer).map(|b| &b.role) != Some(&BufferRole::Status) {
+            return Err(format!(
+                "the check of %{} ({}) has no status buffer",
+                c.node, c.message
+            ));
         }
     }
     Ok(())

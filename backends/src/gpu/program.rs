@@ -59,6 +59,9 @@ pub enum BufferRole {
     Output(String),
     /// An intermediate the plan allocates.
     Temp,
+    /// The flag of a run-time check ([`GpuProgram::checks`]): one `i32`, zeroed
+    /// before each run; a kernel whose check fails sets it to 1.
+    Status,
 }
 
 /// One device buffer: dense, row-major, `sizes` elements of `dtype`.
@@ -130,6 +133,22 @@ pub struct Launch {
     pub layer: Option<String>,
 }
 
+/// A run-time check of the plan, the GPU's counterpart of the CPU backend's status
+/// flags: the kernels keep going safely (indices clamped, divisors replaced, pairs
+/// past a `moe_dispatch` bound dropped) and set the check's [`BufferRole::Status`]
+/// buffer; the runner turns a set flag into the interpreter's error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusCheck {
+    /// Index into [`GpuProgram::buffers`].
+    pub buffer: usize,
+    /// The IR node checked, its op and layer.
+    pub node: usize,
+    pub op: String,
+    pub layer: Option<String>,
+    /// What went wrong when the flag is set.
+    pub message: &'static str,
+}
+
 /// PTX plus its launch plan.
 ///
 /// Running it: load `ptx` (`cuModuleLoadData`; it calls no external function, so no
@@ -139,8 +158,9 @@ pub struct Launch {
 /// in order on one stream — `cuLaunchKernel(kernel.name, grid, kernel.block,
 /// kernel.shared_bytes, args as device pointers)`, after raising the kernel's
 /// dynamic shared memory limit where `shared_bytes` passes 48 KiB; copy each
-/// `Output` buffer back. No buffer needs initializing: every launch writes what it
-/// (or a later one) reads.
+/// `Output` buffer back. Only the `Status` buffers need initializing (to 0, before
+/// each run; after it, a non-zero one is the error of its [`StatusCheck`]): every
+/// launch writes what it (or a later one) reads.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GpuProgram {
     pub arch: Arch,
@@ -150,4 +170,99 @@ pub struct GpuProgram {
     pub buffers: Vec<Buffer>,
     /// In execution order; one stream, so each launch sees its predecessors' writes.
     pub launches: Vec<Launch>,
+    /// The run-time checks, one `Status` buffer each.
+    pub checks: Vec<StatusCheck>,
+}
+
+impl GpuProgram {
+    /// Device memory the plan allocates, bytes.
+    pub fn device_bytes(&self) -> u64 {
+        self.buffers
+            .iter()
+            .map(Buffer::bytes)
+            .fold(0, u64::saturating_add)
+    }
+
+    /// The plan as text, without the PTX: every kernel's signature (parameters,
+    /// block, dynamic shared memory), every launch (grid, arguments — `>b3` is a
+    /// buffer it writes —, node and layer) and the run-time checks. What the
+    /// snapshot tests record.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut s = format!(
+            "{}: {} kernels, {} launches, {} buffers ({} bytes), {} checks\n",
+            self.arch.name(),
+            self.kernels.len(),
+            self.launches.len(),
+            self.buffers.len(),
+            self.device_bytes(),
+            self.checks.len()
+        );
+        s += "kernels\n";
+        for k in &self.kernels {
+            let params: Vec<String> = k
+                .params
+                .iter()
+                .map(|p| match p {
+                    Param::Pointer(d) => format!("{d}*"),
+                    Param::I64 => "i64".into(),
+                })
+                .collect();
+            let [x, y, z] = k.block;
+            let _ = writeln!(
+                s,
+                "  {}({}) block {x}x{y}x{z} smem {}",
+                k.name,
+                params.join(", "),
+                k.shared_bytes
+            );
+        }
+        s += "buffers\n";
+        for (i, b) in self.buffers.iter().enumerate() {
+            let role = match &b.role {
+                BufferRole::Input(n) => format!("input {n}"),
+                BufferRole::Param(n) => format!("param {n}"),
+                BufferRole::Output(n) => format!("output {n}"),
+                BufferRole::Temp => "temp".into(),
+                BufferRole::Status => "status".into(),
+            };
+            let _ = writeln!(s, "  b{i} {role} {}{:?} %{}", b.dtype, b.sizes, b.node);
+        }
+        s += "launches\n";
+        for l in &self.launches {
+            let args: Vec<String> = l
+                .args
+                .iter()
+                .map(|a| match a {
+                    Arg::Buffer(b) if l.writes.contains(b) => format!(">b{b}"),
+                    Arg::Buffer(b) => format!("b{b}"),
+                    Arg::I64(v) => v.to_string(),
+                })
+                .collect();
+            let [x, y, z] = l.grid;
+            let _ = writeln!(
+                s,
+                "  {} grid {x}x{y}x{z} ({}) %{} {}",
+                self.kernels[l.kernel].name,
+                args.join(" "),
+                l.node,
+                l.layer.as_deref().unwrap_or("-")
+            );
+        }
+        if !self.checks.is_empty() {
+            s += "checks\n";
+        }
+        for c in &self.checks {
+            let _ = writeln!(
+                s,
+                "  b{} %{} {} ({}): {}",
+                c.buffer,
+                c.node,
+                c.op,
+                c.layer.as_deref().unwrap_or("-"),
+                c.message
+            );
+        }
+        s
+    }
 }
