@@ -253,7 +253,7 @@ fn cpu_only(options: &OptimizeOptions) -> attnc::Result<()> {
         attnc::passes::TargetKind::Cpu => Ok(()),
         attnc::passes::TargetKind::Gpu => Err(attnc::Error(format!(
             "--target {} is a gpu target: `bench` times CPU code only for now (GPU code: \
-             `compile --emit ptx`, `run --target gpu`)",
+             `compile --emit ptx`, `run --target gpu`; GPU timings: scripts/gpu-check)",
             options.target.name
         ))),
     }

@@ -248,6 +248,14 @@ impl GpuModel {
     /// Run the plan on `bindings` (every input and param by name): outputs in the
     /// graph's order, and the GPU time of the launches in milliseconds.
     pub fn run(&self, bindings: &HashMap<String, Tensor>) -> Result<(Vec<Tensor>, f64)> {
+        self.bind(bindings)?;
+        let ms = self.execute()?;
+        Ok((self.outputs()?, ms))
+    }
+
+    /// Copy every input and param of `bindings` (by name) to the device; they stay
+    /// bound for later [`execute`](GpuModel::execute) calls.
+    pub fn bind(&self, bindings: &HashMap<String, Tensor>) -> Result<()> {
         for (i, b) in self.program.buffers.iter().enumerate() {
             let (kind, name) = match &b.role {
                 BufferRole::Input(n) => ("input", n),
@@ -262,6 +270,12 @@ impl GpuModel {
                 })?;
             self.upload(i, t)?;
         }
+        Ok(())
+    }
+
+    /// Run the launch plan once on the bound inputs: the GPU time of the launches in
+    /// milliseconds, or the error of the first run-time check that failed.
+    pub fn execute(&self) -> Result<f64> {
         // Status flags start at 0 each run.
         for c in &self.program.checks {
             let zero = [0u8; 4];
@@ -388,6 +402,11 @@ impl GpuModel {
                 });
             }
         }
+        Ok(ms as f64)
+    }
+
+    /// The outputs of the last [`execute`](GpuModel::execute), in the graph's order.
+    pub fn outputs(&self) -> Result<Vec<Tensor>> {
         let mut outputs = Vec::new();
         for name in &self.outputs {
             let i = self
@@ -409,7 +428,7 @@ impl GpuModel {
                 .ok_or_else(|| no_gpu(format!("output `{name}`: wrong byte count")))?;
             outputs.push(t);
         }
-        Ok((outputs, ms as f64))
+        Ok(outputs)
     }
 }
 
