@@ -18,8 +18,10 @@ pub use attnc_passes as passes;
 use attnc_passes::{Approximation, Options, RuleSelection, Target};
 
 mod approx;
+mod diffusion;
 
 pub use approx::ApproximationReport;
+pub use diffusion::{run_diffusion, DiffusionOptions, DiffusionReport, StepReport};
 
 /// A driver error: one line (or a few) for the user, already naming file and layer.
 #[derive(Debug)]
@@ -55,6 +57,16 @@ pub fn load(path: &Path, source: &SpecSource) -> Result<Graph> {
     }
     let spec = spec::load_spec(path, source).map_err(err)?;
     spec::lower(&spec).map_err(|e| err(format!("{shown}: {e}")))
+}
+
+/// The `[diffusion]` sampler of a spec (`None` for IR text or a spec without one).
+pub fn load_diffusion(path: &Path, source: &SpecSource) -> Result<Option<spec::Diffusion>> {
+    if path.extension().and_then(|e| e.to_str()) == Some("air") {
+        return Ok(None);
+    }
+    let shown = path.display();
+    let spec = spec::load_spec(path, source).map_err(err)?;
+    spec.diffusion().map_err(|e| err(format!("{shown}: {e}")))
 }
 
 /// What the optimizer does: the target whose cost model decides, and the rules.

@@ -80,6 +80,15 @@ enum Command {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+        /// A masked-diffusion model (`[diffusion]` in the spec): run its sampler for
+        /// this many denoising steps (a multiple of its blocks), the network compiled
+        /// once; with --check, against the interpreter at every step.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+        diffusion_steps: Option<u64>,
+        /// The prompt's token ids for --diffusion-steps, comma-separated (default:
+        /// seeded random ids); its length is `seq - gen_length`.
+        #[arg(long, value_delimiter = ',', requires = "diffusion_steps")]
+        prompt: Option<Vec<i64>>,
     },
     /// Time the compiled optimized graph against the compiled original graph, per
     /// layer kind and for the whole model, on seeded random inputs and weights.
@@ -332,6 +341,8 @@ fn real_main(cli: Cli) -> attnc::Result<()> {
             opt,
             threads,
             json,
+            diffusion_steps,
+            prompt,
         } => {
             let optimize = opt.options()?;
             let graph = load(&model)?;
@@ -344,6 +355,54 @@ fn real_main(cli: Cli) -> attnc::Result<()> {
                 Some(t) => t,
                 None => attnc::default_tolerance(&graph),
             };
+            if let Some(steps) = diffusion_steps {
+                let source = SpecSource {
+                    sets: model.sets.clone(),
+                    tiny: model.tiny,
+                };
+                let sampler = attnc::load_diffusion(&model.spec, &source)?.ok_or_else(|| {
+                    attnc::Error(format!(
+                        "{}: --diffusion-steps needs a masked-diffusion model: a spec with a `[diffusion]` section",
+                        model.spec.display()
+                    ))
+                })?;
+                if optimize.target.kind != attnc::passes::TargetKind::Cpu {
+                    return Err(attnc::Error(
+                        "--diffusion-steps runs the sampler on the CPU backend for now; drop --target"
+                            .into(),
+                    ));
+                }
+                let options = attnc::DiffusionOptions {
+                    sampler: attnc::ir::spec::Diffusion { steps, ..sampler },
+                    prompt,
+                    seed,
+                    check,
+                    optimize,
+                    threads: threads.map(|n| n as usize),
+                };
+                let report =
+                    attnc::run_diffusion(&graph, &options).map_err(|e| in_file(&model, e))?;
+                if json {
+                    print_json(&report)?;
+                } else {
+                    write_out(None, &diffusion_text(&report))?;
+                }
+                return match (report.max_abs_err, report.tokens_agree) {
+                    (Some(e), _) if e.is_nan() || e > tol => Err(in_file(
+                        &model,
+                        attnc::Error(format!(
+                            "check failed: the logits' max_abs_err {e:.3e} exceeds the tolerance {tol:.1e}"
+                        )),
+                    )),
+                    (_, Some(false)) => Err(in_file(
+                        &model,
+                        attnc::Error(
+                            "check failed: a step unmasked other tokens than the interpreter's logits choose".into(),
+                        ),
+                    )),
+                    _ => Ok(()),
+                };
+            }
             let options = RunOptions {
                 seed,
                 check,
@@ -531,6 +590,39 @@ fn gpu_text(g: &attnc::GpuReport) -> String {
             opt(k.spill_bytes),
             k.launches,
         );
+    }
+    s
+}
+
+fn diffusion_text(r: &attnc::DiffusionReport) -> String {
+    let mut s = format!(
+        "{}: {} denoising steps over {} positions in blocks of {} (prompt {}, mask token {}), compiled in {:.0} ms\n",
+        r.model, r.steps, r.gen_length, r.block_length, r.prompt_length, r.mask_token, r.compile_ms
+    );
+    for st in &r.per_step {
+        s += &format!(
+            "  step {:>3} block {:>2}: unmasked {:>3}, masked left {:>4}, {:.2} ms",
+            st.step, st.block, st.unmasked, st.masked, st.ms
+        );
+        if let (Some(e), Some(i)) = (st.max_abs_err, st.interp_ms) {
+            s += &format!("  max_abs_err {e:.3e} (interpreter {i:.2} ms)");
+        }
+        if st.tokens_agree == Some(false) {
+            s += "  tokens differ";
+        }
+        s.push('\n');
+    }
+    s += &format!("  {:.1} steps/s", r.steps_per_s);
+    if let (Some(i), Some(x)) = (r.interp_steps_per_s, r.speedup) {
+        s += &format!(" (interpreter {i:.2} steps/s: {x:.0}x)");
+    }
+    s.push('\n');
+    for (i, row) in r.tokens.iter().enumerate() {
+        let generated: Vec<String> = row[r.prompt_length as usize..]
+            .iter()
+            .map(i64::to_string)
+            .collect();
+        s += &format!("  row {i} generated: {}\n", generated.join(" "));
     }
     s
 }

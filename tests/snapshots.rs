@@ -268,8 +268,8 @@ fn routing_transformer_sparse() {
     insta::assert_snapshot!(pass("routing-transformer", "sparse"));
 }
 
-/// The linear, recurrent, hybrid, axial and mixture-of-experts examples: the
-/// frontend's form and every pass, and the families that are theirs alone
+/// The linear, recurrent, hybrid, axial, mixture-of-experts and diffusion examples:
+/// the frontend's form and every pass, and the families that are theirs alone
 /// (`linear`, `moe`). Hybrids show one whole period of their layer pattern (8
 /// layers), so every layer kind appears; Switch two layers (dense, sparse).
 macro_rules! example_snapshots {
@@ -324,6 +324,8 @@ example_snapshots! {
     mixtral_8x7b => "mixtral-8x7b", 2, [moe];
     switch_transformer => "switch-transformer", 2, [moe];
     qwen2_moe => "qwen2-moe", 2, [moe];
+    llada_8b => "llada-8b", 2, [];
+    block_diffusion => "block-diffusion", 2, [];
 }
 
 /// The GPU launch plan of every example (`--target gpu`, sm_90): kernel signatures,
@@ -352,12 +354,14 @@ macro_rules! gpu_snapshots {
 gpu_snapshots! {
     axial_transformer => "axial-transformer", 2;
     bigbird => "bigbird", 2;
+    block_diffusion => "block-diffusion", 2;
     deepseek_v2_lite => "deepseek-v2-lite", 2;
     gla => "gla", 2;
     gpt2 => "gpt2", 2;
     jamba => "jamba", 8;
     linear_transformer => "linear-transformer", 2;
     linformer => "linformer", 2;
+    llada_8b => "llada-8b", 2;
     llama3_8b => "llama3-8b", 2;
     longformer => "longformer", 2;
     mamba2 => "mamba2", 2;

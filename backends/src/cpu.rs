@@ -188,6 +188,21 @@ impl CompiledModel {
         Ok(Prepared { buffers })
     }
 
+    /// Replace input (or param) `name` of `prepared` with `t` (checked like a
+    /// binding): how a loop that feeds the model its own outputs (a diffusion
+    /// sampler) changes the tokens without converting the weights again.
+    pub fn set_input(&self, prepared: &mut Prepared, name: &str, t: &Tensor) -> Result<()> {
+        let (i, b) = (self.signature.inputs.iter().enumerate())
+            .find(|(_, b)| b.name == name)
+            .ok_or_else(|| BackendError::MissingBinding {
+                kind: "input",
+                name: name.to_string(),
+            })?;
+        check_binding(b, t)?;
+        prepared.buffers[i] = HostBuffer::from_tensor(t);
+        Ok(())
+    }
+
     /// Like [`CompiledModel::prepare`] on `attnc_ir::random_bindings(graph, seed)`, but
     /// converting one tensor at a time (the f64 tensors of a large model's weights
     /// never exist all at once).

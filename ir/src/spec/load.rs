@@ -4,7 +4,7 @@
 //! the nearest valid name as a hint. Overrides are applied to the parsed spec's value
 //! tree and deserialised again, so they are checked exactly like the file.
 
-use super::{Spec, ATTENTION_FIELDS, FFN_FIELDS, SPEC_FIELDS};
+use super::{Spec, ATTENTION_FIELDS, DIFFUSION_FIELDS, FFN_FIELDS, SPEC_FIELDS};
 use crate::IrError;
 use serde_json::Value;
 use std::path::Path;
@@ -173,9 +173,13 @@ fn resolve_key(tree: &Value, key: &str) -> Result<String, String> {
     if FFN_FIELDS.contains(&key) {
         return Ok(format!("ffn.{key}"));
     }
+    if DIFFUSION_FIELDS.contains(&key) {
+        return Ok(format!("diffusion.{key}"));
+    }
     let mut known: Vec<&str> = SPEC_FIELDS.to_vec();
     known.extend(ATTENTION_FIELDS);
     known.extend(FFN_FIELDS);
+    known.extend(DIFFUSION_FIELDS);
     let dims: Vec<String> = tree
         .get("dims")
         .and_then(Value::as_object)

@@ -7,11 +7,13 @@
 //! [`lower`]. The field names follow Hugging Face configs where one exists so that a
 //! `config.json` maps onto a spec field by field.
 
+mod diffusion;
 mod load;
 mod lower;
 mod moe;
 mod tiny;
 
+pub use diffusion::{check_steps, Diffusion, DiffusionFields, Remasking, DIFFUSION_FIELDS};
 pub use load::{load_spec, parse_spec, Format, SpecSource};
 pub use lower::lower;
 pub use moe::{Moe, Router, Scoring, SharedExperts};
@@ -123,6 +125,9 @@ pub struct Spec {
     /// Changes to specific layers, applied last.
     #[serde(default, rename = "override", skip_serializing_if = "Vec::is_empty")]
     pub overrides: Vec<Override>,
+    /// A masked-diffusion language model's sampler (see [`DiffusionFields`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diffusion: Option<DiffusionFields>,
 }
 
 fn default_dtype() -> String {
@@ -328,6 +333,7 @@ pub const SPEC_FIELDS: &[&str] = &[
     "pattern",
     "kinds",
     "override",
+    "diffusion",
 ];
 pub const ATTENTION_FIELDS: &[&str] = &[
     "heads",
@@ -673,6 +679,7 @@ impl Spec {
                 ));
             }
         }
+        self.diffusion()?;
         if !(self.norm_eps > 0.0 && self.norm_eps.is_finite()) {
             return Err(Spec::spec_error(
                 None,

@@ -38,8 +38,9 @@ impl Spec {
         // Windows, strides, sink counts: every dim a mask refers to scales with seq.
         for name in self.mask_dims() {
             if let (Some(&v), true) = (self.dims.get(&name), free(&format!("dims.{name}"))) {
+                // At least 4 (or the dim itself): a block-causal mask's blocks stay blocks.
                 let scaled = (v as f64 * new_seq as f64 / old_seq as f64).round() as u64;
-                t.dims.insert(name, scaled.max(1));
+                t.dims.insert(name, scaled.max(v.min(4)).max(1));
             }
         }
 
@@ -92,6 +93,7 @@ impl Spec {
         if free("vocab") {
             t.vocab = self.vocab.min(TINY_VOCAB);
         }
+        t.tiny_diffusion(old_seq, pinned);
         if free("max_positions") {
             t.max_positions = self.max_positions.map(|m| m.min(2 * new_seq).max(new_seq));
         }
