@@ -121,7 +121,11 @@ pub fn run_diffusion(graph: &Graph, options: &DiffusionOptions) -> Result<Diffus
     let d = options.sampler;
     let Shape { batch, seq, vocab } = shape_of(graph)?;
     let (gen, block_len) = (d.gen_length as usize, d.block_length as usize);
-    if gen > seq || block_len == 0 || !gen.is_multiple_of(block_len) || d.mask_token as usize >= vocab {
+    if gen > seq
+        || block_len == 0
+        || !gen.is_multiple_of(block_len)
+        || d.mask_token as usize >= vocab
+    {
         return Err(err(format!(
             "the sampler (gen_length {gen}, block_length {block_len}, mask_token {}) does not fit the model (seq {seq}, vocab {vocab})",
             d.mask_token

@@ -59,6 +59,19 @@ pub fn load(path: &Path, source: &SpecSource) -> Result<Graph> {
     spec::lower(&spec).map_err(|e| err(format!("{shown}: {e}")))
 }
 
+/// `attnc import`: a Hugging Face `config.json` as a spec (TOML), with the ignored
+/// keys and the choices made listed in its header comments.
+pub fn import_hf(path: &Path) -> Result<String> {
+    let shown = path.display();
+    let text =
+        std::fs::read_to_string(path).map_err(|e| err(format!("{shown}: cannot read: {e}")))?;
+    let name = spec::hf_model_name(path);
+    let imported = spec::hf::import_hf(&text, &name).map_err(|e| err(format!("{shown}: {e}")))?;
+    imported
+        .to_toml(&shown.to_string())
+        .map_err(|e| err(format!("{shown}: {e}")))
+}
+
 /// The `[diffusion]` sampler of a spec (`None` for IR text or a spec without one).
 pub fn load_diffusion(path: &Path, source: &SpecSource) -> Result<Option<spec::Diffusion>> {
     if path.extension().and_then(|e| e.to_str()) == Some("air") {

@@ -34,6 +34,15 @@ enum Command {
         #[arg(short = 'o', long = "output", value_name = "OUT")]
         output: Option<PathBuf>,
     },
+    /// Write a Hugging Face `config.json` as an attnc spec (TOML). `compile`, `run`
+    /// and the other commands also take a config.json directly.
+    Import {
+        /// The config.json.
+        config: PathBuf,
+        /// Output file (default: standard output).
+        #[arg(short = 'o', long = "output", value_name = "OUT")]
+        output: Option<PathBuf>,
+    },
     /// Per layer: the form before -> after, rules fired, FLOPs and bytes before/after.
     Inspect {
         #[command(flatten)]
@@ -304,6 +313,10 @@ fn real_main(cli: Cli) -> attnc::Result<()> {
             let reports = attnc::approximation_reports(&graph, &options, 0)
                 .map_err(|e| in_file(&model, e))?;
             eprint!("{}", approximations_text(&reports));
+            write_out(output.as_ref(), &text)
+        }
+        Command::Import { config, output } => {
+            let text = attnc::import_hf(&config)?;
             write_out(output.as_ref(), &text)
         }
         Command::Inspect {

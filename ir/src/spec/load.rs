@@ -87,12 +87,39 @@ pub fn parse_spec(text: &str, format: Format, source: &SpecSource) -> Result<Spe
 pub fn load_spec(path: &Path, source: &SpecSource) -> Result<Spec, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    parse_spec(&text, Format::from_path(path), source).map_err(|e| match e {
+    let format = Format::from_path(path);
+    let parsed = if format == Format::Json && super::hf::is_hf_config(&text) {
+        // A Hugging Face config.json: imported, then `--set` / `--tiny` as for a spec.
+        super::hf::import_hf(&text, &hf_model_name(path)).and_then(|imported| {
+            let json = serde_json::to_string(&imported.spec).map_err(|e| IrError::Spec {
+                layer: None,
+                message: e.to_string(),
+            })?;
+            parse_spec(&json, Format::Json, source)
+        })
+    } else {
+        parse_spec(&text, format, source)
+    };
+    parsed.map_err(|e| match e {
         IrError::Parse { line, col, message } => {
             format!("{}:{line}:{col}: {message}", path.display())
         }
         other => format!("{}: {other}", path.display()),
     })
+}
+
+/// The name of an imported model: the file's stem, or its directory's name for a
+/// file called `config.json` (as the Hugging Face hub lays models out).
+pub fn hf_model_name(path: &Path) -> String {
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
+    let parent = path
+        .parent()
+        .and_then(|p| p.file_name())
+        .and_then(|s| s.to_str());
+    match parent {
+        Some(dir) if stem == "config" => dir.to_string(),
+        _ => stem.to_string(),
+    }
 }
 
 fn set_error(set: &str, message: &str) -> IrError {

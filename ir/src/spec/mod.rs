@@ -8,13 +8,14 @@
 //! `config.json` maps onto a spec field by field.
 
 mod diffusion;
+pub mod hf;
 mod load;
 mod lower;
 mod moe;
 mod tiny;
 
 pub use diffusion::{check_steps, Diffusion, DiffusionFields, Remasking, DIFFUSION_FIELDS};
-pub use load::{load_spec, parse_spec, Format, SpecSource};
+pub use load::{hf_model_name, load_spec, parse_spec, Format, SpecSource};
 pub use lower::lower;
 pub use moe::{Moe, Router, Scoring, SharedExperts};
 

@@ -1,0 +1,615 @@
+//! Hugging Face `config.json` → [`Spec`]: the common architectures mapped field by
+//! field (`attnc import`, and `attnc compile config.json` directly).
+//!
+//! Every key of the config is accounted for: mapped onto a spec field, checked to
+//! hold the one value attnc models (`hidden_act = "silu"`, `rope_scaling = null`,
+//! ...), or listed as ignored with the reason it cannot change the network's output
+//! (dropout, token ids, training losses, parallelism). Anything else is an error
+//! naming the key: a field that may change the math is never dropped silently.
+//!
+//! The spec computes in f32 (the weights' `torch_dtype` is noted; `--set dtype=bf16`
+//! computes in it). The sequence length is a run-time size, not part of the model: `dims.seq` is
+//! `max_position_embeddings` capped at 4096 (twice the sliding window, when there is
+//! one, so the window matters), `dims.batch` 1; `--set` changes either.
+
+use super::{
+    AttentionFields, FfnFields, FfnKind, NormKind, NormPlacement, Override, Position, Spec,
+};
+use crate::IrError;
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashSet};
+
+/// An imported config: the spec, and the keys ignored with the reason each is
+/// harmless.
+#[derive(Clone, Debug)]
+pub struct Imported {
+    pub spec: Spec,
+    pub ignored: Vec<(String, &'static str)>,
+    /// Choices the import made that the config does not state (the sequence length).
+    pub notes: Vec<String>,
+}
+
+/// The `model_type`s [`import_hf`] maps.
+pub const SUPPORTED: &[&str] = &[
+    "llama",
+    "mistral",
+    "qwen2",
+    "mixtral",
+    "qwen2_moe",
+    "deepseek_v2",
+    "gpt2",
+];
+
+/// Whether `text` looks like a Hugging Face config (a JSON object with `model_type`)
+/// rather than an attnc spec written in JSON.
+pub fn is_hf_config(text: &str) -> bool {
+    serde_json::from_str::<Value>(text.strip_prefix('\u{feff}').unwrap_or(text))
+        .ok()
+        .and_then(|v| v.get("model_type").map(Value::is_string))
+        .unwrap_or(false)
+}
+
+fn error(message: impl Into<String>) -> IrError {
+    IrError::Spec {
+        layer: None,
+        message: message.into(),
+    }
+}
+
+/// Keys that never change the forward function, with why.
+const HARMLESS: &[(&str, &str)] = &[
+    ("architectures", "names the Python class"),
+    ("auto_map", "names the Python classes of remote code"),
+    (
+        "transformers_version",
+        "the library version that wrote the file",
+    ),
+    ("_name_or_path", "where the model was loaded from"),
+    (
+        "bos_token_id",
+        "a tokenizer id; the network takes ids as given",
+    ),
+    (
+        "eos_token_id",
+        "a tokenizer id; the network takes ids as given",
+    ),
+    (
+        "pad_token_id",
+        "a tokenizer id; the network takes ids as given",
+    ),
+    (
+        "initializer_range",
+        "initialization of training; weights are bound or drawn",
+    ),
+    ("use_cache", "a generation-time KV cache; the same function"),
+    ("attention_dropout", "dropout is inactive at inference"),
+    ("hidden_dropout", "dropout is inactive at inference"),
+    ("resid_pdrop", "dropout is inactive at inference"),
+    ("embd_pdrop", "dropout is inactive at inference"),
+    ("attn_pdrop", "dropout is inactive at inference"),
+    ("summary_first_dropout", "dropout is inactive at inference"),
+    (
+        "pretraining_tp",
+        "splits matmuls across tensor-parallel ranks; the same product",
+    ),
+    ("router_aux_loss_coef", "a training loss"),
+    (
+        "output_router_logits",
+        "returns router logits for the training loss",
+    ),
+    (
+        "router_jitter_noise",
+        "noise on the router during training only",
+    ),
+    ("aux_loss_alpha", "a training loss"),
+    ("seq_aux", "a training loss"),
+    (
+        "ep_size",
+        "expert parallelism across devices; the same function",
+    ),
+    ("n_ctx", "GPT-2's alias of n_positions"),
+    (
+        "reorder_and_upcast_attn",
+        "the precision of GPT-2's score computation, not its value",
+    ),
+    (
+        "summary_type",
+        "the sequence-classification head of GPT2DoubleHeadsModel",
+    ),
+    (
+        "summary_use_proj",
+        "the sequence-classification head of GPT2DoubleHeadsModel",
+    ),
+    (
+        "summary_activation",
+        "the sequence-classification head of GPT2DoubleHeadsModel",
+    ),
+    (
+        "summary_proj_to_labels",
+        "the sequence-classification head of GPT2DoubleHeadsModel",
+    ),
+    (
+        "task_specific_params",
+        "generation settings of downstream tasks",
+    ),
+    (
+        "max_window_layers",
+        "used only with use_sliding_window = true",
+    ),
+];
+
+/// The config being mapped: its keys, and which have been read.
+struct Config {
+    model_type: String,
+    map: Map<String, Value>,
+    used: HashSet<String>,
+}
+
+impl Config {
+    fn raw(&mut self, key: &str) -> Option<Value> {
+        self.used.insert(key.to_string());
+        self.map.get(key).filter(|v| !v.is_null()).cloned()
+    }
+
+    fn bad(&self, key: &str, what: &str) -> IrError {
+        error(format!(
+            "`{key}` = {} in this {} config: {what}",
+            self.map.get(key).cloned().unwrap_or(Value::Null),
+            self.model_type
+        ))
+    }
+
+    fn u64(&mut self, key: &str) -> Result<Option<u64>, IrError> {
+        match self.raw(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| self.bad(key, "expected a non-negative integer")),
+        }
+    }
+
+    fn need_u64(&mut self, key: &str) -> Result<u64, IrError> {
+        self.u64(key)?
+            .ok_or_else(|| error(format!("this {} config has no `{key}`", self.model_type)))
+    }
+
+    fn f64(&mut self, key: &str) -> Result<Option<f64>, IrError> {
+        match self.raw(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| self.bad(key, "expected a number")),
+        }
+    }
+
+    fn bool(&mut self, key: &str) -> Result<Option<bool>, IrError> {
+        match self.raw(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_bool()
+                .map(Some)
+                .ok_or_else(|| self.bad(key, "expected true or false")),
+        }
+    }
+
+    fn str(&mut self, key: &str) -> Result<Option<String>, IrError> {
+        match self.raw(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_str()
+                .map(|s| Some(s.to_string()))
+                .ok_or_else(|| self.bad(key, "expected a string")),
+        }
+    }
+
+    /// `key` must be absent, null or one of `allowed` (what attnc models).
+    fn only(&mut self, key: &str, allowed: &[Value], why: &str) -> Result<(), IrError> {
+        match self.raw(key) {
+            Some(v) if !allowed.contains(&v) => Err(self.bad(key, why)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every key not read must be harmless; returns those, with why.
+    fn finish(&self) -> Result<Vec<(String, &'static str)>, IrError> {
+        let mut ignored = Vec::new();
+        let mut keys: Vec<&String> = self.map.keys().collect();
+        keys.sort();
+        for key in keys {
+            if self.used.contains(key.as_str()) {
+                continue;
+            }
+            match HARMLESS.iter().find(|(k, _)| k == key) {
+                Some((_, why)) => ignored.push((key.clone(), *why)),
+                None => {
+                    return Err(error(format!(
+                        "`{key}` in this {} config is not a field attnc maps or knows to be harmless; \
+                         it may change the model, so the import stops (supported fields are listed in \
+                         ir/src/spec/hf.rs)",
+                        self.model_type
+                    )))
+                }
+            }
+        }
+        Ok(ignored)
+    }
+}
+
+/// Map a `config.json` text onto a spec named `name`.
+pub fn import_hf(text: &str, name: &str) -> Result<Imported, IrError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let value: Value = serde_json::from_str(text).map_err(|e| IrError::Parse {
+        line: e.line().max(1),
+        col: e.column().max(1),
+        message: e.to_string(),
+    })?;
+    let Value::Object(map) = value else {
+        return Err(error("a config.json holds one JSON object"));
+    };
+    let model_type = match map.get("model_type").and_then(Value::as_str) {
+        Some(t) => t.to_string(),
+        None => return Err(error("a Hugging Face config.json names its `model_type`")),
+    };
+    let mut c = Config {
+        model_type: model_type.clone(),
+        map,
+        used: HashSet::from(["model_type".to_string()]),
+    };
+    let mut notes = Vec::new();
+    let spec = match model_type.as_str() {
+        "llama" | "mistral" | "qwen2" | "mixtral" | "qwen2_moe" | "deepseek_v2" => {
+            llama_family(&mut c, name, &mut notes)?
+        }
+        "gpt2" => gpt2(&mut c, name, &mut notes)?,
+        other => {
+            return Err(error(format!(
+                "`model_type` = \"{other}\" is not supported; attnc imports {}",
+                SUPPORTED.join(", ")
+            )))
+        }
+    };
+    let ignored = c.finish()?;
+    spec.validate()?;
+    Ok(Imported {
+        spec,
+        ignored,
+        notes,
+    })
+}
+
+/// The spec computes in f32 whatever `torch_dtype` the weights are stored in: the
+/// same network, more precisely (a bf16 router's near-ties would otherwise decide
+/// different experts than the f64 reference). `--set dtype=bf16` computes in the
+/// weights' type.
+fn dtype(c: &mut Config, notes: &mut Vec<String>) -> Result<String, IrError> {
+    let stored = match c.str("torch_dtype")?.as_deref() {
+        None | Some("float32") => "f32",
+        Some("float16") => "f16",
+        Some("bfloat16") => "bf16",
+        Some(_) => return Err(c.bad("torch_dtype", "expected float32, float16 or bfloat16")),
+    };
+    if stored != "f32" {
+        notes.push(format!(
+            "dtype = f32: the weights are stored in {stored} (torch_dtype); --set dtype={stored} computes in it"
+        ));
+    }
+    Ok("f32".into())
+}
+
+/// `dims`: batch 1 and the sequence (see the module docs).
+fn dims(
+    max_positions: Option<u64>,
+    window: Option<u64>,
+    notes: &mut Vec<String>,
+) -> BTreeMap<String, u64> {
+    let want = window.map_or(4096, |w| (2 * w).max(4096));
+    let seq = max_positions.map_or(want, |m| m.min(want));
+    notes.push(format!(
+        "dims.seq = {seq} (max_position_embeddings {}); change it with --set seq=N",
+        max_positions.map_or("unset".into(), |m| m.to_string())
+    ));
+    let mut d = BTreeMap::from([("batch".to_string(), 1), ("seq".to_string(), seq)]);
+    if let Some(w) = window {
+        d.insert("window".into(), w);
+    }
+    d
+}
+
+fn base(name: &str, vocab: u64, d_model: u64, layers: u64) -> Spec {
+    Spec {
+        name: name.to_string(),
+        arch: super::Arch::Decoder,
+        vocab,
+        d_model,
+        layers,
+        dims: BTreeMap::new(),
+        dtype: "f32".into(),
+        norm: NormKind::RmsNorm,
+        norm_eps: 1e-6,
+        norm_placement: NormPlacement::Pre,
+        position: Position::Rope,
+        max_positions: None,
+        rope_theta: 10000.0,
+        tie_embeddings: false,
+        attention: AttentionFields::default(),
+        ffn: FfnFields::default(),
+        pattern: Vec::new(),
+        kinds: BTreeMap::new(),
+        overrides: Vec::new(),
+        diffusion: None,
+    }
+}
+
+/// Llama and the architectures built on it: Mistral and Qwen2 (dense), Mixtral and
+/// Qwen2-MoE (experts), DeepSeek-V2/V3 (MLA and DeepSeekMoE).
+fn llama_family(c: &mut Config, name: &str, notes: &mut Vec<String>) -> Result<Spec, IrError> {
+    let t = c.model_type.clone();
+    let mut s = base(
+        name,
+        c.need_u64("vocab_size")?,
+        c.need_u64("hidden_size")?,
+        c.need_u64("num_hidden_layers")?,
+    );
+    s.dtype = dtype(c, notes)?;
+    s.norm_eps = c.f64("rms_norm_eps")?.unwrap_or(1e-6);
+    s.rope_theta = c.f64("rope_theta")?.unwrap_or(10000.0);
+    s.tie_embeddings = c.bool("tie_word_embeddings")?.unwrap_or(false);
+    c.only(
+        "hidden_act",
+        &[Value::from("silu")],
+        "attnc models SwiGLU MLPs with silu",
+    )?;
+    c.only(
+        "rope_scaling",
+        &[],
+        "RoPE scaling (linear, dynamic, llama3, yarn) is not modelled yet, and it changes the rotary angles",
+    )?;
+    let heads = c.need_u64("num_attention_heads")?;
+    let kv_heads = c.u64("num_key_value_heads")?.unwrap_or(heads);
+    let max_positions = c.u64("max_position_embeddings")?;
+    // Sliding windows: Mistral's `sliding_window`; Qwen2's only with its flag.
+    let window = match t.as_str() {
+        "mistral" | "mixtral" => c.u64("sliding_window")?,
+        "qwen2" | "qwen2_moe" => {
+            let on = c.bool("use_sliding_window")?.unwrap_or(false);
+            let w = c.u64("sliding_window")?;
+            if on {
+                return Err(c.bad(
+                    "use_sliding_window",
+                    "Qwen2's per-layer sliding window (max_window_layers) is not modelled",
+                ));
+            }
+            let _ = w;
+            None
+        }
+        _ => None,
+    };
+    s.dims = dims(max_positions, window, notes);
+    let bias = c.bool("attention_bias")?.unwrap_or(false);
+    s.attention = AttentionFields {
+        heads: Some(heads),
+        kv_heads: Some(kv_heads),
+        head_dim: Some(c.u64("head_dim")?.unwrap_or(s.d_model / heads.max(1))),
+        mask: Some(match window {
+            Some(_) => "k <= q && q - k < window".into(),
+            None => "k <= q".into(),
+        }),
+        // Qwen2 has biases on q, k and v (not on o), with no config field.
+        qkv_bias: Some(bias || t.starts_with("qwen2")),
+        out_bias: Some(bias),
+        ..AttentionFields::default()
+    };
+    let intermediate = c.u64("intermediate_size")?;
+    let dense = |hidden: Option<u64>| FfnFields {
+        kind: Some(FfnKind::Swiglu),
+        hidden,
+        bias: Some(false),
+        ..FfnFields::default()
+    };
+    s.ffn = dense(intermediate);
+    if t != "deepseek_v2" {
+        s.ffn.bias = Some(c.bool("mlp_bias")?.unwrap_or(false));
+    }
+    match t.as_str() {
+        "mixtral" => {
+            s.ffn = FfnFields {
+                kind: Some(FfnKind::Moe),
+                expert_kind: Some(FfnKind::Swiglu),
+                hidden: intermediate,
+                experts: Some(c.need_u64("num_local_experts")?),
+                top_k: Some(c.need_u64("num_experts_per_tok")?),
+                router: Some("softmax_topk".into()),
+                norm_topk_prob: Some(true),
+                ..FfnFields::default()
+            };
+        }
+        "qwen2_moe" => {
+            let step = c.u64("decoder_sparse_step")?.unwrap_or(1);
+            let experts = c.need_u64("num_experts")?;
+            s.ffn = FfnFields {
+                kind: Some(FfnKind::Moe),
+                expert_kind: Some(FfnKind::Swiglu),
+                hidden: Some(c.need_u64("moe_intermediate_size")?),
+                experts: Some(experts),
+                top_k: Some(c.need_u64("num_experts_per_tok")?),
+                norm_topk_prob: Some(c.bool("norm_topk_prob")?.unwrap_or(false)),
+                ..FfnFields::default()
+            };
+            if let Some(h) = c.u64("shared_expert_intermediate_size")?.filter(|&h| h > 0) {
+                s.ffn.shared_experts = Some(1);
+                s.ffn.shared_hidden = Some(h);
+                s.ffn.shared_expert_gate = Some(true);
+            }
+            // Dense layers: those in `mlp_only_layers` and, with a sparse step k,
+            // those whose (index + 1) is not a multiple of k.
+            let only: Vec<u64> = match c.raw("mlp_only_layers") {
+                None => Vec::new(),
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .map(|v| {
+                        v.as_u64()
+                            .ok_or_else(|| c.bad("mlp_only_layers", "expected layer indices"))
+                    })
+                    .collect::<Result<_, _>>()?,
+                Some(_) => return Err(c.bad("mlp_only_layers", "expected layer indices")),
+            };
+            let dense_layers: Vec<u64> = (0..s.layers)
+                .filter(|&l| only.contains(&l) || step == 0 || (l + 1) % step != 0)
+                .collect();
+            if !dense_layers.is_empty() {
+                s.overrides.push(Override {
+                    layers: dense_layers,
+                    attention: None,
+                    ffn: Some(dense(intermediate)),
+                });
+            }
+        }
+        "deepseek_v2" => deepseek(c, &mut s, intermediate)?,
+        _ => {}
+    }
+    Ok(s)
+}
+
+fn deepseek(c: &mut Config, s: &mut Spec, intermediate: Option<u64>) -> Result<(), IrError> {
+    let heads = s.attention.heads;
+    if s.attention.kv_heads != heads {
+        return Err(c.bad("num_key_value_heads", "MLA has one latent for every head"));
+    }
+    s.attention = AttentionFields {
+        heads,
+        kv_lora_rank: Some(c.need_u64("kv_lora_rank")?),
+        q_lora_rank: c.u64("q_lora_rank")?,
+        qk_nope_head_dim: Some(c.need_u64("qk_nope_head_dim")?),
+        qk_rope_head_dim: Some(c.need_u64("qk_rope_head_dim")?),
+        v_head_dim: Some(c.need_u64("v_head_dim")?),
+        mask: Some("k <= q".into()),
+        out_bias: s.attention.out_bias,
+        ..AttentionFields::default()
+    };
+    if s.attention.out_bias == Some(true) {
+        return Err(c.bad(
+            "attention_bias",
+            "MLA projections with biases are not modelled",
+        ));
+    }
+    let Some(experts) = c.u64("n_routed_experts")? else {
+        return Ok(());
+    };
+    c.only(
+        "moe_layer_freq",
+        &[Value::from(1)],
+        "mixtures in every layer after the dense ones are what attnc models",
+    )?;
+    c.only(
+        "scoring_func",
+        &[Value::from("softmax")],
+        "DeepSeek-V2's softmax router",
+    )?;
+    let method = c.str("topk_method")?.unwrap_or_else(|| "greedy".into());
+    let groups = c.u64("n_group")?;
+    let topk_groups = c.u64("topk_group")?;
+    if method != "greedy" && groups != topk_groups {
+        return Err(c.bad(
+            "topk_method",
+            "group-limited routing (topk_group < n_group) is not modelled",
+        ));
+    }
+    let shared = c.u64("n_shared_experts")?.filter(|&n| n > 0);
+    s.ffn = FfnFields {
+        kind: Some(FfnKind::Moe),
+        expert_kind: Some(FfnKind::Swiglu),
+        hidden: Some(c.need_u64("moe_intermediate_size")?),
+        experts: Some(experts),
+        top_k: Some(c.need_u64("num_experts_per_tok")?),
+        norm_topk_prob: Some(c.bool("norm_topk_prob")?.unwrap_or(false)),
+        routed_scaling_factor: c.f64("routed_scaling_factor")?.filter(|&f| f != 1.0),
+        shared_experts: shared,
+        ..FfnFields::default()
+    };
+    let first_dense = c.u64("first_k_dense_replace")?.unwrap_or(0).min(s.layers);
+    if first_dense > 0 {
+        s.overrides.push(Override {
+            layers: (0..first_dense).collect(),
+            attention: None,
+            ffn: Some(FfnFields {
+                kind: Some(FfnKind::Swiglu),
+                hidden: intermediate,
+                bias: Some(false),
+                ..FfnFields::default()
+            }),
+        });
+    }
+    Ok(())
+}
+
+fn gpt2(c: &mut Config, name: &str, notes: &mut Vec<String>) -> Result<Spec, IrError> {
+    let d = c.need_u64("n_embd")?;
+    let mut s = base(name, c.need_u64("vocab_size")?, d, c.need_u64("n_layer")?);
+    s.dtype = dtype(c, notes)?;
+    s.norm = NormKind::LayerNorm;
+    s.norm_eps = c.f64("layer_norm_epsilon")?.unwrap_or(1e-5);
+    s.position = Position::Learned;
+    let positions = c.need_u64("n_positions")?;
+    s.max_positions = Some(positions);
+    // GPT2LMHeadModel always ties its head to the token table.
+    s.tie_embeddings = c.bool("tie_word_embeddings")?.unwrap_or(true);
+    s.dims = dims(Some(positions), None, notes);
+    let kind = match c.str("activation_function")?.as_deref() {
+        None | Some("gelu_new") | Some("gelu_pytorch_tanh") => FfnKind::GeluTanh,
+        Some("gelu") => FfnKind::Gelu,
+        Some("relu") => FfnKind::Relu,
+        Some(_) => {
+            return Err(c.bad(
+                "activation_function",
+                "expected gelu_new, gelu_pytorch_tanh, gelu or relu",
+            ))
+        }
+    };
+    c.only(
+        "scale_attn_weights",
+        &[Value::from(true)],
+        "unscaled scores are not modelled",
+    )?;
+    c.only(
+        "scale_attn_by_inverse_layer_idx",
+        &[Value::from(false)],
+        "per-layer score scaling is not modelled",
+    )?;
+    let heads = c.need_u64("n_head")?;
+    s.attention = AttentionFields {
+        heads: Some(heads),
+        head_dim: Some(d / heads.max(1)),
+        mask: Some("k <= q".into()),
+        qkv_bias: Some(true),
+        out_bias: Some(true),
+        ..AttentionFields::default()
+    };
+    s.ffn = FfnFields {
+        kind: Some(kind),
+        hidden: Some(c.u64("n_inner")?.unwrap_or(4 * d)),
+        bias: Some(true),
+        ..FfnFields::default()
+    };
+    Ok(s)
+}
+
+impl Imported {
+    /// The spec as TOML, headed by comments saying where it came from, the choices
+    /// the import made and every ignored key with why it is harmless.
+    pub fn to_toml(&self, source: &str) -> Result<String, IrError> {
+        let body = toml::to_string(&self.spec).map_err(|e| error(format!("writing TOML: {e}")))?;
+        let mut s = format!("# Imported from {source} by `attnc import`.\n");
+        for n in &self.notes {
+            s += &format!("# {n}\n");
+        }
+        if !self.ignored.is_empty() {
+            s += "# Ignored keys of the config (none changes the network's output):\n";
+            for (key, why) in &self.ignored {
+                s += &format!("#   {key}: {why}\n");
+            }
+        }
+        Ok(s + &body)
+    }
+}
