@@ -326,6 +326,7 @@ example_snapshots! {
     qwen2_moe => "qwen2-moe", 2, [moe];
     llada_8b => "llada-8b", 2, [];
     block_diffusion => "block-diffusion", 2, [];
+    vit_b16 => "vit-b16", 2, [];
 }
 
 /// The GPU launch plan of every example (`--target gpu`, sm_90): kernel signatures,
@@ -378,4 +379,5 @@ gpu_snapshots! {
     sparse_transformer => "sparse-transformer", 2;
     streaming_llm => "streaming-llm", 2;
     switch_transformer => "switch-transformer", 2;
+    vit_b16 => "vit-b16", 2;
 }

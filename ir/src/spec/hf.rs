@@ -339,6 +339,7 @@ fn base(name: &str, vocab: u64, d_model: u64, layers: u64) -> Spec {
         kinds: BTreeMap::new(),
         overrides: Vec::new(),
         diffusion: None,
+        vision: None,
     }
 }
 

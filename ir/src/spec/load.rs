@@ -72,11 +72,12 @@ pub fn parse_spec(text: &str, format: Format, source: &SpecSource) -> Result<Spe
         serde_json::from_value(tree)
             .map_err(|e| set_error(&source.sets.join(" "), &with_hint(&e.to_string())))?
     };
+    let spec = spec.with_vision_seq()?;
     // Every layer of the spec as written must be valid, so shrinking never hides an
     // error (or turns a wrong spec into a different, valid one).
     spec.layer_configs()?;
     if source.tiny {
-        let tiny = spec.tiny(&pinned);
+        let tiny = spec.tiny(&pinned).with_vision_seq()?;
         tiny.layer_configs()?;
         return Ok(tiny);
     }

@@ -25,7 +25,9 @@ pub fn lower(spec: &Spec) -> Result<Graph, IrError> {
         dims.bind(name.clone(), v);
     }
     // `validate` keeps these names out of `[dims]`.
-    dims.bind("vocab", spec.vocab);
+    if spec.arch != Arch::Vit {
+        dims.bind("vocab", spec.vocab);
+    }
     dims.bind("d_model", spec.d_model);
     let mut l = Lowerer {
         b: GraphBuilder::new(spec.name.clone(), dims),
@@ -139,6 +141,9 @@ impl Lowerer<'_> {
     }
 
     fn embed(&mut self) -> Result<NodeId, IrError> {
+        if let Some(v) = self.spec.vision()? {
+            return self.embed_patches(&v);
+        }
         self.b.set_layer(Some("embed".into()));
         let (batch, seq) = (Dim::sym("batch"), Dim::sym("seq"));
         let (vocab, d) = (Dim::sym("vocab"), Dim::sym("d_model"));
@@ -604,6 +609,73 @@ impl Lowerer<'_> {
         self.linear(h, prefix, "w_down", bias("b_down"), &hidden, &d)
     }
 
+    /// ViT: `pixels [B, C, H, W]` cut into `P × P` patches, each flattened in `(c, i,
+    /// j)` order and projected (`x·W + b`), the class token in front, learned
+    /// positions added.
+    fn embed_patches(&mut self, v: &super::Vision) -> Result<NodeId, IrError> {
+        self.b.set_layer(Some("embed".into()));
+        let (batch, seq, d) = (Dim::sym("batch"), Dim::sym("seq"), Dim::sym("d_model"));
+        let (g, p) = (v.grid(), v.patch_size);
+        let channels = self.dim("channels", v.num_channels);
+        let image = self.dim("image_size", v.image_size);
+        let grid = Dim::Const(g);
+        let patch = Dim::Const(p);
+        let pixels = self.b.input(
+            "pixels",
+            self.shape(&[&batch, &channels, &image, &image]),
+            self.dtype,
+        )?;
+        let x = self.reshape(pixels, &[&batch, &channels, &grid, &patch, &grid, &patch])?;
+        let x = self.op(
+            Op::Transpose {
+                perm: vec![0, 2, 4, 1, 3, 5],
+            },
+            &[x],
+        )?;
+        let patches = self.dim("patches", g * g);
+        let patch_dim = self.dim("patch_dim", v.num_channels * p * p);
+        let x = self.reshape(x, &[&batch, &patches, &patch_dim])?;
+        let mut x = self.linear(x, "embed.patch", "weight", Some("bias"), &patch_dim, &d)?;
+        if v.class_token {
+            let one = Dim::Const(1);
+            let cls = self.param("embed.class_token".into(), &[&one, &one, &d])?;
+            let shape = self.shape(&[&batch, &one, &d]);
+            let cls = self.op(Op::Broadcast { shape }, &[cls])?;
+            x = self.op(Op::Concat { axis: 1 }, &[cls, x])?;
+        }
+        let pos = self.param("embed.positions".into(), &[&seq, &d])?;
+        self.bin(BinaryOp::Add, x, pos)
+    }
+
+    /// ViT: the class token (or the mean of the tokens) through `head.weight`.
+    fn head_vit(&mut self, x: NodeId, v: &super::Vision) -> Result<(), IrError> {
+        let (batch, d) = (Dim::sym("batch"), Dim::sym("d_model"));
+        let pooled = match v.pool {
+            super::Pool::Cls => {
+                let first = self.op(
+                    Op::Slice {
+                        axis: 1,
+                        start: Dim::Const(0),
+                        end: Dim::Const(1),
+                    },
+                    &[x],
+                )?;
+                self.reshape(first, &[&batch, &d])?
+            }
+            super::Pool::Mean => self.op(
+                Op::Reduce {
+                    kind: crate::ReduceKind::Mean,
+                    axes: vec![1],
+                    keep_dims: false,
+                },
+                &[x],
+            )?,
+        };
+        let classes = self.dim("classes", v.num_classes);
+        let logits = self.linear(pooled, "head", "weight", Some("bias"), &d, &classes)?;
+        self.b.output("logits", logits)
+    }
+
     fn head(&mut self, x: NodeId) -> Result<(), IrError> {
         self.b.set_layer(Some("head".into()));
         let x = if self.spec.norm_placement == NormPlacement::Pre {
@@ -611,6 +683,9 @@ impl Lowerer<'_> {
         } else {
             x
         };
+        if let Some(v) = self.spec.vision()? {
+            return self.head_vit(x, &v);
+        }
         if self.spec.arch == Arch::Encoder {
             return self.b.output("hidden", x);
         }

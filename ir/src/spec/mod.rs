@@ -13,11 +13,13 @@ mod load;
 mod lower;
 mod moe;
 mod tiny;
+mod vision;
 
 pub use diffusion::{check_steps, Diffusion, DiffusionFields, Remasking, DIFFUSION_FIELDS};
 pub use load::{hf_model_name, load_spec, parse_spec, Format, SpecSource};
 pub use lower::lower;
 pub use moe::{Moe, Router, Scoring, SharedExperts};
+pub use vision::{Pool, Vision, VisionFields};
 
 use crate::{IrError, MaskExpr};
 use serde::{Deserialize, Serialize};
@@ -31,6 +33,8 @@ pub enum Arch {
     Decoder,
     /// Bidirectional encoder: token ids in, hidden states out.
     Encoder,
+    /// Vision Transformer: an image in, class logits out (see [`VisionFields`]).
+    Vit,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +92,8 @@ pub struct Spec {
     pub name: String,
     #[serde(default)]
     pub arch: Arch,
+    /// Token vocabulary (not used by `arch = "vit"`).
+    #[serde(default)]
     pub vocab: u64,
     pub d_model: u64,
     pub layers: u64,
@@ -129,6 +135,9 @@ pub struct Spec {
     /// A masked-diffusion language model's sampler (see [`DiffusionFields`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diffusion: Option<DiffusionFields>,
+    /// `arch = "vit"`: the image and the head (see [`VisionFields`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vision: Option<VisionFields>,
 }
 
 fn default_dtype() -> String {
@@ -335,6 +344,7 @@ pub const SPEC_FIELDS: &[&str] = &[
     "kinds",
     "override",
     "diffusion",
+    "vision",
 ];
 pub const ATTENTION_FIELDS: &[&str] = &[
     "heads",
@@ -632,13 +642,11 @@ impl Spec {
 
     /// Checks that do not depend on a layer.
     pub fn validate(&self) -> Result<(), IrError> {
-        let sizes = [
-            ("vocab", self.vocab),
-            ("d_model", self.d_model),
-            ("layers", self.layers),
-        ];
-        for (name, v) in sizes
+        let vocab = (self.arch != Arch::Vit).then_some(("vocab", self.vocab));
+        let sizes = [("d_model", self.d_model), ("layers", self.layers)];
+        for (name, v) in vocab
             .into_iter()
+            .chain(sizes)
             .chain(self.dims.iter().map(|(k, v)| (k.as_str(), *v)))
         {
             if v == 0 {
@@ -681,6 +689,7 @@ impl Spec {
             }
         }
         self.diffusion()?;
+        self.vision()?;
         if !(self.norm_eps > 0.0 && self.norm_eps.is_finite()) {
             return Err(Spec::spec_error(
                 None,
@@ -790,7 +799,7 @@ impl Spec {
         }
         let mask_text = attention.mask.clone().unwrap_or_else(|| match self.arch {
             Arch::Decoder => "k <= q".into(),
-            Arch::Encoder => "none".into(),
+            Arch::Encoder | Arch::Vit => "none".into(),
         });
         let mask = if mask_text.trim() == "none" {
             None
