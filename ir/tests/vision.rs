@@ -81,6 +81,93 @@ fn patches_are_flattened_in_channel_row_column_order() {
     }
 }
 
+/// The embedding of the lowered graph, evaluated in the interpreter on a random image,
+/// equals the reference computation written out: the stride-`P` convolution
+/// `Σ_{c,i,j} W[c·P² + i·P + j, o] · pixels[c, gy·P + i, gx·P + j] + bias[o]` per patch,
+/// the class token in front, and the learned positions.
+#[test]
+fn patch_embedding_is_the_strided_convolution() {
+    let spec = parse(&["layers=1"], true).unwrap();
+    let g = lower(&spec).unwrap();
+    let (c, img, p, d) = (3usize, 16usize, 4usize, spec.d_model as usize);
+    let (grid, seq) = (img / p, 17usize);
+    let bindings = attnc_ir::random_bindings(&g, 7);
+    let values = eval_nodes(&g, &bindings, Precision::F64).unwrap();
+    let pos_param = (g.params().into_iter())
+        .find(|(n, _)| *n == "embed.positions")
+        .unwrap()
+        .1;
+    // The sum that adds the positions is the embedding's output.
+    let embedded = (g.node_ids())
+        .find(|&id| g.operands(id).contains(&pos_param))
+        .unwrap();
+    assert_eq!(g.sizes(embedded), vec![1, seq, d]);
+    let got = &values[embedded.index()].data;
+    let t = |name: &str| &bindings[name].data;
+    let (pixels, w, bias) = (t("pixels"), t("embed.patch.weight"), t("embed.patch.bias"));
+    let (cls, pos) = (t("embed.class_token"), t("embed.positions"));
+    let mut checked = 0;
+    for o in 0..d {
+        let want = cls[o] + pos[o];
+        assert!((got[o] - want).abs() < 1e-9, "class token, {o}");
+        for gy in 0..grid {
+            for gx in 0..grid {
+                let tok = 1 + gy * grid + gx;
+                let mut want = bias[o] + pos[tok * d + o];
+                for ch in 0..c {
+                    for i in 0..p {
+                        for j in 0..p {
+                            let px = pixels[ch * img * img + (gy * p + i) * img + gx * p + j];
+                            want += w[(ch * p * p + i * p + j) * d + o] * px;
+                        }
+                    }
+                }
+                let v = got[tok * d + o];
+                assert!((v - want).abs() < 1e-9, "token {tok}, {o}: {v} vs {want}");
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, d * grid * grid);
+}
+
+/// `pool = "mean"` averages the patch tokens only, leaving out the class token.
+#[test]
+fn mean_pooling_leaves_out_the_class_token() {
+    for (sets, tokens) in [
+        (&["layers=1", "vision.pool=\"mean\""][..], 16),
+        (&["layers=1", "vision.class_token=false"][..], 16),
+    ] {
+        let spec = parse(sets, true).unwrap();
+        let g = lower(&spec).unwrap();
+        let reduce = (g.node_ids())
+            .find(|&id| matches!(g.node(id).op, Op::Reduce { .. }))
+            .unwrap();
+        let input = g.operands(reduce)[0];
+        assert_eq!(
+            g.sizes(input),
+            vec![1, tokens, spec.d_model as usize],
+            "{sets:?}"
+        );
+        let values = eval_nodes(&g, &attnc_ir::random_bindings(&g, 3), Precision::F64).unwrap();
+        let (x, m) = (&values[input.index()].data, &values[reduce.index()].data);
+        let d = spec.d_model as usize;
+        for o in 0..d {
+            let want = (0..tokens).map(|t| x[t * d + o]).sum::<f64>() / tokens as f64;
+            assert!((m[o] - want).abs() < 1e-12);
+        }
+    }
+}
+
+#[test]
+fn learned_positions_default_to_the_sequence() {
+    let spec = parse(&["position=\"learned\""], false).unwrap();
+    assert_eq!(spec.max_positions, Some(197));
+    let tiny = parse(&["position=\"learned\""], true).unwrap();
+    assert_eq!(tiny.max_positions, Some(17));
+    lower(&tiny).unwrap();
+}
+
 #[test]
 fn bad_vision_specs_name_the_field() {
     let cases: &[(&[&str], &str)] = &[
@@ -95,6 +182,16 @@ fn bad_vision_specs_name_the_field() {
         (&["vision=null"], "[vision]"),
         (&["arch=\"decoder\"", "vocab=10"], "arch = \"vit\""),
         (&["vision.stride=2"], "stride"),
+        (&["max_positions=100"], "max_positions"),
+        (&["tie_embeddings=true"], "tie_embeddings"),
+        (
+            &["vision.image_size=4294967296", "vision.patch_size=1"],
+            "vision.image_size",
+        ),
+        (
+            &["vision.num_channels=4294967296", "vision.patch_size=4"],
+            "vision.num_channels",
+        ),
     ];
     for (sets, needle) in cases {
         let e = parse(sets, false).expect_err(needle).to_string();

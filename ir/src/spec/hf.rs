@@ -159,14 +159,22 @@ impl Config {
         ))
     }
 
-    fn u64(&mut self, key: &str) -> Result<Option<u64>, IrError> {
+    /// `key` read with `read` (absent and null: `None`); any other value that `read`
+    /// rejects is an error saying what was `expected`.
+    fn typed<T>(
+        &mut self,
+        key: &str,
+        expected: &str,
+        read: impl Fn(&Value) -> Option<T>,
+    ) -> Result<Option<T>, IrError> {
         match self.raw(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| self.bad(key, "expected a non-negative integer")),
+            Some(v) => read(&v).map(Some).ok_or_else(|| self.bad(key, expected)),
         }
+    }
+
+    fn u64(&mut self, key: &str) -> Result<Option<u64>, IrError> {
+        self.typed(key, "expected a non-negative integer", Value::as_u64)
     }
 
     fn need_u64(&mut self, key: &str) -> Result<u64, IrError> {
@@ -175,33 +183,15 @@ impl Config {
     }
 
     fn f64(&mut self, key: &str) -> Result<Option<f64>, IrError> {
-        match self.raw(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| self.bad(key, "expected a number")),
-        }
+        self.typed(key, "expected a number", Value::as_f64)
     }
 
     fn bool(&mut self, key: &str) -> Result<Option<bool>, IrError> {
-        match self.raw(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_bool()
-                .map(Some)
-                .ok_or_else(|| self.bad(key, "expected true or false")),
-        }
+        self.typed(key, "expected true or false", Value::as_bool)
     }
 
     fn str(&mut self, key: &str) -> Result<Option<String>, IrError> {
-        match self.raw(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_str()
-                .map(|s| Some(s.to_string()))
-                .ok_or_else(|| self.bad(key, "expected a string")),
-        }
+        self.typed(key, "expected a string", |v| v.as_str().map(str::to_string))
     }
 
     /// `key` must be absent, null or one of `allowed` (what attnc models).

@@ -647,7 +647,7 @@ impl Lowerer<'_> {
         self.bin(BinaryOp::Add, x, pos)
     }
 
-    /// ViT: the class token (or the mean of the tokens) through `head.weight`.
+    /// ViT: the class token (or the mean of the patch tokens) through `head.weight`.
     fn head_vit(&mut self, x: NodeId, v: &super::Vision) -> Result<(), IrError> {
         let (batch, d) = (Dim::sym("batch"), Dim::sym("d_model"));
         let pooled = match v.pool {
@@ -662,14 +662,27 @@ impl Lowerer<'_> {
                 )?;
                 self.reshape(first, &[&batch, &d])?
             }
-            super::Pool::Mean => self.op(
-                Op::Reduce {
-                    kind: crate::ReduceKind::Mean,
-                    axes: vec![1],
-                    keep_dims: false,
-                },
-                &[x],
-            )?,
+            super::Pool::Mean => {
+                // The mean of the patch tokens: the class token, if any, is left out.
+                let patches = if v.class_token {
+                    let slice = Op::Slice {
+                        axis: 1,
+                        start: Dim::Const(1),
+                        end: Dim::sym("seq"),
+                    };
+                    self.op(slice, &[x])?
+                } else {
+                    x
+                };
+                self.op(
+                    Op::Reduce {
+                        kind: crate::ReduceKind::Mean,
+                        axes: vec![1],
+                        keep_dims: false,
+                    },
+                    &[patches],
+                )?
+            }
         };
         let classes = self.dim("classes", v.num_classes);
         let logits = self.linear(pooled, "head", "weight", Some("bias"), &d, &classes)?;

@@ -94,10 +94,10 @@ impl Spec {
             t.vocab = self.vocab.min(TINY_VOCAB);
         }
         t.tiny_diffusion(old_seq, pinned);
-        t.tiny_vision(pinned);
         if free("max_positions") {
             t.max_positions = self.max_positions.map(|m| m.min(2 * new_seq).max(new_seq));
         }
+        t.tiny_vision(pinned);
         if free("layers") {
             // One full period of the pattern (at least two layers), so every kind runs.
             t.layers = self

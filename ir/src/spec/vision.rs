@@ -113,6 +113,22 @@ impl Spec {
                 v.image_size, v.patch_size
             ));
         }
+        // Both sizes are dimensions of the graph: bound them before multiplying on.
+        let grid = v.grid();
+        if grid.checked_mul(grid).is_none_or(|n| n >= super::MAX_DIM) {
+            return fail(format!(
+                "`vision.image_size` / `vision.patch_size` = {} / {}: {grid}² patches are too many",
+                v.image_size, v.patch_size
+            ));
+        }
+        let patch_dim =
+            (v.patch_size.checked_mul(v.patch_size)).and_then(|pp| pp.checked_mul(v.num_channels));
+        if patch_dim.is_none_or(|n| n > super::MAX_DIM) {
+            return fail(format!(
+                "`vision.num_channels` × `vision.patch_size`² = {} × {}² is too large",
+                v.num_channels, v.patch_size
+            ));
+        }
         if v.pool == Pool::Cls && !v.class_token {
             return fail("`vision.pool = \"cls\"` needs `vision.class_token = true`".into());
         }
@@ -121,11 +137,17 @@ impl Spec {
                 "a ViT has learned positions: leave `position` unset or \"learned\"".into(),
             );
         }
+        if self.tie_embeddings {
+            return fail(
+                "`tie_embeddings`: a ViT has no token embedding to tie to its head".into(),
+            );
+        }
         Ok(Some(v))
     }
 
     /// A ViT's `dims.seq` is its patch count (plus the class token): filled in when
-    /// unset, an error when set to something else.
+    /// unset, an error when set to something else; the same for `max_positions`
+    /// (filled in only with `position = "learned"`, which a ViT has either way).
     pub(super) fn with_vision_seq(mut self) -> Result<Spec, IrError> {
         let Some(v) = self.vision()? else {
             return Ok(self);
@@ -143,6 +165,17 @@ impl Spec {
                 ))
             }
             Some(_) => {}
+        }
+        // The position table has one row per token.
+        match self.max_positions {
+            None if self.position == Position::Learned => self.max_positions = Some(v.seq()),
+            Some(m) if m != v.seq() => {
+                return fail(format!(
+                    "`max_positions` = {m}: a ViT has one learned position per token ({}); leave `max_positions` unset",
+                    v.seq()
+                ))
+            }
+            _ => {}
         }
         // Axial attention over the patch grid: rows of `grid` patches by default.
         if self.attention.kind.as_deref() == Some("axial") && self.attention.axial_rows.is_none() {
@@ -169,6 +202,10 @@ impl Spec {
         }
         if free("dims.seq") {
             self.dims.remove("seq");
+        }
+        // Re-derived from the new sequence (see `with_vision_seq`).
+        if free("max_positions") {
+            self.max_positions = None;
         }
     }
 }
