@@ -12,12 +12,13 @@
 //! `max_position_embeddings` capped at 4096 (twice the sliding window, when there is
 //! one, so the window matters), `dims.batch` 1; `--set` changes either.
 
-use super::{
-    AttentionFields, FfnFields, FfnKind, NormKind, NormPlacement, Override, Position, Spec,
-};
+use super::{AttentionFields, FfnFields, NormKind, NormPlacement, Position, Spec};
 use crate::IrError;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashSet};
+
+mod gpt2;
+mod llama;
 
 /// An imported config: the spec, and the keys ignored with the reason each is
 /// harmless.
@@ -49,7 +50,7 @@ pub fn is_hf_config(text: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn error(message: impl Into<String>) -> IrError {
+pub(super) fn error(message: impl Into<String>) -> IrError {
     IrError::Spec {
         layer: None,
         message: message.into(),
@@ -139,19 +140,19 @@ const HARMLESS: &[(&str, &str)] = &[
 ];
 
 /// The config being mapped: its keys, and which have been read.
-struct Config {
-    model_type: String,
+pub(super) struct Config {
+    pub(super) model_type: String,
     map: Map<String, Value>,
     used: HashSet<String>,
 }
 
 impl Config {
-    fn raw(&mut self, key: &str) -> Option<Value> {
+    pub(super) fn raw(&mut self, key: &str) -> Option<Value> {
         self.used.insert(key.to_string());
         self.map.get(key).filter(|v| !v.is_null()).cloned()
     }
 
-    fn bad(&self, key: &str, what: &str) -> IrError {
+    pub(super) fn bad(&self, key: &str, what: &str) -> IrError {
         error(format!(
             "`{key}` = {} in this {} config: {what}",
             self.map.get(key).cloned().unwrap_or(Value::Null),
@@ -161,7 +162,7 @@ impl Config {
 
     /// `key` read with `read` (absent and null: `None`); any other value that `read`
     /// rejects is an error saying what was `expected`.
-    fn typed<T>(
+    pub(super) fn typed<T>(
         &mut self,
         key: &str,
         expected: &str,
@@ -173,29 +174,29 @@ impl Config {
         }
     }
 
-    fn u64(&mut self, key: &str) -> Result<Option<u64>, IrError> {
+    pub(super) fn u64(&mut self, key: &str) -> Result<Option<u64>, IrError> {
         self.typed(key, "expected a non-negative integer", Value::as_u64)
     }
 
-    fn need_u64(&mut self, key: &str) -> Result<u64, IrError> {
+    pub(super) fn need_u64(&mut self, key: &str) -> Result<u64, IrError> {
         self.u64(key)?
             .ok_or_else(|| error(format!("this {} config has no `{key}`", self.model_type)))
     }
 
-    fn f64(&mut self, key: &str) -> Result<Option<f64>, IrError> {
+    pub(super) fn f64(&mut self, key: &str) -> Result<Option<f64>, IrError> {
         self.typed(key, "expected a number", Value::as_f64)
     }
 
-    fn bool(&mut self, key: &str) -> Result<Option<bool>, IrError> {
+    pub(super) fn bool(&mut self, key: &str) -> Result<Option<bool>, IrError> {
         self.typed(key, "expected true or false", Value::as_bool)
     }
 
-    fn str(&mut self, key: &str) -> Result<Option<String>, IrError> {
+    pub(super) fn str(&mut self, key: &str) -> Result<Option<String>, IrError> {
         self.typed(key, "expected a string", |v| v.as_str().map(str::to_string))
     }
 
     /// `key` must be absent, null or one of `allowed` (what attnc models).
-    fn only(&mut self, key: &str, allowed: &[Value], why: &str) -> Result<(), IrError> {
+    pub(super) fn only(&mut self, key: &str, allowed: &[Value], why: &str) -> Result<(), IrError> {
         match self.raw(key) {
             Some(v) if !allowed.contains(&v) => Err(self.bad(key, why)),
             _ => Ok(()),
@@ -250,9 +251,9 @@ pub fn import_hf(text: &str, name: &str) -> Result<Imported, IrError> {
     let mut notes = Vec::new();
     let spec = match model_type.as_str() {
         "llama" | "mistral" | "qwen2" | "mixtral" | "qwen2_moe" | "deepseek_v2" => {
-            llama_family(&mut c, name, &mut notes)?
+            llama::llama_family(&mut c, name, &mut notes)?
         }
-        "gpt2" => gpt2(&mut c, name, &mut notes)?,
+        "gpt2" => gpt2::gpt2(&mut c, name, &mut notes)?,
         other => {
             return Err(error(format!(
                 "`model_type` = \"{other}\" is not supported; attnc imports {}",
@@ -273,7 +274,7 @@ pub fn import_hf(text: &str, name: &str) -> Result<Imported, IrError> {
 /// same network, more precisely (a bf16 router's near-ties would otherwise decide
 /// different experts than the f64 reference). `--set dtype=bf16` computes in the
 /// weights' type.
-fn dtype(c: &mut Config, notes: &mut Vec<String>) -> Result<String, IrError> {
+pub(super) fn dtype(c: &mut Config, notes: &mut Vec<String>) -> Result<String, IrError> {
     let stored = match c.str("torch_dtype")?.as_deref() {
         None | Some("float32") => "f32",
         Some("float16") => "f16",
@@ -289,7 +290,7 @@ fn dtype(c: &mut Config, notes: &mut Vec<String>) -> Result<String, IrError> {
 }
 
 /// `dims`: batch 1 and the sequence (see the module docs).
-fn dims(
+pub(super) fn dims(
     max_positions: Option<u64>,
     window: Option<u64>,
     notes: &mut Vec<String>,
@@ -307,7 +308,7 @@ fn dims(
     d
 }
 
-fn base(name: &str, vocab: u64, d_model: u64, layers: u64) -> Spec {
+pub(super) fn base(name: &str, vocab: u64, d_model: u64, layers: u64) -> Spec {
     Spec {
         name: name.to_string(),
         arch: super::Arch::Decoder,
@@ -331,259 +332,6 @@ fn base(name: &str, vocab: u64, d_model: u64, layers: u64) -> Spec {
         diffusion: None,
         vision: None,
     }
-}
-
-/// Llama and the architectures built on it: Mistral and Qwen2 (dense), Mixtral and
-/// Qwen2-MoE (experts), DeepSeek-V2/V3 (MLA and DeepSeekMoE).
-fn llama_family(c: &mut Config, name: &str, notes: &mut Vec<String>) -> Result<Spec, IrError> {
-    let t = c.model_type.clone();
-    let mut s = base(
-        name,
-        c.need_u64("vocab_size")?,
-        c.need_u64("hidden_size")?,
-        c.need_u64("num_hidden_layers")?,
-    );
-    s.dtype = dtype(c, notes)?;
-    s.norm_eps = c.f64("rms_norm_eps")?.unwrap_or(1e-6);
-    s.rope_theta = c.f64("rope_theta")?.unwrap_or(10000.0);
-    s.tie_embeddings = c.bool("tie_word_embeddings")?.unwrap_or(false);
-    c.only(
-        "hidden_act",
-        &[Value::from("silu")],
-        "attnc models SwiGLU MLPs with silu",
-    )?;
-    c.only(
-        "rope_scaling",
-        &[],
-        "RoPE scaling (linear, dynamic, llama3, yarn) is not modelled yet, and it changes the rotary angles",
-    )?;
-    let heads = c.need_u64("num_attention_heads")?;
-    let kv_heads = c.u64("num_key_value_heads")?.unwrap_or(heads);
-    let max_positions = c.u64("max_position_embeddings")?;
-    // Sliding windows: Mistral's `sliding_window`; Qwen2's only with its flag.
-    let window = match t.as_str() {
-        "mistral" | "mixtral" => c.u64("sliding_window")?,
-        "qwen2" | "qwen2_moe" => {
-            let on = c.bool("use_sliding_window")?.unwrap_or(false);
-            let w = c.u64("sliding_window")?;
-            if on {
-                return Err(c.bad(
-                    "use_sliding_window",
-                    "Qwen2's per-layer sliding window (max_window_layers) is not modelled",
-                ));
-            }
-            let _ = w;
-            None
-        }
-        _ => None,
-    };
-    s.dims = dims(max_positions, window, notes);
-    let bias = c.bool("attention_bias")?.unwrap_or(false);
-    s.attention = AttentionFields {
-        heads: Some(heads),
-        kv_heads: Some(kv_heads),
-        head_dim: Some(c.u64("head_dim")?.unwrap_or(s.d_model / heads.max(1))),
-        mask: Some(match window {
-            Some(_) => "k <= q && q - k < window".into(),
-            None => "k <= q".into(),
-        }),
-        // Qwen2 has biases on q, k and v (not on o), with no config field.
-        qkv_bias: Some(bias || t.starts_with("qwen2")),
-        out_bias: Some(bias),
-        ..AttentionFields::default()
-    };
-    let intermediate = c.u64("intermediate_size")?;
-    let dense = |hidden: Option<u64>| FfnFields {
-        kind: Some(FfnKind::Swiglu),
-        hidden,
-        bias: Some(false),
-        ..FfnFields::default()
-    };
-    s.ffn = dense(intermediate);
-    if t != "deepseek_v2" {
-        s.ffn.bias = Some(c.bool("mlp_bias")?.unwrap_or(false));
-    }
-    match t.as_str() {
-        "mixtral" => {
-            s.ffn = FfnFields {
-                kind: Some(FfnKind::Moe),
-                expert_kind: Some(FfnKind::Swiglu),
-                hidden: intermediate,
-                experts: Some(c.need_u64("num_local_experts")?),
-                top_k: Some(c.need_u64("num_experts_per_tok")?),
-                router: Some("softmax_topk".into()),
-                norm_topk_prob: Some(true),
-                ..FfnFields::default()
-            };
-        }
-        "qwen2_moe" => {
-            let step = c.u64("decoder_sparse_step")?.unwrap_or(1);
-            let experts = c.need_u64("num_experts")?;
-            s.ffn = FfnFields {
-                kind: Some(FfnKind::Moe),
-                expert_kind: Some(FfnKind::Swiglu),
-                hidden: Some(c.need_u64("moe_intermediate_size")?),
-                experts: Some(experts),
-                top_k: Some(c.need_u64("num_experts_per_tok")?),
-                norm_topk_prob: Some(c.bool("norm_topk_prob")?.unwrap_or(false)),
-                ..FfnFields::default()
-            };
-            if let Some(h) = c.u64("shared_expert_intermediate_size")?.filter(|&h| h > 0) {
-                s.ffn.shared_experts = Some(1);
-                s.ffn.shared_hidden = Some(h);
-                s.ffn.shared_expert_gate = Some(true);
-            }
-            // Dense layers: those in `mlp_only_layers` and, with a sparse step k,
-            // those whose (index + 1) is not a multiple of k.
-            let only: Vec<u64> = match c.raw("mlp_only_layers") {
-                None => Vec::new(),
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .map(|v| {
-                        v.as_u64()
-                            .ok_or_else(|| c.bad("mlp_only_layers", "expected layer indices"))
-                    })
-                    .collect::<Result<_, _>>()?,
-                Some(_) => return Err(c.bad("mlp_only_layers", "expected layer indices")),
-            };
-            let dense_layers: Vec<u64> = (0..s.layers)
-                .filter(|&l| only.contains(&l) || step == 0 || (l + 1) % step != 0)
-                .collect();
-            if !dense_layers.is_empty() {
-                s.overrides.push(Override {
-                    layers: dense_layers,
-                    attention: None,
-                    ffn: Some(dense(intermediate)),
-                });
-            }
-        }
-        "deepseek_v2" => deepseek(c, &mut s, intermediate)?,
-        _ => {}
-    }
-    Ok(s)
-}
-
-fn deepseek(c: &mut Config, s: &mut Spec, intermediate: Option<u64>) -> Result<(), IrError> {
-    let heads = s.attention.heads;
-    if s.attention.kv_heads != heads {
-        return Err(c.bad("num_key_value_heads", "MLA has one latent for every head"));
-    }
-    s.attention = AttentionFields {
-        heads,
-        kv_lora_rank: Some(c.need_u64("kv_lora_rank")?),
-        q_lora_rank: c.u64("q_lora_rank")?,
-        qk_nope_head_dim: Some(c.need_u64("qk_nope_head_dim")?),
-        qk_rope_head_dim: Some(c.need_u64("qk_rope_head_dim")?),
-        v_head_dim: Some(c.need_u64("v_head_dim")?),
-        mask: Some("k <= q".into()),
-        out_bias: s.attention.out_bias,
-        ..AttentionFields::default()
-    };
-    if s.attention.out_bias == Some(true) {
-        return Err(c.bad(
-            "attention_bias",
-            "MLA projections with biases are not modelled",
-        ));
-    }
-    let Some(experts) = c.u64("n_routed_experts")? else {
-        return Ok(());
-    };
-    c.only(
-        "moe_layer_freq",
-        &[Value::from(1)],
-        "mixtures in every layer after the dense ones are what attnc models",
-    )?;
-    c.only(
-        "scoring_func",
-        &[Value::from("softmax")],
-        "DeepSeek-V2's softmax router",
-    )?;
-    let method = c.str("topk_method")?.unwrap_or_else(|| "greedy".into());
-    let groups = c.u64("n_group")?;
-    let topk_groups = c.u64("topk_group")?;
-    if method != "greedy" && groups != topk_groups {
-        return Err(c.bad(
-            "topk_method",
-            "group-limited routing (topk_group < n_group) is not modelled",
-        ));
-    }
-    let shared = c.u64("n_shared_experts")?.filter(|&n| n > 0);
-    s.ffn = FfnFields {
-        kind: Some(FfnKind::Moe),
-        expert_kind: Some(FfnKind::Swiglu),
-        hidden: Some(c.need_u64("moe_intermediate_size")?),
-        experts: Some(experts),
-        top_k: Some(c.need_u64("num_experts_per_tok")?),
-        norm_topk_prob: Some(c.bool("norm_topk_prob")?.unwrap_or(false)),
-        routed_scaling_factor: c.f64("routed_scaling_factor")?.filter(|&f| f != 1.0),
-        shared_experts: shared,
-        ..FfnFields::default()
-    };
-    let first_dense = c.u64("first_k_dense_replace")?.unwrap_or(0).min(s.layers);
-    if first_dense > 0 {
-        s.overrides.push(Override {
-            layers: (0..first_dense).collect(),
-            attention: None,
-            ffn: Some(FfnFields {
-                kind: Some(FfnKind::Swiglu),
-                hidden: intermediate,
-                bias: Some(false),
-                ..FfnFields::default()
-            }),
-        });
-    }
-    Ok(())
-}
-
-fn gpt2(c: &mut Config, name: &str, notes: &mut Vec<String>) -> Result<Spec, IrError> {
-    let d = c.need_u64("n_embd")?;
-    let mut s = base(name, c.need_u64("vocab_size")?, d, c.need_u64("n_layer")?);
-    s.dtype = dtype(c, notes)?;
-    s.norm = NormKind::LayerNorm;
-    s.norm_eps = c.f64("layer_norm_epsilon")?.unwrap_or(1e-5);
-    s.position = Position::Learned;
-    let positions = c.need_u64("n_positions")?;
-    s.max_positions = Some(positions);
-    // GPT2LMHeadModel always ties its head to the token table.
-    s.tie_embeddings = c.bool("tie_word_embeddings")?.unwrap_or(true);
-    s.dims = dims(Some(positions), None, notes);
-    let kind = match c.str("activation_function")?.as_deref() {
-        None | Some("gelu_new") | Some("gelu_pytorch_tanh") => FfnKind::GeluTanh,
-        Some("gelu") => FfnKind::Gelu,
-        Some("relu") => FfnKind::Relu,
-        Some(_) => {
-            return Err(c.bad(
-                "activation_function",
-                "expected gelu_new, gelu_pytorch_tanh, gelu or relu",
-            ))
-        }
-    };
-    c.only(
-        "scale_attn_weights",
-        &[Value::from(true)],
-        "unscaled scores are not modelled",
-    )?;
-    c.only(
-        "scale_attn_by_inverse_layer_idx",
-        &[Value::from(false)],
-        "per-layer score scaling is not modelled",
-    )?;
-    let heads = c.need_u64("n_head")?;
-    s.attention = AttentionFields {
-        heads: Some(heads),
-        head_dim: Some(d / heads.max(1)),
-        mask: Some("k <= q".into()),
-        qkv_bias: Some(true),
-        out_bias: Some(true),
-        ..AttentionFields::default()
-    };
-    s.ffn = FfnFields {
-        kind: Some(kind),
-        hidden: Some(c.u64("n_inner")?.unwrap_or(4 * d)),
-        bias: Some(true),
-        ..FfnFields::default()
-    };
-    Ok(s)
 }
 
 impl Imported {
