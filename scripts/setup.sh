@@ -22,6 +22,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
 fi
 
+if ! command -v python3 >/dev/null 2>&1; then
+  echo "setup: installing python3 (the reference tests and ptxas need it)"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3 python3-pip
+fi
+
 # ptxas, NVIDIA's PTX assembler (PyPI's nvcc wheel, no GPU needed): the GPU tests
 # assemble the emitted PTX with it for sm_80 and sm_90. Optional: without it those
 # checks are skipped with a note.
@@ -30,6 +38,14 @@ if command -v python3 >/dev/null 2>&1 && ! python3 -c "import nvidia.cuda_nvcc" 
   python3 -m pip install -q nvidia-cuda-nvcc-cu12 2>/dev/null \
     || python3 -m pip install -q --break-system-packages nvidia-cuda-nvcc-cu12 \
     || echo "setup: ptxas not installed; the GPU tests will not assemble PTX"
+fi
+
+# numpy and safetensors: the independent reference models of tests/hf_reference.rs
+# (tests/reference/hf_reference.py) are written in numpy.
+if command -v python3 >/dev/null 2>&1 && ! python3 -c "import numpy, safetensors" 2>/dev/null; then
+  echo "setup: installing numpy and safetensors (pip)"
+  python3 -m pip install -q numpy safetensors 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages numpy safetensors
 fi
 
 if [ ! -x /usr/lib/llvm-22/bin/llvm-config ]; then

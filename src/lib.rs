@@ -19,6 +19,9 @@ use attnc_passes::{Approximation, Options, RuleSelection, Target};
 
 mod approx;
 mod diffusion;
+pub mod npy;
+pub mod safetensors;
+pub mod weights;
 
 pub use approx::ApproximationReport;
 pub use diffusion::{run_diffusion, DiffusionOptions, DiffusionReport, StepReport};
@@ -57,6 +60,15 @@ pub fn load(path: &Path, source: &SpecSource) -> Result<Graph> {
     }
     let spec = spec::load_spec(path, source).map_err(err)?;
     spec::lower(&spec).map_err(|e| err(format!("{shown}: {e}")))
+}
+
+/// The spec a model file holds (`None` for IR text): what Hugging Face weights are
+/// mapped through.
+pub fn load_spec(path: &Path, source: &SpecSource) -> Result<Option<spec::Spec>> {
+    if path.extension().and_then(|e| e.to_str()) == Some("air") {
+        return Ok(None);
+    }
+    spec::load_spec(path, source).map(Some).map_err(err)
 }
 
 /// `attnc import`: a Hugging Face `config.json` as a spec (TOML), with the ignored
@@ -451,6 +463,9 @@ pub struct RunReport {
     /// then against the approximated model).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub approximations: Vec<ApproximationReport>,
+    /// The outputs' values (written by `run --out`, not printed).
+    #[serde(skip)]
+    pub values: Vec<Tensor>,
 }
 
 /// Options of `run`.
@@ -461,6 +476,10 @@ pub struct RunOptions {
     pub optimize: OptimizeOptions,
     /// Threads of the compiled code (default: all cores).
     pub threads: Option<usize>,
+    /// Inputs given by the user (token ids, pixels), by name; the others are drawn.
+    pub inputs: HashMap<String, Tensor>,
+    /// Weights read from a checkpoint; without one they are drawn from `seed`.
+    pub weights: Option<std::sync::Arc<weights::Weights>>,
 }
 
 /// The tolerance `run --check` applies by default: f32 models must agree with the f64
@@ -599,7 +618,17 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<RunReport> {
         return Err(err("nothing to run: the graph has no outputs"));
     }
     check_memory(graph, available_memory())?;
-    let bindings: HashMap<String, Tensor> = attnc_ir::random_bindings(graph, options.seed);
+    let source = Bindings::new(graph, options)?;
+    // The interpreter and the GPU take every tensor at once; the CPU path alone
+    // streams the weights from the file one at a time.
+    let streaming = options.weights.is_some()
+        && !options.check
+        && options.optimize.target.kind == passes::TargetKind::Cpu;
+    let bindings: HashMap<String, Tensor> = if streaming {
+        HashMap::new()
+    } else {
+        source.all()?
+    };
     let t = Instant::now();
     // With `--convert`, the compiled code computes the approximated model: that is
     // what it is checked against; the approximation's own error is measured apart.
@@ -631,9 +660,27 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<RunReport> {
                 model.set_threads(n);
             }
             let compile_ms = ms_since(t);
+            let mut failed = None;
+            let prepared = if streaming {
+                model.prepare_from(|name| match source.get(name) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                        None
+                    }
+                })
+            } else {
+                model.prepare(&bindings)
+            };
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            let mut prepared = prepared.map_err(|e| err(e.to_string()))?;
             let t = Instant::now();
-            let outputs = model.run(&bindings).map_err(|e| err(e.to_string()))?;
-            (outputs, compile_ms, ms_since(t))
+            model
+                .run_prepared(&mut prepared)
+                .map_err(|e| err(e.to_string()))?;
+            (model.outputs(&prepared), compile_ms, ms_since(t))
         }
         // The PTX and its launch plan, run through the CUDA driver; `ms` is GPU time.
         passes::TargetKind::Gpu => {
@@ -673,6 +720,7 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<RunReport> {
         fired: optimized.report.fired.clone(),
         interp_ms: None,
         approximations,
+        values: Vec::new(),
     };
     if options.check {
         let t = Instant::now();
@@ -707,7 +755,96 @@ pub fn run(graph: &Graph, options: &RunOptions) -> Result<RunReport> {
         report.opt_max_abs_err = Some(opt_err);
         report.max_abs_err = Some(worst.max(opt_err));
     }
+    report.values = outputs;
     Ok(report)
+}
+
+/// Where `run` gets each input and param: the user's inputs, the checkpoint's
+/// weights, else seeded random tensors.
+struct Bindings<'a> {
+    graph: &'a Graph,
+    options: &'a RunOptions,
+    ids: HashMap<&'a str, attnc_ir::NodeId>,
+}
+
+impl<'a> Bindings<'a> {
+    fn new(graph: &'a Graph, options: &'a RunOptions) -> Result<Bindings<'a>> {
+        let ids: HashMap<&str, attnc_ir::NodeId> =
+            graph.inputs().into_iter().chain(graph.params()).collect();
+        for (name, t) in &options.inputs {
+            let Some(&id) = graph
+                .inputs()
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, id)| id)
+            else {
+                let names: Vec<&str> = graph.inputs().iter().map(|(n, _)| *n).collect();
+                return Err(err(format!(
+                    "the model has no input `{name}` (its inputs: {})",
+                    names.join(", ")
+                )));
+            };
+            let want = graph.sizes(id);
+            if t.shape != want {
+                return Err(err(format!(
+                    "input `{name}` has shape {:?}; the model takes {want:?}",
+                    t.shape
+                )));
+            }
+            let dtype = graph.node(id).ty.dtype;
+            if !dtype.is_float() {
+                if let Some(bad) = t.data.iter().find(|v| v.fract() != 0.0 || !v.is_finite()) {
+                    return Err(err(format!("input `{name}` is {dtype}, but holds {bad}")));
+                }
+            }
+            // Token ids must index the table (the compiled code would stop at the
+            // first bad one; this names it).
+            if let (Some(vocab), true) = (graph.dims.get("vocab"), name == "tokens") {
+                if let Some((at, v)) = t
+                    .data
+                    .iter()
+                    .enumerate()
+                    .find(|(_, &v)| v < 0.0 || v >= vocab as f64)
+                {
+                    return Err(err(format!(
+                        "input `tokens`: id {v} at position {at} is outside the vocabulary [0, {vocab})"
+                    )));
+                }
+            }
+        }
+        Ok(Bindings {
+            graph,
+            options,
+            ids,
+        })
+    }
+
+    /// Input or param `name` (`None` if the graph has no such node).
+    fn get(&self, name: &str) -> Result<Option<Tensor>> {
+        let Some(&id) = self.ids.get(name) else {
+            return Ok(None);
+        };
+        let dtype = self.graph.node(id).ty.dtype;
+        if let Some(t) = self.options.inputs.get(name) {
+            return Ok(Some(Tensor::new(dtype, t.shape.clone(), t.data.clone())));
+        }
+        if let (Some(w), attnc_ir::Op::Param { .. }) =
+            (&self.options.weights, &self.graph.node(id).op)
+        {
+            return w.tensor(name, dtype).map(Some);
+        }
+        Ok(attnc_ir::random_binding(self.graph, id, self.options.seed).map(|(_, t)| t))
+    }
+
+    fn all(&self) -> Result<HashMap<String, Tensor>> {
+        let mut out = HashMap::new();
+        for name in self.ids.keys() {
+            if let Some(t) = self.get(name)? {
+                out.insert(name.to_string(), t);
+            }
+        }
+        Ok(out)
+    }
 }
 
 fn ms_since(t: Instant) -> f64 {

@@ -3,6 +3,7 @@
 use attnc::{Emit, OptimizeOptions, RunOptions};
 use attnc_ir::spec::SpecSource;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -98,6 +99,23 @@ enum Command {
         /// seeded random ids); its length is `seq - gen_length`.
         #[arg(long, value_delimiter = ',', requires = "diffusion_steps")]
         prompt: Option<Vec<i64>>,
+        /// Bind the weights of a checkpoint: a `.safetensors` file or a sharded
+        /// `model.safetensors.index.json`, named as Hugging Face or attnc names them.
+        #[arg(long, value_name = "CHECKPOINT")]
+        weights: Option<PathBuf>,
+        /// The token ids: comma-separated (`--tokens 1,2,3`: batch 1), or a file
+        /// (`.npy` of shape [batch, seq] or [seq]; text: one row of ids per line).
+        /// Sets `batch` and `seq` from its shape unless --set gives them.
+        #[arg(long, value_name = "IDS|FILE")]
+        tokens: Option<String>,
+        /// Another input from a `.npy` file: `--input pixels=image.npy` (sets `batch`
+        /// from its first axis unless --set gives it).
+        #[arg(long = "input", value_name = "NAME=FILE")]
+        inputs: Vec<String>,
+        /// Write the outputs: `.npy` (one output: logits or hidden states) or
+        /// `.safetensors` (every output, by name).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
     /// Time the compiled optimized graph against the compiled original graph, per
     /// layer kind and for the whole model, on seeded random inputs and weights.
@@ -254,11 +272,173 @@ fn main() -> ExitCode {
 }
 
 fn load(model: &ModelArgs) -> attnc::Result<attnc_ir::Graph> {
-    let source = SpecSource {
-        sets: model.sets.clone(),
-        tiny: model.tiny,
+    attnc::load(&model.spec, &model.source())
+}
+
+impl ModelArgs {
+    fn source(&self) -> SpecSource {
+        SpecSource {
+            sets: self.sets.clone(),
+            tiny: self.tiny,
+        }
+    }
+
+    /// Whether `--set` gives dimension `name` (`seq` or `dims.seq`).
+    fn sets_dim(&self, name: &str) -> bool {
+        self.sets.iter().any(|s| {
+            let key = s.split('=').next().unwrap_or("").trim();
+            key == name || key == format!("dims.{name}")
+        })
+    }
+}
+
+/// `run`'s `--tokens` and `--input`s read, and the spec's `batch` / `seq` set from
+/// their shapes (unless --set gives them).
+fn user_inputs(
+    mut model: ModelArgs,
+    tokens: Option<&str>,
+    inputs: &[String],
+) -> attnc::Result<(ModelArgs, HashMap<String, attnc_ir::Tensor>)> {
+    let is_ir = model.spec.extension().and_then(|e| e.to_str()) == Some("air");
+    let mut out = HashMap::new();
+    let mut sized: Vec<(&str, usize)> = Vec::new();
+    if let Some(tokens) = tokens {
+        let a = read_tokens(tokens)?;
+        let (batch, seq) = match a.shape[..] {
+            [n] => (1, n),
+            [b, n] => (b, n),
+            _ => {
+                return Err(attnc::Error(format!(
+                    "--tokens: expected ids of shape [batch, seq] or [seq], got {:?}",
+                    a.shape
+                )))
+            }
+        };
+        if seq == 0 || batch == 0 {
+            return Err(attnc::Error("--tokens: no ids".into()));
+        }
+        sized.extend([("batch", batch), ("seq", seq)]);
+        let t = attnc_ir::Tensor::new(attnc_ir::DType::I64, vec![batch, seq], a.data);
+        out.insert("tokens".to_string(), t);
+    }
+    for spec in inputs {
+        let (name, file) = spec
+            .split_once('=')
+            .ok_or_else(|| attnc::Error(format!("--input {spec}: expected NAME=FILE.npy")))?;
+        let a = attnc::npy::read(std::path::Path::new(file))?;
+        if let Some(&b) = a.shape.first() {
+            sized.push(("batch", b));
+        }
+        // Converted to the input's own type when bound.
+        let dtype = if a.integer {
+            attnc_ir::DType::I64
+        } else {
+            attnc_ir::DType::F32
+        };
+        if out
+            .insert(
+                name.to_string(),
+                attnc_ir::Tensor::new(dtype, a.shape, a.data),
+            )
+            .is_some()
+        {
+            return Err(attnc::Error(format!("input `{name}` is given twice")));
+        }
+    }
+    if !is_ir {
+        for (dim, n) in sized {
+            if !model.sets_dim(dim) && !model.sets.iter().any(|s| s == &format!("{dim}={n}")) {
+                model.sets.push(format!("{dim}={n}"));
+            }
+        }
+    }
+    Ok((model, out))
+}
+
+/// `--tokens`: comma-separated ids, or a `.npy` / text file of them.
+fn read_tokens(arg: &str) -> attnc::Result<attnc::npy::Array> {
+    let path = std::path::Path::new(arg);
+    if path.extension().and_then(|e| e.to_str()) == Some("npy") {
+        let a = attnc::npy::read(path)?;
+        if !a.integer {
+            return Err(attnc::Error(format!(
+                "{arg}: token ids are integers; this array holds floats"
+            )));
+        }
+        return Ok(a);
+    }
+    let (text, shown) = if path.is_file() {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| attnc::Error(format!("{arg}: cannot read: {e}")))?;
+        (text, arg.to_string())
+    } else {
+        (arg.to_string(), "--tokens".to_string())
     };
-    attnc::load(&model.spec, &source)
+    let mut rows: Vec<Vec<f64>> = Vec::new();
+    for (line_no, line) in text.lines().enumerate() {
+        let ids: Vec<&str> = line
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|t| !t.is_empty())
+            .collect();
+        if ids.is_empty() {
+            continue;
+        }
+        let row = ids
+            .iter()
+            .map(|t| {
+                t.parse::<i64>().map(|v| v as f64).map_err(|_| {
+                    attnc::Error(format!("{shown}:{}: `{t}` is not a token id", line_no + 1))
+                })
+            })
+            .collect::<attnc::Result<Vec<f64>>>()?;
+        if let Some(first) = rows.first() {
+            if first.len() != row.len() {
+                return Err(attnc::Error(format!(
+                    "{shown}:{}: {} ids, but the first row has {} (every row of a batch has the same length)",
+                    line_no + 1,
+                    row.len(),
+                    first.len()
+                )));
+            }
+        }
+        rows.push(row);
+    }
+    let (batch, seq) = (rows.len(), rows.first().map_or(0, Vec::len));
+    Ok(attnc::npy::Array {
+        shape: vec![batch, seq],
+        data: rows.concat(),
+        integer: true,
+    })
+}
+
+/// `run --out`: `.npy` for one output, `.safetensors` for any number.
+fn write_outputs(path: &std::path::Path, report: &attnc::RunReport) -> attnc::Result<()> {
+    // attnc computes in at most f32: f32 files lose nothing.
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("npy") => {
+            let [t] = &report.values[..] else {
+                return Err(attnc::Error(format!(
+                    "{}: the model has {} outputs; a .npy file holds one (write .safetensors)",
+                    path.display(),
+                    report.values.len()
+                )));
+            };
+            attnc::npy::write(path, &t.shape, &t.data, false)
+        }
+        Some("safetensors") => {
+            let tensors: Vec<(String, Vec<usize>, &[f64])> = report
+                .outputs
+                .iter()
+                .zip(&report.values)
+                .map(|(o, t)| (o.name.clone(), t.shape.clone(), &t.data[..]))
+                .collect();
+            attnc::safetensors::write(path, &tensors, false)
+        }
+        _ => Err(attnc::Error(format!(
+            "{}: --out writes .npy or .safetensors",
+            path.display()
+        ))),
+    }
 }
 
 /// Errors after loading (backend, run time) name the model file too.
@@ -356,9 +536,30 @@ fn real_main(cli: Cli) -> attnc::Result<()> {
             json,
             diffusion_steps,
             prompt,
+            weights,
+            tokens,
+            inputs,
+            out,
         } => {
             let optimize = opt.options()?;
+            let (model, inputs) = user_inputs(model, tokens.as_deref(), &inputs)?;
             let graph = load(&model)?;
+            let weights = match &weights {
+                None => None,
+                Some(path) => {
+                    let spec = attnc::load_spec(&model.spec, &model.source())?;
+                    let w = attnc::weights::Weights::open(path, &graph, spec.as_ref())
+                        .map_err(|e| in_file(&model, e))?;
+                    Some(std::sync::Arc::new(w))
+                }
+            };
+            if diffusion_steps.is_some()
+                && (weights.is_some() || !inputs.is_empty() || out.is_some())
+            {
+                return Err(attnc::Error(
+                    "--diffusion-steps draws its weights and takes its prompt by --prompt; --weights, --tokens, --input and --out are for plain runs".into(),
+                ));
+            }
             let tol = match tol {
                 Some(t) if t.is_nan() || t < 0.0 => {
                     return Err(attnc::Error(format!(
@@ -421,8 +622,13 @@ fn real_main(cli: Cli) -> attnc::Result<()> {
                 check,
                 optimize,
                 threads: threads.map(|n| n as usize),
+                inputs,
+                weights,
             };
             let report = attnc::run(&graph, &options).map_err(|e| in_file(&model, e))?;
+            if let Some(path) = &out {
+                write_outputs(path, &report)?;
+            }
             if json {
                 print_json(&report)?;
             } else {

@@ -207,26 +207,32 @@ impl CompiledModel {
     /// converting one tensor at a time (the f64 tensors of a large model's weights
     /// never exist all at once).
     pub fn prepare_random(&self, graph: &Graph, seed: u64) -> Result<Prepared> {
-        let mut by_name: HashMap<String, HostBuffer> = HashMap::new();
-        for id in graph.node_ids() {
-            if let Some((name, t)) = attnc_ir::random_binding(graph, id, seed) {
-                if let Some(b) = self.signature.inputs.iter().find(|b| b.name == name) {
-                    check_binding(b, &t)?;
-                    by_name.insert(name, HostBuffer::from_tensor(&t));
-                }
-            }
-        }
+        let ids: HashMap<String, attnc_ir::NodeId> = graph
+            .inputs()
+            .into_iter()
+            .chain(graph.params())
+            .map(|(n, id)| (n.to_string(), id))
+            .collect();
+        self.prepare_from(|name| {
+            let id = *ids.get(name)?;
+            attnc_ir::random_binding(graph, id, seed).map(|(_, t)| t)
+        })
+    }
+
+    /// Like [`CompiledModel::prepare`], asking `bind` for each input and param by
+    /// name, one at a time, and converting each before asking for the next: weights
+    /// read from a file never exist all at once as f64 tensors. `None` is a missing
+    /// binding.
+    pub fn prepare_from(&self, mut bind: impl FnMut(&str) -> Option<Tensor>) -> Result<Prepared> {
         let sig = &self.signature;
         let mut buffers = Vec::new();
         for b in &sig.inputs {
-            buffers.push(
-                by_name
-                    .remove(&b.name)
-                    .ok_or_else(|| BackendError::MissingBinding {
-                        kind: b.kind,
-                        name: b.name.clone(),
-                    })?,
-            );
+            let t = bind(&b.name).ok_or_else(|| BackendError::MissingBinding {
+                kind: b.kind,
+                name: b.name.clone(),
+            })?;
+            check_binding(b, &t)?;
+            buffers.push(HostBuffer::from_tensor(&t));
         }
         for b in &sig.outputs {
             buffers.push(HostBuffer::zeroed(b.dtype, b.sizes.iter().product()));
