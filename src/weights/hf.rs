@@ -19,10 +19,19 @@ pub enum Family {
     Llama,
     /// `transformer.h.N.attn.c_attn`, ...: GPT-2.
     Gpt2,
+    /// `encoder.layer.N.attention.self.query`, ...: BERT.
+    Bert,
+    /// `vit.encoder.layer.N.attention.attention.query`, ...: ViT.
+    Vit,
 }
 
 impl Family {
-    pub const NAMES: &'static [&'static str] = &["llama-style (model.layers.N.self_attn)", "gpt2"];
+    pub const NAMES: &'static [&'static str] = &[
+        "llama-style (model.layers.N.self_attn)",
+        "gpt2",
+        "bert",
+        "vit",
+    ];
 
     pub fn detect(stored: &BTreeSet<&str>) -> Option<Family> {
         if stored
@@ -33,6 +42,15 @@ impl Family {
         }
         if stored.iter().any(|n| n.ends_with("wte.weight")) {
             return Some(Family::Gpt2);
+        }
+        if stored.iter().any(|n| n.starts_with("vit.")) {
+            return Some(Family::Vit);
+        }
+        if stored
+            .iter()
+            .any(|n| n.ends_with("embeddings.word_embeddings.weight"))
+        {
+            return Some(Family::Bert);
         }
         None
     }
@@ -65,6 +83,10 @@ pub fn recipe(
         }
         (Family::Gpt2, None) => m.gpt2_global(name),
         (Family::Gpt2, Some((i, rest))) => m.gpt2_layer(i, rest)?,
+        (Family::Bert, None) => m.bert_global(name),
+        (Family::Bert, Some((i, rest))) => m.bert_layer(i, rest),
+        (Family::Vit, None) => m.vit_global(name),
+        (Family::Vit, Some((i, rest))) => m.vit_layer(i, rest),
     };
     found.ok_or_else(|| format!("no {family:?}-family tensor is mapped to it"))
 }
@@ -83,6 +105,17 @@ pub fn harmless(family: Family, spec: Option<&Spec>, name: &str) -> Option<&'sta
             if name == "lm_head.weight" && spec.is_some_and(|s| s.tie_embeddings) =>
         {
             Some("the head is tied to the token table (tie_word_embeddings)")
+        }
+        Family::Bert | Family::Vit
+            if name.starts_with("pooler.")
+                || name.starts_with("bert.pooler.")
+                || name.starts_with("vit.pooler.")
+                || name.starts_with("cls.") =>
+        {
+            Some("a pooler or pre-training head the model's output does not go through")
+        }
+        Family::Bert if name.ends_with("embeddings.position_ids") => {
+            Some("the position ids 0..n, a buffer")
         }
         _ => None,
     }
@@ -338,6 +371,121 @@ impl Mapper<'_> {
             "ffn.b_down" => self.whole(format!("{p}.mlp.c_proj.bias")),
             _ => None,
         })
+    }
+}
+
+impl Mapper<'_> {
+    fn bert_prefix(&self) -> &'static str {
+        if self.stored.iter().any(|n| n.starts_with("bert.")) {
+            "bert."
+        } else {
+            ""
+        }
+    }
+
+    /// A LayerNorm's `weight` / `bias` (`gamma` / `beta` in older checkpoints).
+    fn layer_norm(&self, module: &str, part: &str) -> Option<Recipe> {
+        let old = if part == "weight" { "gamma" } else { "beta" };
+        let (new, old) = (format!("{module}.{part}"), format!("{module}.{old}"));
+        self.whole(self.first(&[&new, &old]).to_string())
+    }
+
+    fn bert_global(&self, name: &str) -> Option<Recipe> {
+        let e = format!("{}embeddings", self.bert_prefix());
+        match name {
+            "embed.tokens" => self.whole(format!("{e}.word_embeddings.weight")),
+            "embed.positions" => self.whole(format!("{e}.position_embeddings.weight")),
+            "embed.token_types" => self.whole(format!("{e}.token_type_embeddings.weight")),
+            "embed.norm.weight" => self.layer_norm(&format!("{e}.LayerNorm"), "weight"),
+            "embed.norm.bias" => self.layer_norm(&format!("{e}.LayerNorm"), "bias"),
+            _ => None,
+        }
+    }
+
+    /// BERT is post-norm: `attn_norm` follows the attention's residual
+    /// (`attention.output.LayerNorm`), `ffn_norm` the MLP's (`output.LayerNorm`).
+    fn bert_layer(&self, i: u64, rest: &str) -> Option<Recipe> {
+        let p = format!("{}encoder.layer.{i}", self.bert_prefix());
+        self.encoder_layer(
+            rest,
+            &format!("{p}.attention.self"),
+            &format!("{p}.attention.output.dense"),
+            &format!("{p}.attention.output.LayerNorm"),
+            &format!("{p}.intermediate.dense"),
+            &format!("{p}.output.dense"),
+            &format!("{p}.output.LayerNorm"),
+        )
+    }
+
+    /// One BERT-style encoder layer's params from its modules' names.
+    #[allow(clippy::too_many_arguments)]
+    fn encoder_layer(
+        &self,
+        rest: &str,
+        qkv: &str,
+        out: &str,
+        attn_norm: &str,
+        up: &str,
+        down: &str,
+        ffn_norm: &str,
+    ) -> Option<Recipe> {
+        match rest {
+            "attn.wq" => self.linear(format!("{qkv}.query.weight")),
+            "attn.wk" => self.linear(format!("{qkv}.key.weight")),
+            "attn.wv" => self.linear(format!("{qkv}.value.weight")),
+            "attn.bq" => self.whole(format!("{qkv}.query.bias")),
+            "attn.bk" => self.whole(format!("{qkv}.key.bias")),
+            "attn.bv" => self.whole(format!("{qkv}.value.bias")),
+            "attn.wo" => self.linear(format!("{out}.weight")),
+            "attn.bo" => self.whole(format!("{out}.bias")),
+            "attn_norm.weight" => self.layer_norm(attn_norm, "weight"),
+            "attn_norm.bias" => self.layer_norm(attn_norm, "bias"),
+            "ffn.w_up" => self.linear(format!("{up}.weight")),
+            "ffn.b_up" => self.whole(format!("{up}.bias")),
+            "ffn.w_down" => self.linear(format!("{down}.weight")),
+            "ffn.b_down" => self.whole(format!("{down}.bias")),
+            "ffn_norm.weight" => self.layer_norm(ffn_norm, "weight"),
+            "ffn_norm.bias" => self.layer_norm(ffn_norm, "bias"),
+            _ => None,
+        }
+    }
+
+    fn vit_global(&self, name: &str) -> Option<Recipe> {
+        let e = "vit.embeddings";
+        match name {
+            // The patch convolution's `[d, c, p, p]` kernel, read as `[d, c·p·p]`
+            // (attnc flattens a patch in the same (c, i, j) order) and transposed.
+            "embed.patch.weight" => {
+                let (i, o) = self.matrix()?;
+                Some(Recipe::transposed(
+                    format!("{e}.patch_embeddings.projection.weight"),
+                    o,
+                    i,
+                ))
+            }
+            "embed.patch.bias" => self.whole(format!("{e}.patch_embeddings.projection.bias")),
+            "embed.class_token" => self.whole(format!("{e}.cls_token")),
+            "embed.positions" => self.whole(format!("{e}.position_embeddings")),
+            "final_norm.weight" => self.whole("vit.layernorm.weight"),
+            "final_norm.bias" => self.whole("vit.layernorm.bias"),
+            "head.weight" => self.linear("classifier.weight"),
+            "head.bias" => self.whole("classifier.bias"),
+            _ => None,
+        }
+    }
+
+    /// ViT is pre-norm: `layernorm_before` the attention, `layernorm_after` it.
+    fn vit_layer(&self, i: u64, rest: &str) -> Option<Recipe> {
+        let p = format!("vit.encoder.layer.{i}");
+        self.encoder_layer(
+            rest,
+            &format!("{p}.attention.attention"),
+            &format!("{p}.attention.output.dense"),
+            &format!("{p}.layernorm_before"),
+            &format!("{p}.intermediate.dense"),
+            &format!("{p}.output.dense"),
+            &format!("{p}.layernorm_after"),
+        )
     }
 }
 

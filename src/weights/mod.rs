@@ -280,7 +280,13 @@ fn check(
         let ok = match r {
             // A whole tensor may differ from the param only in unit axes.
             Recipe::Whole { .. } => squeeze(&entry.shape) == squeeze(shape),
-            _ => &entry.shape == shape,
+            // A selection reads the stored tensor as a matrix: its first axis, and
+            // the rest flattened (a convolution kernel `[d, c, p, p]` as `[d, c·p·p]`).
+            _ => {
+                entry.shape.first() == shape.first()
+                    && entry.shape.iter().product::<usize>() == shape.iter().product::<usize>()
+                    && (entry.shape.len() >= shape.len())
+            }
         };
         if !ok {
             return Err(format!(

@@ -167,6 +167,21 @@ impl Lowerer<'_> {
             )?;
             x = self.bin(BinaryOp::Add, x, pos)?;
         }
+        if let Some(types) = self.spec.token_types {
+            // Every token is of type 0: the table's first row, added everywhere.
+            let n = self.dim("token_types", types);
+            let table = self.param("embed.token_types".into(), &[&n, &d])?;
+            let first = Op::Slice {
+                axis: 0,
+                start: Dim::Const(0),
+                end: Dim::Const(1),
+            };
+            let row = self.op(first, &[table])?;
+            x = self.bin(BinaryOp::Add, x, row)?;
+        }
+        if self.spec.embed_norm {
+            x = self.norm(x, "embed.norm")?;
+        }
         Ok(x)
     }
 

@@ -119,6 +119,15 @@ pub struct Spec {
     /// The output head reuses the token embedding table.
     #[serde(default)]
     pub tie_embeddings: bool,
+    /// A norm of the summed embeddings before the first layer (BERT's
+    /// `embeddings.LayerNorm`), with params `embed.norm.*`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub embed_norm: bool,
+    /// Token-type (segment) embeddings, a table of this many types (BERT). Every
+    /// token is of type 0: the single-segment input BertModel assumes without
+    /// `token_type_ids`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_types: Option<u64>,
     #[serde(default)]
     pub attention: AttentionFields,
     #[serde(default)]
@@ -138,6 +147,10 @@ pub struct Spec {
     /// `arch = "vit"`: the image and the head (see [`VisionFields`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vision: Option<VisionFields>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn default_dtype() -> String {
@@ -338,6 +351,8 @@ pub const SPEC_FIELDS: &[&str] = &[
     "max_positions",
     "rope_theta",
     "tie_embeddings",
+    "embed_norm",
+    "token_types",
     "attention",
     "ffn",
     "pattern",
@@ -615,6 +630,7 @@ const RESERVED_DIMS: &[(&str, &str)] = &[
         "`dims.batch × dims.seq` (the tokens a mixture of experts routes)",
     ),
     ("experts", "`ffn.experts`"),
+    ("token_types", "`token_types`"),
     ("shared_hidden", "`ffn.shared_hidden`"),
 ];
 
@@ -644,9 +660,11 @@ impl Spec {
     pub fn validate(&self) -> Result<(), IrError> {
         let vocab = (self.arch != Arch::Vit).then_some(("vocab", self.vocab));
         let sizes = [("d_model", self.d_model), ("layers", self.layers)];
+        let types = self.token_types.map(|t| ("token_types", t));
         for (name, v) in vocab
             .into_iter()
             .chain(sizes)
+            .chain(types)
             .chain(self.dims.iter().map(|(k, v)| (k.as_str(), *v)))
         {
             if v == 0 {
@@ -687,6 +705,12 @@ impl Spec {
                     format!("`dims.seq` = {seq} is longer than `max_positions` = {max}"),
                 ));
             }
+        }
+        if self.token_types.is_some() && self.arch == Arch::Vit {
+            return Err(Spec::spec_error(
+                None,
+                "`token_types` embeds token types; a ViT has no tokens",
+            ));
         }
         self.diffusion()?;
         self.vision()?;

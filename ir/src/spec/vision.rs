@@ -148,7 +148,7 @@ impl Spec {
     /// A ViT's `dims.seq` is its patch count (plus the class token): filled in when
     /// unset, an error when set to something else; the same for `max_positions`
     /// (filled in only with `position = "learned"`, which a ViT has either way).
-    pub(super) fn with_vision_seq(mut self) -> Result<Spec, IrError> {
+    pub(crate) fn with_vision_seq(mut self) -> Result<Spec, IrError> {
         let Some(v) = self.vision()? else {
             return Ok(self);
         };

@@ -17,8 +17,10 @@ use crate::IrError;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashSet};
 
+mod bert;
 mod gpt2;
 mod llama;
+mod vit;
 
 /// An imported config: the spec, and the keys ignored with the reason each is
 /// harmless.
@@ -39,6 +41,8 @@ pub const SUPPORTED: &[&str] = &[
     "qwen2_moe",
     "deepseek_v2",
     "gpt2",
+    "bert",
+    "vit",
 ];
 
 /// Whether `text` looks like a Hugging Face config (a JSON object with `model_type`)
@@ -89,6 +93,24 @@ const HARMLESS: &[(&str, &str)] = &[
     ("embd_pdrop", "dropout is inactive at inference"),
     ("attn_pdrop", "dropout is inactive at inference"),
     ("summary_first_dropout", "dropout is inactive at inference"),
+    ("hidden_dropout_prob", "dropout is inactive at inference"),
+    (
+        "attention_probs_dropout_prob",
+        "dropout is inactive at inference",
+    ),
+    ("classifier_dropout", "dropout is inactive at inference"),
+    (
+        "encoder_stride",
+        "the decoder of masked image modeling, not the classifier",
+    ),
+    (
+        "problem_type",
+        "the training loss of the classification head",
+    ),
+    (
+        "gradient_checkpointing",
+        "recomputes activations in training; the same function",
+    ),
     (
         "pretraining_tp",
         "splits matmuls across tensor-parallel ranks; the same product",
@@ -254,6 +276,8 @@ pub fn import_hf(text: &str, name: &str) -> Result<Imported, IrError> {
             llama::llama_family(&mut c, name, &mut notes)?
         }
         "gpt2" => gpt2::gpt2(&mut c, name, &mut notes)?,
+        "bert" => bert::bert(&mut c, name, &mut notes)?,
+        "vit" => vit::vit(&mut c, name, &mut notes)?,
         other => {
             return Err(error(format!(
                 "`model_type` = \"{other}\" is not supported; attnc imports {}",
@@ -262,7 +286,9 @@ pub fn import_hf(text: &str, name: &str) -> Result<Imported, IrError> {
         }
     };
     let ignored = c.finish()?;
-    spec.validate()?;
+    // A ViT's sequence is derived from the image when the spec is loaded; the
+    // spec is checked as it will be then.
+    spec.clone().with_vision_seq()?.validate()?;
     Ok(Imported {
         spec,
         ignored,
@@ -331,6 +357,8 @@ pub(super) fn base(name: &str, vocab: u64, d_model: u64, layers: u64) -> Spec {
         overrides: Vec::new(),
         diffusion: None,
         vision: None,
+        embed_norm: false,
+        token_types: None,
     }
 }
 
