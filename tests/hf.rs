@@ -37,6 +37,16 @@ fn configs_compile_inspect_and_run_directly() {
         ("examples/hf/mixtral-8x7b.json", "moe_dispatch"),
         ("examples/hf/qwen1.5-moe-a2.7b.json", "moe_dispatch"),
         ("examples/hf/gpt2.json", "block_sparse_attention"),
+        ("examples/hf/qwen2-57b-a14b.json", "moe_dispatch"),
+        // MLA with YaRN-scaled rope, DeepSeekMoE.
+        ("examples/hf/deepseek-v2-lite.json", "moe_dispatch"),
+        // Bidirectional: fused attention over every key.
+        ("examples/hf/bert-base.json", "attention"),
+        // Mamba2's SSD with its convolution and 8 groups of B, C: a linear
+        // attention (chunkwise or recurrent) after optimization.
+        ("examples/hf/mamba2.json", "linear_attention"),
+        // Jamba: Mamba-1's selective scan, GQA every 8th layer, 16 experts.
+        ("examples/hf/jamba.json", "moe_dispatch"),
     ] {
         let text = succeeds(&["compile", config, "--emit", "opt-ir"]);
         assert!(text.contains(fast), "{config}: no {fast}");
@@ -64,7 +74,7 @@ fn bad_configs_name_the_file_and_the_key() {
     let bad = temp_file(
         "bad-config.json",
         r#"{"model_type": "llama", "vocab_size": 10, "hidden_size": 8,
-            "num_hidden_layers": 1, "num_attention_heads": 2, "rope_scaling": {"type": "linear", "factor": 2}}"#,
+            "num_hidden_layers": 1, "num_attention_heads": 2, "rope_scaling": {"type": "dynamic", "factor": 2}}"#,
     );
     fails_with(
         &["compile", path_str(&bad)],
@@ -74,10 +84,10 @@ fn bad_configs_name_the_file_and_the_key() {
         &["import", path_str(&bad)],
         &["bad-config.json", "rope_scaling"],
     );
-    let unknown = temp_file("unknown-config.json", r#"{"model_type": "bert"}"#);
+    let unknown = temp_file("unknown-config.json", r#"{"model_type": "t5"}"#);
     fails_with(
         &["import", path_str(&unknown)],
-        &["unknown-config.json", "bert", "not supported"],
+        &["unknown-config.json", "t5", "not supported"],
     );
     fails_with(
         &["import", "no/such/config.json"],

@@ -246,7 +246,13 @@ fn gathers_embeddings_rope_and_features() {
             },
             &[x],
         )?;
-        let r = b.op(Op::Rope { theta: 10000.0 }, &[t])?;
+        let r = b.op(
+            Op::Rope {
+                theta: 10000.0,
+                scaling: Default::default(),
+            },
+            &[t],
+        )?;
         let f = b.add(
             Op::RandomFeatures { seed: 3 },
             &[],

@@ -543,7 +543,46 @@ fn rope_rotates_half_pairs_by_position() {
     ] {
         check(&graph(|b| {
             let x = b.input("x", shape(sizes), dtype)?;
-            Ok(vec![b.op(Op::Rope { theta }, &[x])?])
+            Ok(vec![b.op(
+                Op::Rope {
+                    theta,
+                    scaling: Default::default(),
+                },
+                &[x],
+            )?])
+        }));
+    }
+}
+
+/// Every RoPE scaling (one frequency table shared with the interpreter).
+#[test]
+fn rope_scalings_agree_with_the_interpreter() {
+    use attnc_ir::RopeScaling;
+    for scaling in [
+        RopeScaling::Linear { factor: 4.0 },
+        RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_positions: 16,
+        },
+        RopeScaling::Yarn {
+            factor: 40.0,
+            original_max_positions: 16,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            attention_factor: 1.3,
+        },
+    ] {
+        check(&graph(|b| {
+            let x = b.input("x", shape(&[2, 12, 16]), F32)?;
+            Ok(vec![b.op(
+                Op::Rope {
+                    theta: 500000.0,
+                    scaling,
+                },
+                &[x],
+            )?])
         }));
     }
 }

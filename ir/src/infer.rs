@@ -464,10 +464,13 @@ fn infer_unchecked(
             shape.0.push(table.shape.0[1].clone());
             Ok(TensorType::new(shape, table.dtype))
         }
-        Op::Rope { theta } => {
+        Op::Rope { theta, scaling } => {
             if !(*theta > 0.0 && theta.is_finite()) {
                 return Err(format!("`rope` needs a positive theta, got {theta}"));
             }
+            scaling
+                .check()
+                .map_err(|e| format!("`rope` scaling {}: {e}", scaling.name()))?;
             let x = args[0];
             float_only(op, x, &describe)?;
             if x.rank() < 2 || sizes(x)?[x.rank() - 1] % 2 != 0 {

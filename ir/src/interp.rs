@@ -324,7 +324,7 @@ fn compute(graph: &Graph, op: &Op, shape: &[usize], args: &[&Tensor]) -> Result<
         Op::Gather { axis } => gather(args[0], args[1], *axis)?,
         Op::ScatterAdd { axis } => scatter_add(args[0], args[1], args[2], *axis)?,
         Op::Embedding => embedding(args[0], args[1])?,
-        Op::Rope { theta } => rope(args[0], *theta),
+        Op::Rope { theta, scaling } => rope(args[0], *theta, scaling),
         Op::TopK { k, output } => topk(args[0], *k as usize, *output),
         Op::CumSum { axis } => cumsum(args[0], *axis),
         Op::Scan { axis } => scan(args[0], args[1], *axis),
@@ -1289,19 +1289,19 @@ fn checked_indices(
 /// index along the second-to-last axis) and `i < d/2`, with `θ_i = theta^(-2i/d)`,
 /// `out[i] = x[i]·cos(pθ_i) - x[i+d/2]·sin(pθ_i)` and
 /// `out[i+d/2] = x[i+d/2]·cos(pθ_i) + x[i]·sin(pθ_i)`.
-fn rope(x: &Tensor, theta: f64) -> Vec<f64> {
+fn rope(x: &Tensor, theta: f64, scaling: &crate::RopeScaling) -> Vec<f64> {
     let rank = x.rank();
     let (seq, d) = (x.shape[rank - 2], x.shape[rank - 1]);
     let half = d / 2;
-    let freqs: Vec<f64> = (0..half)
-        .map(|i| theta.powf(-2.0 * i as f64 / d as f64))
-        .collect();
+    let freqs = scaling.inv_freqs(theta, d);
+    let m = scaling.attention_factor();
     let mut out = vec![0.0; x.len()];
     for row in 0..x.len().checked_div(d).unwrap_or(0) {
         let p = (row % seq) as f64;
         let xs = &x.data[row * d..(row + 1) * d];
         for i in 0..half {
             let (sin, cos) = (p * freqs[i]).sin_cos();
+            let (sin, cos) = (sin * m, cos * m);
             let (lo, hi) = (xs[i], xs[i + half]);
             out[row * d + i] = lo * cos - hi * sin;
             out[row * d + i + half] = hi * cos + lo * sin;

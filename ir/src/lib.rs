@@ -16,6 +16,7 @@ pub mod interp;
 mod mask;
 mod op;
 mod random;
+pub mod rope;
 mod shape;
 mod sparse;
 pub mod spec;
@@ -38,6 +39,7 @@ pub use op::{
     MoeDispatch, MoeShared, Op, ReduceKind, Routing, TopKOutput, UnaryOp,
 };
 pub use random::{random_binding, random_bindings, Rng};
+pub use rope::RopeScaling;
 pub use shape::{num_elements, Dim, Dims, Shape, TensorType, MAX_ELEMENTS};
 pub use sparse::{dense_attention_block, listed_tile, BlockLayout, MAX_LAYOUT_BLOCKS};
 pub use stats::{layer_stats, node_bytes, node_flops, op_bytes, op_flops, LayerStats};

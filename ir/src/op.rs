@@ -253,9 +253,11 @@ pub enum Op {
     /// `(table [v, d], ids [..])` → `[.., d]`.
     Embedding,
     /// Rotary position embedding over the last axis (rotate-half pairing `i`, `i + d/2`),
-    /// position = index along the second-to-last axis.
+    /// position = index along the second-to-last axis; the frequencies are
+    /// `scaling.inv_freqs(theta, d)` (see [`crate::RopeScaling`]).
     Rope {
         theta: f64,
+        scaling: crate::RopeScaling,
     },
     /// The `k` largest along the last axis, in descending order; ties go to the lower
     /// index.

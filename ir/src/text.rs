@@ -163,7 +163,44 @@ fn attributes(op: &Op) -> Vec<(&'static str, String)> {
             ("start", start.to_string()),
             ("end", end.to_string()),
         ],
-        Op::Rope { theta } => vec![("theta", float_text(*theta))],
+        Op::Rope { theta, scaling } => {
+            let mut attrs = vec![("theta", float_text(*theta))];
+            let f = |v: f64| float_text(v);
+            match *scaling {
+                crate::RopeScaling::None => {}
+                crate::RopeScaling::Linear { factor } => {
+                    attrs.push(("scaling", scaling.name().into()));
+                    attrs.push(("factor", f(factor)));
+                }
+                crate::RopeScaling::Llama3 {
+                    factor,
+                    low_freq_factor,
+                    high_freq_factor,
+                    original_max_positions,
+                } => {
+                    attrs.push(("scaling", scaling.name().into()));
+                    attrs.push(("factor", f(factor)));
+                    attrs.push(("low_freq_factor", f(low_freq_factor)));
+                    attrs.push(("high_freq_factor", f(high_freq_factor)));
+                    attrs.push(("original_max_positions", original_max_positions.to_string()));
+                }
+                crate::RopeScaling::Yarn {
+                    factor,
+                    original_max_positions,
+                    beta_fast,
+                    beta_slow,
+                    attention_factor,
+                } => {
+                    attrs.push(("scaling", scaling.name().into()));
+                    attrs.push(("factor", f(factor)));
+                    attrs.push(("original_max_positions", original_max_positions.to_string()));
+                    attrs.push(("beta_fast", f(beta_fast)));
+                    attrs.push(("beta_slow", f(beta_slow)));
+                    attrs.push(("attention_factor", f(attention_factor)));
+                }
+            }
+            attrs
+        }
         Op::TopK { k, .. } => vec![("k", k.to_string())],
         Op::Attention(a) => {
             let mut attrs = vec![
@@ -945,7 +982,30 @@ fn op_templates() -> Vec<Op> {
         Op::Gather { axis: 0 },
         Op::ScatterAdd { axis: 0 },
         Op::Embedding,
-        Op::Rope { theta: 0.0 },
+        // Every scaling, so the templates accept all their attributes.
+        Op::Rope {
+            theta: 0.0,
+            scaling: Default::default(),
+        },
+        Op::Rope {
+            theta: 0.0,
+            scaling: crate::RopeScaling::Llama3 {
+                factor: 1.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 2.0,
+                original_max_positions: 1,
+            },
+        },
+        Op::Rope {
+            theta: 0.0,
+            scaling: crate::RopeScaling::Yarn {
+                factor: 1.0,
+                original_max_positions: 1,
+                beta_fast: 1.0,
+                beta_slow: 1.0,
+                attention_factor: 1.0,
+            },
+        },
         Op::TopK {
             k: 0,
             output: TopKOutput::Values,
@@ -1123,6 +1183,28 @@ fn fill(template: Op, attrs: &Attrs) -> Result<Op> {
         },
         Op::Rope { .. } => Op::Rope {
             theta: attrs.f64("theta")?,
+            scaling: match attrs.optional("scaling") {
+                None => crate::RopeScaling::None,
+                Some(_) => match attrs.word("scaling", &["none", "linear", "llama3", "yarn"])? {
+                    "linear" => crate::RopeScaling::Linear {
+                        factor: attrs.f64("factor")?,
+                    },
+                    "llama3" => crate::RopeScaling::Llama3 {
+                        factor: attrs.f64("factor")?,
+                        low_freq_factor: attrs.f64("low_freq_factor")?,
+                        high_freq_factor: attrs.f64("high_freq_factor")?,
+                        original_max_positions: attrs.u64("original_max_positions")?,
+                    },
+                    "yarn" => crate::RopeScaling::Yarn {
+                        factor: attrs.f64("factor")?,
+                        original_max_positions: attrs.u64("original_max_positions")?,
+                        beta_fast: attrs.f64("beta_fast")?,
+                        beta_slow: attrs.f64("beta_slow")?,
+                        attention_factor: attrs.f64("attention_factor")?,
+                    },
+                    _ => crate::RopeScaling::None,
+                },
+            },
         },
         Op::TopK { output, .. } => Op::TopK {
             k: attrs.u64("k")?,
@@ -1379,7 +1461,8 @@ impl Parser {
         let attrs = Attrs {
             items,
             op: template.name(),
-            accepted: attributes(&template).iter().map(|(n, _)| *n).collect(),
+            // Every variant's attributes (rope's scalings each add their own).
+            accepted: self.accepted(template.name()),
             op_col,
             line,
             dims: &self.dims,
@@ -1413,6 +1496,18 @@ impl Parser {
         self.values.insert(result, (id, line));
         self.node_pos.push((line, op_col));
         Ok(())
+    }
+
+    fn accepted(&self, op: &str) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        for t in self.templates.iter().filter(|t| t.name() == op) {
+            for (n, _) in attributes(t) {
+                if !names.contains(&n) {
+                    names.push(n);
+                }
+            }
+        }
+        names
     }
 
     fn unknown_op(&self, name: &str) -> String {

@@ -81,13 +81,48 @@ fn deepseek_v2_maps_mla_and_its_experts() {
         ir(imported.spec, &[]),
         ir(toml_spec("deepseek-v2-lite.toml"), &[])
     );
-    // With its real YaRN scaling, the import refuses rather than drop it.
-    let yarn = DEEPSEEK_V2_LITE.replace(
-        r#""rope_scaling": null"#,
-        r#""rope_scaling": {"type": "yarn", "factor": 40}"#,
+    // The shipped config, with its real YaRN scaling: the rope carries it, and the
+    // softmax scale is DeepSeek's q_head_dim^-1/2 · mscale(40, 0.707)².
+    let real = import_hf(&example("hf/deepseek-v2-lite.json"), "model").unwrap();
+    let mscale = 0.1 * 0.707 * 40f64.ln() + 1.0;
+    let scale = real.spec.attention.scale.unwrap();
+    assert!(
+        (scale - mscale * mscale / 192f64.sqrt()).abs() < 1e-15,
+        "{scale}"
     );
-    let e = import_hf(&yarn, "model").unwrap_err().to_string();
-    assert!(e.contains("rope_scaling") && e.contains("yarn"), "{e}");
+    let text = ir(real.spec, &[]);
+    assert!(
+        text.contains("scaling = yarn, factor = 40.0, original_max_positions = 4096"),
+        "{text}"
+    );
+    // A scaling attnc does not model is an error naming it.
+    let dynamic = DEEPSEEK_V2_LITE.replace(
+        r#""rope_scaling": null"#,
+        r#""rope_scaling": {"type": "dynamic", "factor": 4}"#,
+    );
+    let e = import_hf(&dynamic, "model").unwrap_err().to_string();
+    assert!(e.contains("rope_scaling") && e.contains("dynamic"), "{e}");
+    let unknown = DEEPSEEK_V2_LITE.replace(
+        r#""rope_scaling": null"#,
+        r#""rope_scaling": {"type": "yarn", "factor": 4, "extrapolation": 2}"#,
+    );
+    let e = import_hf(&unknown, "model").unwrap_err().to_string();
+    assert!(e.contains("extrapolation"), "{e}");
+}
+
+#[test]
+fn llama3_rope_scaling_imports_onto_the_rope_op() {
+    let llama = example("hf/llama3-8b.json").replace(
+        r#""rope_scaling": null"#,
+        r#""rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}"#,
+    );
+    let imported = import_hf(&llama, "model").unwrap();
+    let text = ir(imported.spec, &["layers=1"]);
+    assert!(
+        text.contains("scaling = llama3, factor = 8.0, low_freq_factor = 1.0, high_freq_factor = 4.0, original_max_positions = 8192"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -155,4 +190,158 @@ fn imported_specs_note_what_they_chose() {
     // The TOML reads back as the same spec.
     let back = parse_spec(&toml, Format::Toml, &SpecSource::default()).unwrap();
     assert_eq!(back, imported.spec);
+}
+
+#[test]
+fn mamba2_maps_its_mixer_convolution_and_groups() {
+    use attnc_ir::spec::{FfnKind, Mixer};
+    let text = example("hf/mamba2.json");
+    // Python's json writes `Infinity` (time_step_limit): still a config.
+    assert!(text.contains("Infinity") && is_hf_config(&text));
+    let imported = import_hf(&text, "model").unwrap();
+    let s = &imported.spec;
+    assert_eq!((s.d_model, s.layers, s.vocab), (4096, 64, 32768));
+    assert!(!s.tie_embeddings);
+    let cfg = s.layer_config(0).unwrap();
+    assert_eq!(
+        cfg.attention.mixer,
+        Some(Mixer::Mamba2 {
+            state: 128,
+            expand: 2,
+            conv: Some((4, true)),
+            groups: 8
+        })
+    );
+    assert_eq!((cfg.attention.heads, cfg.attention.head_dim), (128, 64));
+    assert_eq!(cfg.ffn.kind, FfnKind::None);
+    for key in ["chunk_size", "time_step_min", "residual_in_fp32"] {
+        assert!(imported.ignored.iter().any(|(k, _)| k == key), "{key}");
+    }
+    let cases: &[(&str, &str, &[&str])] = &[
+        (r#""use_bias": false"#, r#""use_bias": true"#, &["use_bias"]),
+        (
+            r#""n_groups": 8"#,
+            r#""n_groups": 3"#,
+            &["n_groups", "divide"],
+        ),
+        ("Infinity", "100.0", &["time_step_limit", "(0, inf)"]),
+        (
+            r#""hidden_act": "silu""#,
+            r#""hidden_act": "gelu""#,
+            &["hidden_act"],
+        ),
+        (
+            r#""num_heads": 128"#,
+            r#""num_heads": 100"#,
+            &["num_heads", "expand"],
+        ),
+        (r#""rms_norm": true"#, r#""rms_norm": false"#, &["rms_norm"]),
+    ];
+    for (from, to, needles) in cases {
+        assert!(text.contains(from), "{from}");
+        let e = import_hf(&text.replace(from, to), "model")
+            .unwrap_err()
+            .to_string();
+        for n in *needles {
+            assert!(e.contains(n), "{to}: {e}");
+        }
+    }
+    // Without the convolution fields the spec keeps today's convolution-free mixer;
+    // a field of the wrong kind is an error naming it.
+    let bad = r#"name = "m"
+vocab = 16
+d_model = 8
+layers = 1
+[dims]
+batch = 1
+seq = 4
+[attention]
+heads = 2
+head_dim = 4
+groups = 2
+"#;
+    let e = parse_spec(bad, Format::Toml, &SpecSource::default())
+        .and_then(|s| s.layer_config(0).map(|_| ()))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("groups") && e.contains("mamba2"), "{e}");
+}
+
+#[test]
+fn jamba_maps_its_layer_pattern_mamba_and_experts() {
+    use attnc_ir::spec::{FfnKind, Mixer};
+    let text = example("hf/jamba.json");
+    let imported = import_hf(&text, "model").unwrap();
+    let s = &imported.spec;
+    assert_eq!((s.d_model, s.layers, s.vocab), (4096, 32, 65536));
+    for l in 0..s.layers {
+        let cfg = s.layer_config(l).unwrap();
+        let attention = l % 8 == 4;
+        let moe = l % 2 == 1;
+        match cfg.attention.mixer {
+            None => {
+                assert!(attention, "layer {l}");
+                assert_eq!((cfg.attention.heads, cfg.attention.kv_heads), (32, 8));
+                assert_eq!(cfg.attention.head_dim, 128);
+            }
+            Some(m) => {
+                assert!(!attention, "layer {l}");
+                assert_eq!(
+                    m,
+                    Mixer::Mamba {
+                        state: 16,
+                        expand: 2,
+                        conv: 4,
+                        conv_bias: true,
+                        dt_rank: 256
+                    }
+                );
+            }
+        }
+        assert_eq!(cfg.ffn.kind == FfnKind::Moe, moe, "layer {l}");
+        if let Some(m) = &cfg.ffn.moe {
+            assert_eq!(m.experts, 16);
+            assert_eq!(m.router, attnc_ir::spec::Router::TopK { k: 2 });
+            // JambaSparseMoeBlock uses the softmax's top-k weights as they are.
+            assert!(!m.norm_topk_prob);
+        }
+    }
+    // dt_rank "auto" is ⌈hidden / 16⌉.
+    let auto = import_hf(
+        &text.replace(r#""mamba_dt_rank": 256"#, r#""mamba_dt_rank": "auto""#),
+        "model",
+    )
+    .unwrap();
+    assert_eq!(auto.spec, imported.spec);
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            r#""mamba_proj_bias": false"#,
+            r#""mamba_proj_bias": true"#,
+            &["mamba_proj_bias"],
+        ),
+        (
+            r#""mamba_dt_rank": 256"#,
+            r#""mamba_dt_rank": "big""#,
+            &["mamba_dt_rank", "auto"],
+        ),
+        (
+            r#""sliding_window": null"#,
+            r#""sliding_window": 4096"#,
+            &["sliding_window"],
+        ),
+        (
+            r#""attn_layer_period": 8"#,
+            r#""attn_layer_period": 0"#,
+            &["attn_layer_period"],
+        ),
+    ];
+    for (from, to, needles) in cases {
+        assert!(text.contains(from), "{from}");
+        let e = import_hf(&text.replace(from, to), "model")
+            .unwrap_err()
+            .to_string();
+        for n in *needles {
+            assert!(e.contains(n), "{to}: {e}");
+        }
+    }
 }

@@ -257,11 +257,100 @@ fn layer_norm() {
 // ---------------------------------------------------------------------------------
 // RoPE.
 
+/// Scaled RoPE against the published formulas written out here, element by element:
+/// Llama 3.1's band-wise rescaling and YaRN's ramp with its magnitude factor.
+#[test]
+fn rope_scalings_follow_the_published_formulas() {
+    use attnc_ir::RopeScaling;
+    let (seq, d, theta) = (6usize, 8usize, 10000.0f64);
+    let plain = |i: usize| theta.powf(-2.0 * i as f64 / d as f64);
+    // llama3 with original 16, low 1, high 4: wavelengths under 4 kept, over 16 / 8.
+    let llama3 = |i: usize| {
+        let f = plain(i);
+        let w = 2.0 * std::f64::consts::PI / f;
+        if w < 4.0 {
+            f
+        } else if w > 16.0 {
+            f / 8.0
+        } else {
+            let s = (16.0 / w - 1.0) / 3.0;
+            (1.0 - s) * f / 8.0 + s * f
+        }
+    };
+    // yarn with factor 4, original 16, betas 32 / 1: the correction range in dims.
+    let dim =
+        |r: f64| d as f64 * (16.0 / (r * 2.0 * std::f64::consts::PI)).ln() / (2.0 * theta.ln());
+    let (lo, hi) = (
+        dim(32.0).floor().max(0.0),
+        dim(1.0).ceil().min(d as f64 - 1.0),
+    );
+    let hi = if lo == hi { hi + 0.001 } else { hi };
+    let yarn = |i: usize| {
+        let ramp = ((i as f64 - lo) / (hi - lo)).clamp(0.0, 1.0);
+        plain(i) / 4.0 * ramp + plain(i) * (1.0 - ramp)
+    };
+    // (scaling, inverse frequency of pair i, cos/sin magnitude)
+    type Case<'a> = (RopeScaling, &'a dyn Fn(usize) -> f64, f64);
+    let cases: [Case; 3] = [
+        (
+            RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_positions: 16,
+            },
+            &llama3,
+            1.0,
+        ),
+        (
+            RopeScaling::Yarn {
+                factor: 4.0,
+                original_max_positions: 16,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                attention_factor: 1.25,
+            },
+            &yarn,
+            1.25,
+        ),
+        (
+            RopeScaling::Linear { factor: 2.0 },
+            &|i| plain(i) / 2.0,
+            1.0,
+        ),
+    ];
+    let data: Vec<f64> = (0..seq * d).map(|k| ((k * 7) % 11) as f64 - 5.0).collect();
+    for (scaling, freq, m) in cases {
+        let mut b = builder();
+        let x = b.input("x", shape(&[seq as u64, d as u64]), F32).unwrap();
+        let y = b.op(Op::Rope { theta, scaling }, &[x]).unwrap();
+        let out = run(b, &[y], vec![("x", tensor(F32, &[seq, d], &data))]);
+        let mut want = vec![0.0; seq * d];
+        for p in 0..seq {
+            for i in 0..d / 2 {
+                let a = p as f64 * freq(i);
+                let (lo, hi) = (data[p * d + i], data[p * d + i + d / 2]);
+                want[p * d + i] = m * (lo * a.cos() - hi * a.sin());
+                want[p * d + i + d / 2] = m * (hi * a.cos() + lo * a.sin());
+            }
+        }
+        assert_close(&out[0], &[seq, d], &want, 1e-12);
+    }
+}
+
 #[test]
 fn rope_positions_zero_and_one() {
     let mut b = builder();
     let x = b.input("x", shape(&[2, 4]), F32).unwrap();
-    let y = b.op(Op::Rope { theta: 10000.0 }, &[x]).unwrap();
+    let y = b
+        .op(
+            Op::Rope {
+                theta: 10000.0,
+                scaling: Default::default(),
+            },
+            &[x],
+        )
+        .unwrap();
     let out = run(
         b,
         &[y],
@@ -298,7 +387,15 @@ fn rope_position_is_the_second_to_last_axis() {
     // [2 heads, 2 positions, 2]: both heads see positions 0 and 1 (θ_0 = 1 for d = 2).
     let mut b = builder();
     let x = b.input("x", shape(&[2, 2, 2]), F32).unwrap();
-    let y = b.op(Op::Rope { theta: 10000.0 }, &[x]).unwrap();
+    let y = b
+        .op(
+            Op::Rope {
+                theta: 10000.0,
+                scaling: Default::default(),
+            },
+            &[x],
+        )
+        .unwrap();
     let row = [1.0, 0.0];
     let data: Vec<f64> = row.iter().cycle().take(8).copied().collect();
     let out = run(b, &[y], vec![("x", tensor(F32, &[2, 2, 2], &data))]);

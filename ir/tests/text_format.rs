@@ -70,9 +70,33 @@ fn transformer() -> R<Graph> {
         )
     };
     let q = split(&mut b, "wq", h)?;
-    let q = b.op(Op::Rope { theta: 10000.0 }, &[q])?;
+    let q = b.op(
+        Op::Rope {
+            theta: 10000.0,
+            scaling: attnc_ir::RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_positions: 8192,
+            },
+        },
+        &[q],
+    )?;
     let k = split(&mut b, "wk", h)?;
-    let k = b.op(Op::Rope { theta: 500000.0 }, &[k])?;
+    let k = b.op(
+        // A scaled rope, so its attributes round-trip too.
+        Op::Rope {
+            theta: 500000.0,
+            scaling: attnc_ir::RopeScaling::Yarn {
+                factor: 40.0,
+                original_max_positions: 4096,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                attention_factor: 1.0,
+            },
+        },
+        &[k],
+    )?;
     let v = split(&mut b, "wv", h)?;
     let kt = b.op(
         Op::Transpose {

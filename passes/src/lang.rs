@@ -90,7 +90,8 @@ pub enum Attr {
         keep_dims: bool,
     }, // sum:1,2 or sum:1,2:keep
     Eps(F64),         // eps=0.00001
-    Theta(F64),       // theta=10000.0
+    /// RoPE's base and scaling: `theta=10000.0`, `theta=500000.0;llama3:8.0,1.0,4.0,8192.0`.
+    Theta(F64, &'static str, Vec<F64>),
     Shape(Shape),     // [batch,seq,768]
     Perm(Vec<usize>), // perm=0,2,1,3
     Slice {
@@ -240,7 +241,14 @@ impl fmt::Display for Attr {
                 Ok(())
             }
             Attr::Eps(x) => write!(f, "eps={x}"),
-            Attr::Theta(x) => write!(f, "theta={x}"),
+            Attr::Theta(x, kind, params) => {
+                write!(f, "theta={x}")?;
+                if !params.is_empty() || *kind != "none" {
+                    let p: Vec<String> = params.iter().map(F64::to_string).collect();
+                    write!(f, ";{kind}:{}", p.join(","))?;
+                }
+                Ok(())
+            }
             Attr::Shape(s) => {
                 let dims: Vec<String> = s.0.iter().map(Dim::to_string).collect();
                 write!(f, "[{}]", dims.join(","))
@@ -360,7 +368,19 @@ impl FromStr for Attr {
             return float(x).map(Attr::Eps);
         }
         if let Some(x) = s.strip_prefix("theta=") {
-            return float(x).map(Attr::Theta);
+            let (theta, scaling) = x.split_once(';').unwrap_or((x, "none:"));
+            let (kind, params) = scaling
+                .split_once(':')
+                .ok_or_else(|| format!("bad rope scaling `{scaling}`"))?;
+            let params: Vec<F64> = params
+                .split(',')
+                .filter(|p| !p.is_empty())
+                .map(float)
+                .collect::<Result<_, _>>()?;
+            let values: Vec<f64> = params.iter().map(|p| p.get()).collect();
+            let scaling = attnc_ir::RopeScaling::from_params(kind, &values)
+                .ok_or_else(|| format!("bad rope scaling `{scaling}`"))?;
+            return Ok(Attr::Theta(float(theta)?, scaling.name(), params));
         }
         if let Some(p) = s.strip_prefix("perm=") {
             return parse_list(p).map(Attr::Perm);
@@ -715,7 +735,11 @@ pub fn attr_of(op: &Op) -> Option<Attr> {
             keep_dims: *keep_dims,
         },
         Op::LayerNorm { eps } | Op::RmsNorm { eps } => Attr::Eps(F64::new(*eps)),
-        Op::Rope { theta } => Attr::Theta(F64::new(*theta)),
+        Op::Rope { theta, scaling } => Attr::Theta(
+            F64::new(*theta),
+            scaling.name(),
+            scaling.params().into_iter().map(F64::new).collect(),
+        ),
         Op::Reshape { shape } | Op::Broadcast { shape } => Attr::Shape(shape.clone()),
         Op::Transpose { perm } => Attr::Perm(perm.clone()),
         Op::Softmax { axis }
@@ -886,7 +910,14 @@ impl Attn {
             },
             (Attn::Gather(_), Some(Attr::Axis(axis))) => Op::Gather { axis: *axis },
             (Attn::ScatterAdd(_), Some(Attr::Axis(axis))) => Op::ScatterAdd { axis: *axis },
-            (Attn::Rope(_), Some(Attr::Theta(theta))) => Op::Rope { theta: theta.get() },
+            (Attn::Rope(_), Some(Attr::Theta(theta, kind, params))) => {
+                let values: Vec<f64> = params.iter().map(|p| p.get()).collect();
+                Op::Rope {
+                    theta: theta.get(),
+                    scaling: attnc_ir::RopeScaling::from_params(kind, &values)
+                        .ok_or_else(|| format!("bad rope scaling `{kind}`"))?,
+                }
+            }
             (Attn::TopK(_), Some(Attr::TopK { k, output })) => Op::TopK {
                 k: *k,
                 output: *output,
@@ -973,7 +1004,12 @@ mod tests {
                 keep_dims: false,
             },
             Attr::Eps(F64::new(1e-5)),
-            Attr::Theta(F64::new(500000.0)),
+            Attr::Theta(F64::new(500000.0), "none", vec![]),
+            Attr::Theta(
+                F64::new(500000.0),
+                "llama3",
+                [8.0, 1.0, 4.0, 8192.0].map(F64::new).to_vec(),
+            ),
             Attr::Shape(Shape::new([Dim::sym("batch"), Dim::Const(768)])),
             Attr::Shape(Shape::scalar()),
             Attr::Perm(vec![0, 2, 1, 3]),

@@ -162,7 +162,15 @@ fn scalars_through_layout_and_rope() {
                 bin(&mut b, BinaryOp::Mul, r, k)
             }
             _ => {
-                let r = b.op(Op::Rope { theta: 100.0 }, &[x]).unwrap();
+                let r = b
+                    .op(
+                        Op::Rope {
+                            theta: 100.0,
+                            scaling: Default::default(),
+                        },
+                        &[x],
+                    )
+                    .unwrap();
                 bin(&mut b, BinaryOp::Mul, r, k)
             }
         };

@@ -23,6 +23,10 @@ pub enum Family {
     Bert,
     /// `vit.encoder.layer.N.attention.attention.query`, ...: ViT.
     Vit,
+    /// `backbone.layers.N.mixer.in_proj`, ...: Mamba2.
+    Mamba2,
+    /// `model.layers.N.mamba.in_proj`, `model.layers.N.feed_forward`, ...: Jamba.
+    Jamba,
 }
 
 impl Family {
@@ -31,9 +35,25 @@ impl Family {
         "gpt2",
         "bert",
         "vit",
+        "mamba2 (backbone.layers.N.mixer)",
+        "jamba (model.layers.N.mamba)",
     ];
 
     pub fn detect(stored: &BTreeSet<&str>) -> Option<Family> {
+        // Jamba shares `model.layers.` with the Llama family: its Mamba and
+        // feed-forward modules tell it apart.
+        if stored.iter().any(|n| {
+            n.starts_with("model.layers.")
+                && (n.contains(".mamba.") || n.contains(".feed_forward."))
+        }) {
+            return Some(Family::Jamba);
+        }
+        if stored
+            .iter()
+            .any(|n| n.starts_with("backbone.layers.") || *n == "backbone.embeddings.weight")
+        {
+            return Some(Family::Mamba2);
+        }
         if stored
             .iter()
             .any(|n| n.starts_with("model.layers.") || *n == "model.embed_tokens.weight")
@@ -87,6 +107,16 @@ pub fn recipe(
         (Family::Bert, Some((i, rest))) => m.bert_layer(i, rest),
         (Family::Vit, None) => m.vit_global(name),
         (Family::Vit, Some((i, rest))) => m.vit_layer(i, rest),
+        (Family::Mamba2, None) => m.mamba2_global(name),
+        (Family::Jamba, None) => m.jamba_global(name),
+        (Family::Mamba2 | Family::Jamba, Some((i, rest))) => {
+            let cfg = spec.layer_config(i).map_err(|e| e.to_string())?;
+            if family == Family::Mamba2 {
+                m.mamba2_layer(&cfg, i, rest)?
+            } else {
+                m.jamba_layer(&cfg, i, rest)?
+            }
+        }
     };
     found.ok_or_else(|| format!("no {family:?}-family tensor is mapped to it"))
 }
@@ -101,7 +131,7 @@ pub fn harmless(family: Family, spec: Option<&Spec>, name: &str) -> Option<&'sta
             Some("GPT-2's causal-mask buffer")
         }
         // Some checkpoints store the tied head as well as the table it is tied to.
-        Family::Llama | Family::Gpt2
+        Family::Llama | Family::Gpt2 | Family::Mamba2 | Family::Jamba
             if name == "lm_head.weight" && spec.is_some_and(|s| s.tie_embeddings) =>
         {
             Some("the head is tied to the token table (tie_word_embeddings)")
@@ -251,6 +281,11 @@ impl Mapper<'_> {
             m.v_head_dim as usize,
         );
         let r = m.kv_lora_rank as usize;
+        match rest {
+            "attn.q_norm.weight" => return Ok(self.whole(format!("{a}.q_a_layernorm.weight"))),
+            "attn.kv_norm.weight" => return Ok(self.whole(format!("{a}.kv_a_layernorm.weight"))),
+            _ => {}
+        }
         let Some((i, o)) = self.matrix() else {
             return Ok(None);
         };
@@ -274,7 +309,6 @@ impl Mapper<'_> {
         Ok(Some(match rest {
             "attn.wq" => select(format!("{a}.q_proj.weight"), h * (dn + dr), i, q_rows()),
             "attn.wq_a" => Recipe::transposed(format!("{a}.q_a_proj.weight"), o, i),
-            "attn.q_norm.weight" => return Ok(self.whole(format!("{a}.q_a_layernorm.weight"))),
             "attn.wq_b" => select(format!("{a}.q_b_proj.weight"), h * (dn + dr), i, q_rows()),
             // kv_a_proj_with_mqa: [r + dr, d], the latent's rows, then the shared
             // rotary key's.
@@ -290,7 +324,6 @@ impl Mapper<'_> {
                 i,
                 rope_order(r).collect(),
             ),
-            "attn.kv_norm.weight" => return Ok(self.whole(format!("{a}.kv_a_layernorm.weight"))),
             // kv_b_proj: [heads·(dn + dv), r], per head its key rows then value rows.
             "attn.wk_b" => select(
                 format!("{a}.kv_b_proj.weight"),
@@ -496,5 +529,186 @@ fn interleaved(j: usize, d: usize) -> usize {
         2 * j
     } else {
         2 * (j - d / 2) + 1
+    }
+}
+
+/// Rows `range` of a stored `[rows, cols]` matrix (a vector when `cols` is 0),
+/// transposed when `transpose` (a `Linear`'s `[out, in]` to attnc's `[in, out]`).
+fn rows(
+    name: String,
+    rows: usize,
+    cols: usize,
+    range: std::ops::Range<usize>,
+    transpose: bool,
+) -> Recipe {
+    Recipe::Select {
+        name,
+        shape: if cols == 0 {
+            vec![rows]
+        } else {
+            vec![rows, cols]
+        },
+        axis: 0,
+        indices: range.collect(),
+        transpose,
+    }
+}
+
+/// Mamba2 and Jamba. Each fuses projections PyTorch applies at once: Mamba2's
+/// `in_proj` is `[z, x, B, C, Δ]` by rows (`Mamba2Mixer`'s split `[d_inner,
+/// conv_dim, heads]`, `conv_dim = [x, B, C]`), and its depthwise `conv1d` (`[conv_dim,
+/// 1, K]`, read as `[conv_dim, K]`) runs over `[x, B, C]`: each part's rows become one
+/// attnc param, the kernel transposed to `[K, channels]`. Jamba's `in_proj` is `[x,
+/// z]` (`chunk(2)`), its `x_proj` `[Δ, B, C]`.
+impl Mapper<'_> {
+    fn mamba2_global(&self, name: &str) -> Option<Recipe> {
+        match name {
+            "embed.tokens" => self.whole("backbone.embeddings.weight"),
+            "final_norm.weight" => self.whole("backbone.norm_f.weight"),
+            "lm_head" => self.linear("lm_head.weight"),
+            _ => None,
+        }
+    }
+
+    fn mamba2_layer(&self, cfg: &LayerConfig, i: u64, rest: &str) -> R<Option<Recipe>> {
+        let p = format!("backbone.layers.{i}");
+        let m = format!("{p}.mixer");
+        if rest == "attn_norm.weight" {
+            return Ok(self.whole(format!("{p}.norm.weight")));
+        }
+        let Some(attnc_ir::spec::Mixer::Mamba2 {
+            state,
+            conv,
+            groups,
+            ..
+        }) = cfg.attention.mixer
+        else {
+            return Ok(None);
+        };
+        let d = self.spec.d_model as usize;
+        let heads = cfg.attention.heads as usize;
+        let inner = heads * cfg.attention.head_dim as usize;
+        let gn = (groups * state) as usize;
+        let conv_dim = inner + 2 * gn;
+        let proj = inner + conv_dim + heads;
+        let in_proj =
+            |r: std::ops::Range<usize>| Some(rows(format!("{m}.in_proj.weight"), proj, d, r, true));
+        let k = conv.map_or(0, |(k, _)| k as usize);
+        let kernel = |r: std::ops::Range<usize>| {
+            Some(rows(format!("{m}.conv1d.weight"), conv_dim, k, r, true))
+        };
+        let bias = |r: std::ops::Range<usize>| {
+            Some(rows(format!("{m}.conv1d.bias"), conv_dim, 0, r, false))
+        };
+        let (x, b, c) = (0..inner, inner..inner + gn, inner + gn..conv_dim);
+        Ok(match rest.strip_prefix("attn.") {
+            Some("w_z") => in_proj(0..inner),
+            Some("w_x") => in_proj(inner..2 * inner),
+            Some("w_b") => in_proj(2 * inner..2 * inner + gn),
+            Some("w_c") => in_proj(2 * inner + gn..inner + conv_dim),
+            Some("w_dt") => in_proj(inner + conv_dim..proj),
+            Some("conv_x") => kernel(x),
+            Some("conv_b") => kernel(b),
+            Some("conv_c") => kernel(c),
+            Some("conv_x_bias") => bias(x),
+            Some("conv_b_bias") => bias(b),
+            Some("conv_c_bias") => bias(c),
+            Some("dt_bias") => self.whole(format!("{m}.dt_bias")),
+            Some("A_log") => self.whole(format!("{m}.A_log")),
+            Some("D") => self.whole(format!("{m}.D")),
+            Some("norm.weight") => self.whole(format!("{m}.norm.weight")),
+            Some("w_out") => self.linear(format!("{m}.out_proj.weight")),
+            _ => None,
+        })
+    }
+
+    fn jamba_global(&self, name: &str) -> Option<Recipe> {
+        match name {
+            "embed.tokens" => self.whole("model.embed_tokens.weight"),
+            "final_norm.weight" => self.whole("model.final_layernorm.weight"),
+            "lm_head" => self.linear("lm_head.weight"),
+            _ => None,
+        }
+    }
+
+    fn jamba_layer(&self, cfg: &LayerConfig, i: u64, rest: &str) -> R<Option<Recipe>> {
+        let p = format!("model.layers.{i}");
+        let (a, f) = (format!("{p}.self_attn"), format!("{p}.feed_forward"));
+        let found = match rest {
+            "attn_norm.weight" => self.whole(format!("{p}.input_layernorm.weight")),
+            "ffn_norm.weight" => self.whole(format!("{p}.pre_ff_layernorm.weight")),
+            "attn.wq" => self.linear(format!("{a}.q_proj.weight")),
+            "attn.wk" => self.linear(format!("{a}.k_proj.weight")),
+            "attn.wv" => self.linear(format!("{a}.v_proj.weight")),
+            "attn.wo" => self.linear(format!("{a}.o_proj.weight")),
+            "ffn.w_gate" => self.linear(format!("{f}.gate_proj.weight")),
+            "ffn.w_up" => self.linear(format!("{f}.up_proj.weight")),
+            "ffn.w_down" => self.linear(format!("{f}.down_proj.weight")),
+            "ffn.router" => self.linear(format!("{f}.router.weight")),
+            "ffn.experts.w_gate" => self.experts(&f, &["gate_proj"]),
+            "ffn.experts.w_up" => self.experts(&f, &["up_proj"]),
+            "ffn.experts.w_down" => self.experts(&f, &["down_proj"]),
+            _ => None,
+        };
+        if found.is_some() {
+            return Ok(found);
+        }
+        let Some(attnc_ir::spec::Mixer::Mamba {
+            state,
+            expand,
+            conv,
+            dt_rank,
+            ..
+        }) = cfg.attention.mixer
+        else {
+            return Ok(None);
+        };
+        let m = format!("{p}.mamba");
+        let d = self.spec.d_model as usize;
+        let inner = (expand * self.spec.d_model) as usize;
+        let (n, r) = (state as usize, dt_rank as usize);
+        let x_proj = |range: std::ops::Range<usize>| {
+            Some(rows(
+                format!("{m}.x_proj.weight"),
+                r + 2 * n,
+                inner,
+                range,
+                true,
+            ))
+        };
+        Ok(match rest.strip_prefix("attn.") {
+            Some("w_x") => Some(rows(
+                format!("{m}.in_proj.weight"),
+                2 * inner,
+                d,
+                0..inner,
+                true,
+            )),
+            Some("w_z") => Some(rows(
+                format!("{m}.in_proj.weight"),
+                2 * inner,
+                d,
+                inner..2 * inner,
+                true,
+            )),
+            Some("conv_x") => Some(Recipe::transposed(
+                format!("{m}.conv1d.weight"),
+                inner,
+                conv as usize,
+            )),
+            Some("conv_x_bias") => self.whole(format!("{m}.conv1d.bias")),
+            Some("w_dt_in") => x_proj(0..r),
+            Some("w_b") => x_proj(r..r + n),
+            Some("w_c") => x_proj(r + n..r + 2 * n),
+            Some("dt_norm.weight") => self.whole(format!("{m}.dt_layernorm.weight")),
+            Some("b_norm.weight") => self.whole(format!("{m}.b_layernorm.weight")),
+            Some("c_norm.weight") => self.whole(format!("{m}.c_layernorm.weight")),
+            Some("w_dt") => self.linear(format!("{m}.dt_proj.weight")),
+            Some("dt_bias") => self.whole(format!("{m}.dt_proj.bias")),
+            Some("A_log") => self.whole(format!("{m}.A_log")),
+            Some("D") => self.whole(format!("{m}.D")),
+            Some("w_out") => self.linear(format!("{m}.out_proj.weight")),
+            _ => None,
+        })
     }
 }

@@ -1446,7 +1446,13 @@ mod tests {
                 },
                 &[x],
             )?;
-            let r = b.op(Op::Rope { theta: 10000.0 }, &[t])?;
+            let r = b.op(
+                Op::Rope {
+                    theta: 10000.0,
+                    scaling: Default::default(),
+                },
+                &[t],
+            )?;
             let f = b.add(
                 Op::RandomFeatures { seed: 3 },
                 &[],

@@ -305,7 +305,7 @@ impl Ew<'_> {
                 let tc = vec![row, coords[r - 1].clone()];
                 self.eval(w, ops[0], &Pos::at(&table, tc))?
             }
-            Op::Rope { theta } => self.rope(w, ops[0], pos, *theta)?,
+            Op::Rope { theta, scaling } => self.rope(w, ops[0], pos, *theta, scaling)?,
             Op::Iota { axis } => {
                 let c = pos.coords(w)[*axis].clone();
                 let ty = compute(dtype);
@@ -419,7 +419,14 @@ impl Ew<'_> {
     /// Rotary embedding of `x` at `pos`: `x_i cos θ - x_{i+d/2} sin θ` in the first
     /// half, `x_i cos θ + x_{i-d/2} sin θ` in the second, `θ = p · theta^(-2j/d)` with
     /// `p` the index along the second-to-last axis, `j = i mod d/2`.
-    fn rope(&mut self, w: &mut W, x: NodeId, pos: &Pos, theta: f64) -> Result<String> {
+    fn rope(
+        &mut self,
+        w: &mut W,
+        x: NodeId,
+        pos: &Pos,
+        theta: f64,
+        scaling: &attnc_ir::RopeScaling,
+    ) -> Result<String> {
         let sizes = self.sizes(x);
         let r = sizes.len();
         let d = sizes[r - 1];
@@ -436,17 +443,30 @@ impl Ew<'_> {
         pc[r - 1] = partner;
         let v = self.eval(w, x, &Pos::at(&sizes, coords.clone()))?;
         let pv = self.eval(w, x, &Pos::at(&sizes, pc))?;
-        let freqs: Vec<f64> = (0..half)
-            .map(|k| theta.powf(-2.0 * k as f64 / d as f64))
-            .collect();
-        let name = format!("attnc_rope_{d}_{:016x}", theta.to_bits());
+        let freqs = scaling.inv_freqs(theta, d);
+        // Named by the table's contents: two scalings never share a global.
+        let name = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            freqs.iter().for_each(|f| f.to_bits().hash(&mut h));
+            format!("attnc_rope_{d}_{:016x}", h.finish())
+        };
         let ty = self.globals.constant_f64(&name, &freqs);
         let table = w.hoisted(format!("memref.get_global @{name} : {ty}"));
         let freq = w.load(&table, &ty, &[&j]);
         let p = w.index_cast(&coords[r - 2], "index", "i64");
         let p = w.let_(format_args!("arith.sitofp {p} : i64 to f64"));
         let angle = w.let_(format_args!("arith.mulf {p}, {freq} : f64"));
-        let (sin, cos) = math::sin_cos_f64(w, &angle);
+        let (mut sin, mut cos) = math::sin_cos_f64(w, &angle);
+        let magnitude = scaling.attention_factor();
+        if magnitude != 1.0 {
+            let m = w.let_(format_args!(
+                "arith.constant 0x{:016X} : f64",
+                magnitude.to_bits()
+            ));
+            sin = w.let_(format_args!("arith.mulf {sin}, {m} : f64"));
+            cos = w.let_(format_args!("arith.mulf {cos}, {m} : f64"));
+        }
         let a = math::fmul(w, &v, &cos);
         let b = math::fmul(w, &pv, &sin);
         let nb = math::fneg(w, &b);

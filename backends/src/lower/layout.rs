@@ -215,10 +215,16 @@ pub(super) fn index_out_of_range(em: &mut Emitter, indices: &Val, n: usize) -> V
 ///   out[i]     = x[i]·cos(p·θ_i) - x[i+h]·sin(p·θ_i)    (i < h)
 ///   out[i + h] = x[i+h]·cos(p·θ_i) + x[i]·sin(p·θ_i)
 /// Angles and products are computed in f64.
-pub(super) fn rope(em: &mut Emitter, x: &Val, theta: f64) -> Val {
+pub(super) fn rope(em: &mut Emitter, x: &Val, theta: f64, scaling: &attnc_ir::RopeScaling) -> Val {
     let r = x.rank();
     let d = x.sizes[r - 1];
     let (elem, f) = (x.elem, Elem::F64);
+    // The inverse frequencies, one table for the op (the same definition as the
+    // interpreter's): `theta^(-2j/d)`, rescaled for long contexts.
+    let freqs = scaling.inv_freqs(theta, d);
+    let table =
+        super::elementwise::dense(em, &freqs, &[freqs.len()], f).expect("f64 is a float type");
+    let magnitude = scaling.attention_factor();
     map(em, &x.sizes, elem, &[x], |em, args| {
         let v = em.extend(&args[0], elem, f);
         let mut coords: Vec<String> = (0..r - 1).map(|dim| em.index(dim)).collect();
@@ -232,14 +238,15 @@ pub(super) fn rope(em: &mut Emitter, x: &Val, theta: f64) -> Val {
         let partner = em.extract(x, &coords);
         let partner = em.extend(&partner, elem, f);
         let p = index_to_f64(em, &coords[r - 2]);
-        let jf = index_to_f64(em, &j);
-        let scale = em.constant(-2.0 / d as f64, f);
-        let exponent = em.arith2("mulf", &jf, &scale, f);
-        let base = em.constant(theta, f);
-        let freq = em.op(format_args!("math.powf {base}, {exponent} : f64"));
+        let freq = em.extract(&table, &[j]);
         let angle = em.arith2("mulf", &p, &freq, f);
-        let cos = em.math1("cos", &angle, f);
-        let sin = em.math1("sin", &angle, f);
+        let mut cos = em.math1("cos", &angle, f);
+        let mut sin = em.math1("sin", &angle, f);
+        if magnitude != 1.0 {
+            let m = em.constant(magnitude, f);
+            cos = em.arith2("mulf", &cos, &m, f);
+            sin = em.arith2("mulf", &sin, &m, f);
+        }
         let minus_one = em.constant(-1.0, f);
         let one = em.constant(1.0, f);
         let sign = em.select(&lower, &minus_one, &one, f);

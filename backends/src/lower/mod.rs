@@ -537,7 +537,7 @@ impl Lowering<'_> {
             }
             Op::Gather { axis } => self.checked_gather(id, &ops[0], &ops[1], *axis, &sizes),
             Op::Embedding => self.checked_gather(id, &ops[0], &ops[1], 0, &sizes),
-            Op::Rope { theta } => layout::rope(em, &ops[0], *theta),
+            Op::Rope { theta, scaling } => layout::rope(em, &ops[0], *theta, scaling),
             // Always float (the verifier requires it).
             Op::Attention(a) => {
                 let (q, k, v) = (&ops[0], &ops[1], &ops[2]);

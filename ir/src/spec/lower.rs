@@ -92,6 +92,15 @@ impl Lowerer<'_> {
         self.b.param(name, shape, self.dtype)
     }
 
+    /// RoPE with the spec's base and scaling.
+    fn rope(&mut self, x: NodeId) -> Result<NodeId, IrError> {
+        let op = Op::Rope {
+            theta: self.spec.rope_theta,
+            scaling: self.spec.rope_scaling()?,
+        };
+        self.op(op, &[x])
+    }
+
     fn op(&mut self, op: Op, args: &[NodeId]) -> Result<NodeId, IrError> {
         self.b.op(op, args)
     }
@@ -312,8 +321,7 @@ impl Lowerer<'_> {
         let mut qk = self.split_heads(qk, heads, head_dim)?;
         let v = self.split_heads(v, heads, head_dim)?;
         if self.spec.position == Position::Rope {
-            let theta = self.spec.rope_theta;
-            qk = self.op(Op::Rope { theta }, &[qk])?;
+            qk = self.rope(qk)?;
         }
         Ok((qk, v))
     }
@@ -326,7 +334,6 @@ impl Lowerer<'_> {
         let (batch, seq, d) = (Dim::sym("batch"), Dim::sym("seq"), Dim::sym("d_model"));
         let one = Dim::Const(1);
         let eps = self.spec.norm_eps;
-        let theta = self.spec.rope_theta;
         let heads = self.dim("heads", a.heads);
         let rank = self.dim("kv_lora_rank", m.kv_lora_rank);
         let dr = self.dim("qk_rope_head_dim", m.qk_rope_head_dim);
@@ -365,7 +372,7 @@ impl Lowerer<'_> {
             },
             &[q],
         )?;
-        let q_rope = self.op(Op::Rope { theta }, &[q_rope])?;
+        let q_rope = self.rope(q_rope)?;
 
         // The latent: [batch, seq, r].
         let c = self.linear(x, prefix, "wkv_a", None, &d, &rank)?;
@@ -380,7 +387,7 @@ impl Lowerer<'_> {
             },
             &[k_rope],
         )?;
-        let k_rope = self.op(Op::Rope { theta }, &[k_rope])?;
+        let k_rope = self.rope(k_rope)?;
 
         // Keys and values up-projected from the latent: [batch, heads, seq, dn | dv].
         let k_nope = self.linear(c, prefix, "wk_b", None, &rank, &kv_dim)?;

@@ -116,6 +116,9 @@ pub struct Spec {
     pub max_positions: Option<u64>,
     #[serde(default = "default_rope_theta")]
     pub rope_theta: f64,
+    /// RoPE's context-extension scaling (Llama 3.1, YaRN, linear), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScalingFields>,
     /// The output head reuses the token embedding table.
     #[serde(default)]
     pub tie_embeddings: bool,
@@ -147,6 +150,77 @@ pub struct Spec {
     /// `arch = "vit"`: the image and the head (see [`VisionFields`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vision: Option<VisionFields>,
+}
+
+/// `[rope_scaling]`: how RoPE's frequencies are rescaled for a longer context.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RopeScalingFields {
+    /// `linear`, `llama3` or `yarn`.
+    pub kind: String,
+    pub factor: f64,
+    /// llama3: wavelengths over `original_max_positions / low_freq_factor` are
+    /// divided by `factor`, those under `/ high_freq_factor` kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub low_freq_factor: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub high_freq_factor: Option<f64>,
+    /// llama3 and yarn: the context the model was trained with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_max_positions: Option<u64>,
+    /// yarn: the ramp's ends in rotations (default 32 and 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta_fast: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta_slow: Option<f64>,
+    /// yarn: the cos/sin multiplier (default `0.1·ln(factor) + 1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_factor: Option<f64>,
+}
+
+impl Spec {
+    /// The resolved `[rope_scaling]`.
+    pub fn rope_scaling(&self) -> Result<crate::RopeScaling, IrError> {
+        use crate::RopeScaling as S;
+        let Some(f) = &self.rope_scaling else {
+            return Ok(S::None);
+        };
+        let fail = |m: String| Spec::spec_error(None, format!("`rope_scaling`: {m}"));
+        let need_f = |v: Option<f64>, name: &str| {
+            v.ok_or_else(|| fail(format!("kind = \"{}\" needs `{name}`", f.kind)))
+        };
+        let need_u = |v: Option<u64>, name: &str| {
+            v.ok_or_else(|| fail(format!("kind = \"{}\" needs `{name}`", f.kind)))
+        };
+        let s = match f.kind.as_str() {
+            "linear" => S::Linear { factor: f.factor },
+            "llama3" => S::Llama3 {
+                factor: f.factor,
+                low_freq_factor: need_f(f.low_freq_factor, "low_freq_factor")?,
+                high_freq_factor: need_f(f.high_freq_factor, "high_freq_factor")?,
+                original_max_positions: need_u(f.original_max_positions, "original_max_positions")?,
+            },
+            "yarn" => S::Yarn {
+                factor: f.factor,
+                original_max_positions: need_u(f.original_max_positions, "original_max_positions")?,
+                beta_fast: f.beta_fast.unwrap_or(32.0),
+                beta_slow: f.beta_slow.unwrap_or(1.0),
+                attention_factor: f
+                    .attention_factor
+                    .unwrap_or_else(|| crate::rope::yarn_mscale(f.factor, 1.0)),
+            },
+            other => {
+                return Err(fail(format!(
+                    "kind = \"{other}\" is not one of linear, llama3, yarn"
+                )))
+            }
+        };
+        s.check().map_err(fail)?;
+        if self.position != Position::Rope {
+            return Err(fail("set, but `position` is not \"rope\"".into()));
+        }
+        Ok(s)
+    }
 }
 
 fn is_false(b: &bool) -> bool {
@@ -233,6 +307,20 @@ pub struct AttentionFields {
     pub state_size: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expand: Option<u64>,
+    /// `kind = "mamba2"` / `"mamba"`: the width `K` of the causal depthwise
+    /// convolution over `x` (and Mamba2's `B`, `C`) before `silu` (Mamba2 default:
+    /// none; Mamba default 4), with a bias per channel unless `conv_bias = false`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conv_kernel: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conv_bias: Option<bool>,
+    /// `kind = "mamba2"`: groups of `B` and `C` (default 1), `heads / groups` heads
+    /// each (`n_groups`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub groups: Option<u64>,
+    /// `kind = "mamba"`: the rank of the `Δ` projection (default `⌈d_model / 16⌉`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dt_rank: Option<u64>,
     /// `kind = "axial"`: attention along the rows, then the columns, of the sequence
     /// read as an `axial_rows × (seq / axial_rows)` grid.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -350,6 +438,7 @@ pub const SPEC_FIELDS: &[&str] = &[
     "position",
     "max_positions",
     "rope_theta",
+    "rope_scaling",
     "tie_embeddings",
     "embed_norm",
     "token_types",
@@ -383,6 +472,10 @@ pub const ATTENTION_FIELDS: &[&str] = &[
     "gate_rank",
     "state_size",
     "expand",
+    "conv_kernel",
+    "conv_bias",
+    "groups",
+    "dt_rank",
     "axial_rows",
     "scale",
     "qkv_bias",
@@ -442,6 +535,10 @@ impl AttentionFields {
             gate_rank: over.gate_rank.or(self.gate_rank),
             state_size: over.state_size.or(self.state_size),
             expand: over.expand.or(self.expand),
+            conv_kernel: over.conv_kernel.or(self.conv_kernel),
+            conv_bias: over.conv_bias.or(self.conv_bias),
+            groups: over.groups.or(self.groups),
+            dt_rank: over.dt_rank.or(self.dt_rank),
             axial_rows: over.axial_rows.or(self.axial_rows),
             scale: over.scale.or(self.scale),
             qkv_bias: over.qkv_bias.or(self.qkv_bias),
@@ -535,7 +632,25 @@ pub enum Mixer {
     Gla { gate_rank: u64 },
     /// Mamba2's SSD mixer: a scalar decay per head and step `exp(Δ·A)`, shared `B`,
     /// `C` of width `state`, inner width `expand · d_model`.
-    Mamba2 { state: u64, expand: u64 },
+    Mamba2 {
+        state: u64,
+        expand: u64,
+        /// The causal depthwise convolution's width and whether it has a bias.
+        conv: Option<(u64, bool)>,
+        /// Groups of `B` and `C`, `heads / groups` heads each.
+        groups: u64,
+    },
+    /// Mamba-1's selective scan (Jamba's mixer): a decay per channel and state
+    /// `exp(Δ·A)`, `A [d_inner, state]`, `Δ` of rank `dt_rank`, a causal depthwise
+    /// convolution of width `conv` (with a bias when `conv_bias`), RMS norms on `Δ`,
+    /// `B` and `C` (Jamba's), inner width `expand · d_model`.
+    Mamba {
+        state: u64,
+        expand: u64,
+        conv: u64,
+        conv_bias: bool,
+        dt_rank: u64,
+    },
     /// Axial attention over a `rows × (seq / rows)` grid: along rows, then columns.
     Axial { rows: u64 },
 }
@@ -712,6 +827,7 @@ impl Spec {
                 "`token_types` embeds token types; a ViT has no tokens",
             ));
         }
+        self.rope_scaling()?;
         self.diffusion()?;
         self.vision()?;
         if !(self.norm_eps > 0.0 && self.norm_eps.is_finite()) {
@@ -1017,7 +1133,15 @@ impl Spec {
 }
 
 /// `attention.kind` values that are token mixers ([`Mixer`]).
-const MIXERS: &[&str] = &["linear", "linformer", "retnet", "gla", "mamba2", "axial"];
+const MIXERS: &[&str] = &[
+    "linear",
+    "linformer",
+    "retnet",
+    "gla",
+    "mamba2",
+    "mamba",
+    "axial",
+];
 
 impl Spec {
     /// The mixer of a layer's merged attention fields (`None` for softmax attention
@@ -1032,7 +1156,19 @@ impl Spec {
         head_dim: u64,
         err: &dyn Fn(String) -> IrError,
     ) -> Result<Option<Mixer>, IrError> {
-        let owned: [(&str, bool, &str); 5] = [
+        let mamba = matches!(kind, Some("mamba2") | Some("mamba"));
+        let mamba_owned = [
+            ("conv_kernel", a.conv_kernel.is_some()),
+            ("conv_bias", a.conv_bias.is_some()),
+        ];
+        for (field, set) in mamba_owned {
+            if set && !mamba {
+                return Err(err(format!(
+                    "`attention.{field}` needs `attention.kind = \"mamba2\"` or `\"mamba\"`"
+                )));
+            }
+        }
+        let owned: [(&str, bool, &str); 7] = [
             (
                 "feature_map` / `features` / `feature_seed",
                 a.feature_map.is_some() || a.features.is_some() || a.feature_seed.is_some(),
@@ -1043,8 +1179,14 @@ impl Spec {
             (
                 "state_size` / `expand",
                 a.state_size.is_some() || a.expand.is_some(),
-                "mamba2",
+                if kind == Some("mamba") {
+                    "mamba"
+                } else {
+                    "mamba2"
+                },
             ),
+            ("groups", a.groups.is_some(), "mamba2"),
+            ("dt_rank", a.dt_rank.is_some(), "mamba"),
             ("axial_rows", a.axial_rows.is_some(), "axial"),
         ];
         for (fields, set, owner) in owned {
@@ -1060,6 +1202,15 @@ impl Spec {
         let size = |name: &str, v: Option<u64>, default: u64| match v {
             Some(0) => Err(err(format!("`attention.{name}` must be at least 1"))),
             Some(v) if v > MAX_DIM => Err(err(format!("`attention.{name}` = {v} is too large"))),
+            v => Ok(v.unwrap_or(default)),
+        };
+        // A causal convolution wider than the sequence is not an error of the
+        // model, but a kernel of 0 is; `dims.seq` bounds neither.
+        let conv_size = |v: Option<u64>, default: u64| match v {
+            Some(0) => Err(err("`attention.conv_kernel` must be at least 1".into())),
+            Some(v) if v > 1024 => Err(err(format!(
+                "`attention.conv_kernel` = {v} is too large (at most 1024)"
+            ))),
             v => Ok(v.unwrap_or(default)),
         };
         let causal = match mask {
@@ -1136,9 +1287,38 @@ impl Spec {
                         self.d_model
                     )));
                 }
+                let groups = size("groups", a.groups, 1)?;
+                if !heads.is_multiple_of(groups) {
+                    return Err(err(format!(
+                        "`attention.groups` = {groups} must divide the Mamba2 heads ({heads})"
+                    )));
+                }
+                let conv = match a.conv_kernel {
+                    None => {
+                        if a.conv_bias.is_some() {
+                            return Err(err(
+                                "`attention.conv_bias` needs `attention.conv_kernel`".into()
+                            ));
+                        }
+                        None
+                    }
+                    Some(_) => Some((conv_size(a.conv_kernel, 4)?, a.conv_bias.unwrap_or(true))),
+                };
                 Mixer::Mamba2 {
                     state: size("state_size", a.state_size, 128)?,
                     expand,
+                    conv,
+                    groups,
+                }
+            }
+            "mamba" => {
+                needs_causal("Mamba")?;
+                Mixer::Mamba {
+                    state: size("state_size", a.state_size, 16)?,
+                    expand: size("expand", a.expand, 2)?,
+                    conv: conv_size(a.conv_kernel, 4)?,
+                    conv_bias: a.conv_bias.unwrap_or(true),
+                    dt_rank: size("dt_rank", a.dt_rank, self.d_model.div_ceil(16).max(1))?,
                 }
             }
             _ => {

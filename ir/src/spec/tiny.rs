@@ -199,6 +199,7 @@ fn shrink_attention(a: &mut AttentionFields, pinned: &[String], at: &str) {
     shrink(&mut a.features, "features", 16);
     shrink(&mut a.linformer_k, "linformer_k", TINY_SEQ / 4);
     shrink(&mut a.state_size, "state_size", 16);
+    shrink(&mut a.dt_rank, "dt_rank", 4);
     shrink(&mut a.gate_rank, "gate_rank", 4);
     shrink(&mut a.axial_rows, "axial_rows", TINY_SEQ / 8);
 }
@@ -218,8 +219,19 @@ fn fit_mamba_heads(
     }
     let head_dim = a.head_dim.or(base.head_dim).unwrap_or(TINY_HEAD_DIM);
     let expand = a.expand.or(base.expand).unwrap_or(2);
-    a.heads = Some((expand * d_model / head_dim.max(1)).max(1));
+    let heads = (expand * d_model / head_dim.max(1)).max(1);
+    a.heads = Some(heads);
     a.kv_heads = None;
+    // The groups of B and C must still divide the heads.
+    if let Some(g) = a.groups.or(base.groups) {
+        let (mut x, mut y) = (g.max(1), heads);
+        while y != 0 {
+            (x, y) = (y, x % y);
+        }
+        if x != g && !pinned.iter().any(|p| *p == format!("{at}.groups")) {
+            a.groups = Some(x);
+        }
+    }
 }
 
 fn shrink_ffn(f: &mut FfnFields, d_ratio: f64, pinned: &[String], at: &str) {

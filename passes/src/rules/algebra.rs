@@ -116,9 +116,19 @@ pub fn rules() -> Vec<Rule> {
             "(binary mul (rope ?p ?x) ?c)", |b, s| {
             let p = b.class(bound(s, "?p")?);
             let (x, c) = (var_class(b, s, "?x")?, var_class(b, s, "?c")?);
-            let theta = match b.attr_at(p)? { Attr::Theta(t) => t.get(), _ => return None };
+            // The rope op itself, attributes and all (the scaling comes along).
+            let rope = match b.attr_at(p)? {
+                Attr::Theta(theta, kind, params) => {
+                    let values: Vec<f64> = params.iter().map(|v| v.get()).collect();
+                    Op::Rope {
+                        theta: theta.get(),
+                        scaling: attnc_ir::RopeScaling::from_params(kind, &values)?,
+                    }
+                }
+                _ => return None,
+            };
             let xc = scaled(b, x, c)?;
-            b.op(&Op::Rope { theta }, &[xc])
+            b.op(&rope, &[xc])
         }),
         // matmul(x, W)·c == matmul(x, W·c): the scale folds into a weight (1/√d into W_q).
         scalar_rule("scale-into-weight", "matmul(x, W)·c == matmul(x, W·c)",

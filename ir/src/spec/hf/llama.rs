@@ -1,7 +1,7 @@
 //! Llama and the architectures built on it.
 
 use super::{base, dims, dtype, Config};
-use crate::spec::{AttentionFields, FfnFields, FfnKind, Override, Spec};
+use crate::spec::{AttentionFields, FfnFields, FfnKind, Override, RopeScalingFields, Spec};
 use crate::IrError;
 use serde_json::Value;
 
@@ -28,14 +28,11 @@ pub(super) fn llama_family(
         &[Value::from("silu")],
         "attnc models SwiGLU MLPs with silu",
     )?;
-    c.only(
-        "rope_scaling",
-        &[],
-        "RoPE scaling (linear, dynamic, llama3, yarn) is not modelled yet, and it changes the rotary angles",
-    )?;
     let heads = c.need_u64("num_attention_heads")?;
     let kv_heads = c.u64("num_key_value_heads")?.unwrap_or(heads);
     let max_positions = c.u64("max_position_embeddings")?;
+    let (scaling, score_scale) = rope_scaling(c, max_positions)?;
+    s.rope_scaling = scaling;
     // Sliding windows: Mistral's `sliding_window`; Qwen2's only with its flag.
     let window = match t.as_str() {
         "mistral" | "mixtral" => c.u64("sliding_window")?,
@@ -133,10 +130,110 @@ pub(super) fn llama_family(
                 });
             }
         }
-        "deepseek_v2" => deepseek(c, &mut s, intermediate)?,
+        "deepseek_v2" => {
+            deepseek(c, &mut s, intermediate)?;
+            // YaRN's correction of the scores: softmax scale · mscale(all dims)².
+            if let Some(m) = score_scale {
+                let qk = s.attention.qk_nope_head_dim.unwrap_or(0)
+                    + s.attention.qk_rope_head_dim.unwrap_or(0);
+                s.attention.scale = Some(m * m / (qk as f64).sqrt());
+            }
+        }
         _ => {}
     }
     Ok(s)
+}
+
+/// `rope_scaling` → the spec's `[rope_scaling]` (transformers'
+/// `modeling_rope_utils`, DeepSeek's `DeepseekV2YarnRotaryEmbedding`), and for YaRN
+/// with `mscale_all_dim` the factor DeepSeek multiplies the softmax scale by (twice).
+fn rope_scaling(
+    c: &mut Config,
+    max_positions: Option<u64>,
+) -> Result<(Option<RopeScalingFields>, Option<f64>), IrError> {
+    let Some(v) = c.raw("rope_scaling") else {
+        return Ok((None, None));
+    };
+    let bad = |m: &str| c.bad("rope_scaling", m);
+    let Value::Object(map) = &v else {
+        return Err(bad("expected an object"));
+    };
+    let kind = map
+        .get("rope_type")
+        .or_else(|| map.get("type"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("names no `rope_type` (or `type`)"))?;
+    let known: &[&str] = match kind {
+        "default" => &[],
+        "linear" => &["factor"],
+        "llama3" => &[
+            "factor",
+            "low_freq_factor",
+            "high_freq_factor",
+            "original_max_position_embeddings",
+        ],
+        "yarn" => &[
+            "factor",
+            "original_max_position_embeddings",
+            "beta_fast",
+            "beta_slow",
+            "mscale",
+            "mscale_all_dim",
+            "attention_factor",
+        ],
+        _ => {
+            return Err(bad(
+                "attnc models linear, llama3 and yarn RoPE scaling; this kind changes the angles differently",
+            ))
+        }
+    };
+    if let Some(k) = map
+        .keys()
+        .find(|k| !known.contains(&k.as_str()) && *k != "type" && *k != "rope_type")
+    {
+        return Err(bad(&format!(
+            "`{k}` is not a field of {kind} scaling attnc maps"
+        )));
+    }
+    if kind == "default" {
+        return Ok((None, None));
+    }
+    let num = |k: &str| -> Result<Option<f64>, IrError> {
+        match map.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(x) => x
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| bad(&format!("`{k}` is not a number"))),
+        }
+    };
+    let factor = num("factor")?.ok_or_else(|| bad("needs a `factor`"))?;
+    let original = match num("original_max_position_embeddings")? {
+        Some(o) if o >= 1.0 && o.fract() == 0.0 => Some(o as u64),
+        Some(_) => return Err(bad("`original_max_position_embeddings` is not a count")),
+        None => None,
+    };
+    let mut f = RopeScalingFields {
+        kind: kind.to_string(),
+        factor,
+        low_freq_factor: num("low_freq_factor")?,
+        high_freq_factor: num("high_freq_factor")?,
+        original_max_positions: original,
+        beta_fast: num("beta_fast")?,
+        beta_slow: num("beta_slow")?,
+        attention_factor: num("attention_factor")?,
+    };
+    let mut score = None;
+    if kind == "yarn" {
+        // Without its own, YaRN's original context is the configured one.
+        f.original_max_positions = original.or(max_positions);
+        if let (Some(m), Some(all)) = (num("mscale")?, num("mscale_all_dim")?) {
+            let ms = |m: f64| crate::rope::yarn_mscale(factor, m);
+            f.attention_factor = Some(ms(m) / ms(all));
+            score = Some(ms(all));
+        }
+    }
+    Ok((Some(f), score))
 }
 
 fn deepseek(c: &mut Config, s: &mut Spec, intermediate: Option<u64>) -> Result<(), IrError> {
@@ -184,14 +281,22 @@ fn deepseek(c: &mut Config, s: &mut Spec, intermediate: Option<u64>) -> Result<(
         ));
     }
     let shared = c.u64("n_shared_experts")?.filter(|&n| n > 0);
+    let top_k = c.need_u64("num_experts_per_tok")?;
+    let norm_topk_prob = c.bool("norm_topk_prob")?.unwrap_or(false);
+    // DeepSeek-V2's gate either renormalizes the top-k weights (k > 1 with
+    // norm_topk_prob) or scales them by routed_scaling_factor, never both.
+    let renorm = norm_topk_prob && top_k > 1;
+    let routed_scaling = c
+        .f64("routed_scaling_factor")?
+        .filter(|&f| f != 1.0 && !renorm);
     s.ffn = FfnFields {
         kind: Some(FfnKind::Moe),
         expert_kind: Some(FfnKind::Swiglu),
         hidden: Some(c.need_u64("moe_intermediate_size")?),
         experts: Some(experts),
-        top_k: Some(c.need_u64("num_experts_per_tok")?),
-        norm_topk_prob: Some(c.bool("norm_topk_prob")?.unwrap_or(false)),
-        routed_scaling_factor: c.f64("routed_scaling_factor")?.filter(|&f| f != 1.0),
+        top_k: Some(top_k),
+        norm_topk_prob: Some(renorm),
+        routed_scaling_factor: routed_scaling,
         shared_experts: shared,
         ..FfnFields::default()
     };

@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, HashSet};
 mod bert;
 mod gpt2;
 mod llama;
+mod mamba;
 mod vit;
 
 /// An imported config: the spec, and the keys ignored with the reason each is
@@ -43,15 +44,19 @@ pub const SUPPORTED: &[&str] = &[
     "gpt2",
     "bert",
     "vit",
+    "mamba2",
+    "jamba",
 ];
 
 /// Whether `text` looks like a Hugging Face config (a JSON object with `model_type`)
 /// rather than an attnc spec written in JSON.
 pub fn is_hf_config(text: &str) -> bool {
-    serde_json::from_str::<Value>(text.strip_prefix('\u{feff}').unwrap_or(text))
-        .ok()
-        .and_then(|v| v.get("model_type").map(Value::is_string))
-        .unwrap_or(false)
+    serde_json::from_str::<Value>(&mamba::python_json(
+        text.strip_prefix('\u{feff}').unwrap_or(text),
+    ))
+    .ok()
+    .and_then(|v| v.get("model_type").map(Value::is_string))
+    .unwrap_or(false)
 }
 
 pub(super) fn error(message: impl Into<String>) -> IrError {
@@ -159,6 +164,50 @@ const HARMLESS: &[(&str, &str)] = &[
         "max_window_layers",
         "used only with use_sliding_window = true",
     ),
+    (
+        "chunk_size",
+        "Mamba2's SSD block length in transformers; the chunked and quadratic forms compute the same function",
+    ),
+    (
+        "time_step_min",
+        "Mamba's initialization of dt_bias; the bias is a weight",
+    ),
+    (
+        "time_step_max",
+        "Mamba's initialization of dt_bias; the bias is a weight",
+    ),
+    (
+        "time_step_floor",
+        "Mamba's initialization of dt_bias; the bias is a weight",
+    ),
+    (
+        "time_step_init_scheme",
+        "Mamba's initialization of dt_proj; the weights are bound or drawn",
+    ),
+    (
+        "time_step_scale",
+        "Mamba's initialization of dt_proj; the weights are bound or drawn",
+    ),
+    (
+        "time_step_rank",
+        "stored by Mamba2Mixer but never used: Mamba2's Δ is one value per head",
+    ),
+    (
+        "rescale_prenorm_residual",
+        "Mamba's initialization of out_proj; the weights are bound or drawn",
+    ),
+    (
+        "residual_in_fp32",
+        "Mamba keeps the residual in f32; attnc computes in f32 throughout",
+    ),
+    (
+        "use_mamba_kernels",
+        "Jamba's fused CUDA kernels compute the same selective scan",
+    ),
+    (
+        "num_logits_to_keep",
+        "generation computes only the last logits; the same function",
+    ),
 ];
 
 /// The config being mapped: its keys, and which have been read.
@@ -253,11 +302,12 @@ impl Config {
 /// Map a `config.json` text onto a spec named `name`.
 pub fn import_hf(text: &str, name: &str) -> Result<Imported, IrError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let value: Value = serde_json::from_str(text).map_err(|e| IrError::Parse {
-        line: e.line().max(1),
-        col: e.column().max(1),
-        message: e.to_string(),
-    })?;
+    let value: Value =
+        serde_json::from_str(&mamba::python_json(text)).map_err(|e| IrError::Parse {
+            line: e.line().max(1),
+            col: e.column().max(1),
+            message: e.to_string(),
+        })?;
     let Value::Object(map) = value else {
         return Err(error("a config.json holds one JSON object"));
     };
@@ -278,6 +328,8 @@ pub fn import_hf(text: &str, name: &str) -> Result<Imported, IrError> {
         "gpt2" => gpt2::gpt2(&mut c, name, &mut notes)?,
         "bert" => bert::bert(&mut c, name, &mut notes)?,
         "vit" => vit::vit(&mut c, name, &mut notes)?,
+        "mamba2" => mamba::mamba2(&mut c, name, &mut notes)?,
+        "jamba" => mamba::jamba(&mut c, name, &mut notes)?,
         other => {
             return Err(error(format!(
                 "`model_type` = \"{other}\" is not supported; attnc imports {}",
@@ -357,6 +409,7 @@ pub(super) fn base(name: &str, vocab: u64, d_model: u64, layers: u64) -> Spec {
         overrides: Vec::new(),
         diffusion: None,
         vision: None,
+        rope_scaling: None,
         embed_norm: false,
         token_types: None,
     }

@@ -88,7 +88,19 @@ impl Lowerer<'_> {
                 let o = self.op(Op::MatMul, &[s, v])?;
                 self.gated_output(o, a, x, &q_dim, prefix, "wr")
             }
-            Mixer::Mamba2 { state, .. } => self.mamba2(a, state, x, prefix),
+            Mixer::Mamba2 {
+                state,
+                conv,
+                groups,
+                ..
+            } => self.mamba2(a, state, conv, groups, x, prefix),
+            Mixer::Mamba {
+                state,
+                expand,
+                conv,
+                conv_bias,
+                dt_rank,
+            } => self.mamba(state, expand, (conv, conv_bias), dt_rank, x, prefix),
             Mixer::Axial { rows } => self.axial(a, rows, x, prefix),
         }
     }
@@ -136,9 +148,8 @@ impl Lowerer<'_> {
         let mut k = self.split_heads(k, &kv_heads, &head_dim)?;
         let v = self.split_heads(v, &kv_heads, &head_dim)?;
         if self.spec.position == Position::Rope {
-            let theta = self.spec.rope_theta;
-            q = self.op(Op::Rope { theta }, &[q])?;
-            k = self.op(Op::Rope { theta }, &[k])?;
+            q = self.rope(q)?;
+            k = self.rope(k)?;
         }
         Ok((q, k, v))
     }
@@ -295,10 +306,20 @@ impl Lowerer<'_> {
 
     /// Mamba2's mixer with SSD in its quadratic (dual) form: `y = (C·Bᵀ ⊙ L)·(x·Δ) +
     /// D·x` with `L[i, j] = exp(Σ_{t=j+1..i} Δ_t·A)` for `j ≤ i`, per head; `B`, `C`
-    /// shared by all heads (one group), the gated RMS norm `norm(y ⊙ silu(z))` and the
-    /// output projection. The short causal convolution before the SSM is not
-    /// modelled (the activations go straight to `silu`).
-    fn mamba2(&mut self, a: &Attention, state: u64, x: NodeId, prefix: &str) -> R<NodeId> {
+    /// shared by the `heads / groups` heads of each group, the gated RMS norm
+    /// `norm(y ⊙ silu(z))` and the output projection. With `conv`, `x`, `B` and `C`
+    /// first go through the causal depthwise convolution (Mamba2's `conv1d` over the
+    /// concatenated `xBC` channels, split per part: `conv_x`, `conv_b`, `conv_c`);
+    /// without, straight to `silu`.
+    fn mamba2(
+        &mut self,
+        a: &Attention,
+        state: u64,
+        conv: Option<(u64, bool)>,
+        groups: u64,
+        x: NodeId,
+        prefix: &str,
+    ) -> R<NodeId> {
         let (batch, seq, d, one) = (
             Dim::sym("batch"),
             Dim::sym("seq"),
@@ -309,11 +330,21 @@ impl Lowerer<'_> {
         let head_dim = self.dim("head_dim", a.head_dim);
         let inner = self.width("d_inner", a.heads * a.head_dim);
         let n = self.dim("state_size", state);
+        let gn = if groups == 1 {
+            n.clone()
+        } else {
+            self.dim("groups_state", groups * state)
+        };
         let z = self.linear(x, prefix, "w_z", None, &d, &inner)?;
-        let xs = self.linear(x, prefix, "w_x", None, &d, &inner)?;
-        let bm = self.linear(x, prefix, "w_b", None, &d, &n)?;
-        let cm = self.linear(x, prefix, "w_c", None, &d, &n)?;
+        let mut xs = self.linear(x, prefix, "w_x", None, &d, &inner)?;
+        let mut bm = self.linear(x, prefix, "w_b", None, &d, &gn)?;
+        let mut cm = self.linear(x, prefix, "w_c", None, &d, &gn)?;
         let dt = self.linear(x, prefix, "w_dt", Some("dt_bias"), &d, &heads)?;
+        if let Some((k, bias)) = conv {
+            xs = self.causal_conv(xs, k, bias, &inner, prefix, "conv_x")?;
+            bm = self.causal_conv(bm, k, bias, &gn, prefix, "conv_b")?;
+            cm = self.causal_conv(cm, k, bias, &gn, prefix, "conv_c")?;
+        }
         let xs = self.unary(UnaryOp::Silu, xs)?;
         let bm = self.unary(UnaryOp::Silu, bm)?;
         let cm = self.unary(UnaryOp::Silu, cm)?;
@@ -342,13 +373,33 @@ impl Lowerer<'_> {
         let dt_h = self.reshape(dt_h, &[&batch, &heads, &seq, &one])?;
         let xd = self.bin(BinaryOp::Mul, xh, dt_h)?;
         let shared = |l: &mut Self, t: NodeId| -> R<NodeId> {
-            let t = l.reshape(t, &[&batch, &one, &seq, &n])?;
-            l.op(
-                Op::Broadcast {
-                    shape: l.shape(&[&batch, &heads, &seq, &n]),
+            if groups == 1 {
+                let t = l.reshape(t, &[&batch, &one, &seq, &n])?;
+                return l.op(
+                    Op::Broadcast {
+                        shape: l.shape(&[&batch, &heads, &seq, &n]),
+                    },
+                    &[t],
+                );
+            }
+            // Group g serves heads g·(H/G) .. (g+1)·(H/G) (repeat_interleave).
+            let g = Dim::Const(groups);
+            let per = Dim::Const(a.heads / groups);
+            let t = l.reshape(t, &[&batch, &seq, &g, &n])?;
+            let t = l.op(
+                Op::Transpose {
+                    perm: vec![0, 2, 1, 3],
                 },
                 &[t],
-            )
+            )?;
+            let t = l.reshape(t, &[&batch, &g, &one, &seq, &n])?;
+            let t = l.op(
+                Op::Broadcast {
+                    shape: l.shape(&[&batch, &g, &per, &seq, &n]),
+                },
+                &[t],
+            )?;
+            l.reshape(t, &[&batch, &heads, &seq, &n])
         };
         let bh = shared(self, bm)?;
         let ch = shared(self, cm)?;
@@ -371,6 +422,146 @@ impl Lowerer<'_> {
         let gamma = self.param(format!("{prefix}.norm.weight"), &[&inner])?;
         let eps = self.spec.norm_eps;
         let y = self.op(Op::RmsNorm { eps }, &[y, gamma])?;
+        self.linear(y, prefix, "w_out", None, &inner, &d)
+    }
+
+    /// The causal depthwise convolution of `x [batch, seq, c]` along the sequence:
+    /// `out[t] = Σ_j w[j]·x[t − (K−1) + j] (+ b)`, zeros before the first step
+    /// (PyTorch's `Conv1d(groups = c, padding = K − 1)` cut to `seq`). Params
+    /// `{name} [K, c]` and `{name}_bias [c]`; written as the sum of `K` shifted
+    /// copies of the zero-padded input.
+    fn causal_conv(
+        &mut self,
+        x: NodeId,
+        k: u64,
+        bias: bool,
+        c: &Dim,
+        prefix: &str,
+        name: &str,
+    ) -> R<NodeId> {
+        let (batch, seq) = (Dim::sym("batch"), Dim::sym("seq"));
+        let n = self.spec.dims.get("seq").copied().unwrap_or(0);
+        let kd = Dim::Const(k);
+        let w = self.param(format!("{prefix}.{name}"), &[&kd, c])?;
+        let padded = if k > 1 {
+            let zero = self.scalar(0.0)?;
+            let pad = Dim::Const(k - 1);
+            let zeros = self.op(
+                Op::Broadcast {
+                    shape: self.shape(&[&batch, &pad, c]),
+                },
+                &[zero],
+            )?;
+            self.op(Op::Concat { axis: 1 }, &[zeros, x])?
+        } else {
+            x
+        };
+        let mut acc: Option<NodeId> = None;
+        for j in 0..k {
+            let shifted = if k > 1 {
+                self.op(
+                    Op::Slice {
+                        axis: 1,
+                        start: Dim::Const(j),
+                        end: Dim::Const(j + n),
+                    },
+                    &[padded],
+                )?
+            } else {
+                padded
+            };
+            let wj = self.op(
+                Op::Slice {
+                    axis: 0,
+                    start: Dim::Const(j),
+                    end: Dim::Const(j + 1),
+                },
+                &[w],
+            )?;
+            let wj = self.reshape(wj, &[c])?;
+            let term = self.bin(BinaryOp::Mul, shifted, wj)?;
+            acc = Some(match acc {
+                None => term,
+                Some(a) => self.bin(BinaryOp::Add, a, term)?,
+            });
+        }
+        let mut y = acc.expect("a kernel of at least one tap");
+        if bias {
+            let b = self.param(format!("{prefix}.{name}_bias"), &[c])?;
+            y = self.bin(BinaryOp::Add, y, b)?;
+        }
+        // The slices are sized by number: name the sequence axis again.
+        self.reshape(y, &[&batch, &seq, c])
+    }
+
+    /// Mamba-1's selective scan as Jamba uses it (`JambaMambaMixer`): `x, z` from
+    /// `in_proj` (`w_x`, `w_z`); `x` through the causal depthwise convolution and
+    /// `silu`; `x_proj` gives `Δ` of rank `dt_rank`, `B` and `C` (`w_dt_in`, `w_b`,
+    /// `w_c`), each RMS-normed (`dt_norm`, `b_norm`, `c_norm`); `Δ =
+    /// softplus(Δ·dt_proj + dt_bias)`; then per channel `c` and state `n` the
+    /// recurrence `h_t = exp(Δ_t·A)·h_{t−1} + Δ_t·B_t·x_t` with `A = −exp(A_log)`
+    /// (a linear scan along the sequence), `y_t = h_t·C_t + D·x_t`, gated by
+    /// `silu(z)` and projected out (`w_out`).
+    fn mamba(
+        &mut self,
+        state: u64,
+        expand: u64,
+        conv: (u64, bool),
+        dt_rank: u64,
+        x: NodeId,
+        prefix: &str,
+    ) -> R<NodeId> {
+        let (batch, seq, d, one) = (
+            Dim::sym("batch"),
+            Dim::sym("seq"),
+            Dim::sym("d_model"),
+            Dim::Const(1),
+        );
+        let inner = self.width("d_inner", expand * self.spec.d_model);
+        let n = self.dim("state_size", state);
+        let r = self.dim("dt_rank", dt_rank);
+        let eps = self.spec.norm_eps;
+        let xs = self.linear(x, prefix, "w_x", None, &d, &inner)?;
+        let z = self.linear(x, prefix, "w_z", None, &d, &inner)?;
+        let xs = self.causal_conv(xs, conv.0, conv.1, &inner, prefix, "conv_x")?;
+        let xs = self.unary(UnaryOp::Silu, xs)?;
+        let norm = |l: &mut Self, t: NodeId, name: &str, w: &Dim| -> R<NodeId> {
+            let g = l.param(format!("{prefix}.{name}.weight"), &[w])?;
+            l.op(Op::RmsNorm { eps }, &[t, g])
+        };
+        let dt = self.linear(xs, prefix, "w_dt_in", None, &inner, &r)?;
+        let dt = norm(self, dt, "dt_norm", &r)?;
+        let bm = self.linear(xs, prefix, "w_b", None, &inner, &n)?;
+        let bm = norm(self, bm, "b_norm", &n)?;
+        let cm = self.linear(xs, prefix, "w_c", None, &inner, &n)?;
+        let cm = norm(self, cm, "c_norm", &n)?;
+        // Δ = softplus(dt·W + b) = log(1 + exp(·)), [B, N, inner].
+        let dt = self.linear(dt, prefix, "w_dt", Some("dt_bias"), &r, &inner)?;
+        let dt = self.unary(UnaryOp::Exp, dt)?;
+        let c1 = self.scalar(1.0)?;
+        let dt = self.bin(BinaryOp::Add, dt, c1)?;
+        let dt = self.unary(UnaryOp::Log, dt)?;
+        // exp(Δ·A) and Δ·B·x over [B, N, inner, state].
+        let a_log = self.param(format!("{prefix}.A_log"), &[&inner, &n])?;
+        let a_neg = self.unary(UnaryOp::Exp, a_log)?;
+        let a_neg = self.unary(UnaryOp::Neg, a_neg)?;
+        let dt4 = self.reshape(dt, &[&batch, &seq, &inner, &one])?;
+        let decay = self.bin(BinaryOp::Mul, dt4, a_neg)?;
+        let decay = self.unary(UnaryOp::Exp, decay)?;
+        let dx = self.bin(BinaryOp::Mul, dt, xs)?;
+        let dx = self.reshape(dx, &[&batch, &seq, &inner, &one])?;
+        let b4 = self.reshape(bm, &[&batch, &seq, &one, &n])?;
+        let input = self.bin(BinaryOp::Mul, dx, b4)?;
+        let h = self.op(Op::Scan { axis: 1 }, &[input, decay])?;
+        // y = h·C per channel: [B, N, inner, state]·[B, N, state, 1].
+        let c4 = self.reshape(cm, &[&batch, &seq, &n, &one])?;
+        let y = self.op(Op::MatMul, &[h, c4])?;
+        let y = self.reshape(y, &[&batch, &seq, &inner])?;
+        let skip = self.param(format!("{prefix}.D"), &[&inner])?;
+        let skip = self.bin(BinaryOp::Mul, xs, skip)?;
+        let y = self.bin(BinaryOp::Add, y, skip)?;
+        let gate = self.unary(UnaryOp::Silu, z)?;
+        let y = self.bin(BinaryOp::Mul, y, gate)?;
         self.linear(y, prefix, "w_out", None, &inner, &d)
     }
 
