@@ -100,6 +100,8 @@ families! {
     gpt2 => "gpt2.json",
     bert => "bert.json",
     vit => "vit.json",
+    mamba2 => "mamba2.json",
+    jamba => "jamba.json",
 }
 
 /// Half-precision checkpoints: the weights are read as stored (numpy computes with

@@ -505,10 +505,161 @@ def vit(cfg, W, pixels):
     return lin(x[:, 0], head)
 
 
+def causal_conv(x, w, bias):
+    """Depthwise causal conv over the sequence: x [b, s, c], w [c, 1, k] (PyTorch's
+    Conv1d with groups = c and k - 1 zeros of left padding)."""
+    k = w.shape[-1]
+    xp = np.concatenate([np.zeros((x.shape[0], k - 1, x.shape[2])), x], axis=1)
+    out = sum(xp[:, j:j + x.shape[1]] * w[:, 0, j] for j in range(k))
+    return out if bias is None else out + bias
+
+
+def softplus(x):
+    return np.log1p(np.exp(x))
+
+
+def mamba2(cfg, W, tokens):
+    d, L, V = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
+    H, P, N = cfg["num_heads"], cfg["head_dim"], cfg["state_size"]
+    G, K = cfg.get("n_groups", 8), cfg.get("conv_kernel", 4)
+    inner = cfg.get("expand", 2) * d
+    eps = cfg.get("layer_norm_epsilon", 1e-5)
+    conv_dim = inner + 2 * G * N
+    emb = W.tensor("backbone.embeddings.weight", W.rng.normal(0, 1, (V, d)))
+    x = emb[tokens]
+    b, s = tokens.shape
+    for l in range(L):
+        p = f"backbone.layers.{l}"
+        nw, _ = W.norm(f"{p}.norm", d)
+        m = f"{p}.mixer"
+        in_proj, _ = W.linear(f"{m}.in_proj", 2 * inner + 2 * G * N + H, d)
+        cw = W.tensor(f"{m}.conv1d.weight", W.rng.normal(0, 0.5, (conv_dim, 1, K)))
+        cb = W.tensor(f"{m}.conv1d.bias", W.rng.normal(0, 0.1, conv_dim)) \
+            if cfg.get("use_conv_bias", True) else None
+        dt_bias = W.tensor(f"{m}.dt_bias", W.rng.normal(0, 0.5, H))
+        a_log = W.tensor(f"{m}.A_log", np.log(W.rng.uniform(1, 4, H)))
+        D = W.tensor(f"{m}.D", W.rng.normal(0, 1, H))
+        gn, _ = W.norm(f"{m}.norm", inner)
+        out, _ = W.linear(f"{m}.out_proj", d, inner)
+        h = rms_norm(x, nw, eps)
+        zxbcdt = h @ in_proj.T
+        z, xbc, dt = zxbcdt[..., :inner], zxbcdt[..., inner:inner + conv_dim], \
+            zxbcdt[..., inner + conv_dim:]
+        xbc = silu(causal_conv(xbc, cw, cb))
+        xs = xbc[..., :inner].reshape(b, s, H, P)
+        B = xbc[..., inner:inner + G * N].reshape(b, s, G, N)
+        C = xbc[..., inner + G * N:].reshape(b, s, G, N)
+        # Heads share their group's B and C (repeat_interleave over heads).
+        B, C = np.repeat(B, H // G, axis=2), np.repeat(C, H // G, axis=2)
+        dt = softplus(dt + dt_bias)  # [b, s, H]
+        A = -np.exp(a_log)
+        state = np.zeros((b, H, P, N))
+        ys = []
+        for t in range(s):
+            decay = np.exp(dt[:, t] * A)[:, :, None, None]
+            state = decay * state + (dt[:, t][:, :, None, None] * xs[:, t][..., None]
+                                     * B[:, t][:, :, None, :])
+            ys.append(np.einsum("bhpn,bhn->bhp", state, C[:, t]) + D[:, None] * xs[:, t])
+        y = np.stack(ys, 1).reshape(b, s, inner)
+        # MambaRMSNormGated: y·silu(z), then an RMS norm over the inner width.
+        y = rms_norm(y * silu(z), gn, eps)
+        x = x + y @ out.T
+    nf, _ = W.norm("backbone.norm_f", d)
+    x = rms_norm(x, nf, eps)
+    if cfg.get("tie_word_embeddings", False):
+        return x @ emb.T
+    head, _ = W.linear("lm_head", V, d)
+    return x @ head.T
+
+
+def jamba(cfg, W, tokens):
+    d, L, V = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
+    H = cfg["num_attention_heads"]
+    KV = cfg.get("num_key_value_heads") or H
+    hd = d // H
+    eps = cfg.get("rms_norm_eps", 1e-6)
+    N, K = cfg.get("mamba_d_state", 16), cfg.get("mamba_d_conv", 4)
+    inner = cfg.get("mamba_expand", 2) * d
+    R = cfg.get("mamba_dt_rank", "auto")
+    R = math.ceil(d / 16) if R == "auto" else R
+    ap, ao = cfg.get("attn_layer_period", 8), cfg.get("attn_layer_offset", 4)
+    ep, eo = cfg.get("expert_layer_period", 2), cfg.get("expert_layer_offset", 1)
+    emb = W.tensor("model.embed_tokens.weight", W.rng.normal(0, 1, (V, d)))
+    x = emb[tokens]
+    b, s = tokens.shape
+    mask = causal(s)
+    for l in range(L):
+        p = f"model.layers.{l}"
+        n1, _ = W.norm(f"{p}.input_layernorm", d)
+        h = rms_norm(x, n1, eps)
+        if l % ap == ao:
+            a = f"{p}.self_attn"
+            q = W.linear(f"{a}.q_proj", H * hd, d)
+            k = W.linear(f"{a}.k_proj", KV * hd, d)
+            v = W.linear(f"{a}.v_proj", KV * hd, d)
+            o = W.linear(f"{a}.o_proj", d, H * hd)
+            qh, kh, vh = heads(lin(h, q), H), heads(lin(h, k), KV), heads(lin(h, v), KV)
+            kh, vh = np.repeat(kh, H // KV, 1), np.repeat(vh, H // KV, 1)
+            y = lin(merge(attention(qh, kh, vh, hd ** -0.5, mask)), o)
+        else:
+            m = f"{p}.mamba"
+            in_proj, _ = W.linear(f"{m}.in_proj", 2 * inner, d)
+            cw = W.tensor(f"{m}.conv1d.weight", W.rng.normal(0, 0.5, (inner, 1, K)))
+            cb = W.tensor(f"{m}.conv1d.bias", W.rng.normal(0, 0.1, inner)) \
+                if cfg.get("mamba_conv_bias", True) else None
+            x_proj, _ = W.linear(f"{m}.x_proj", R + 2 * N, inner)
+            dt_proj = W.linear(f"{m}.dt_proj", inner, R, bias=True)
+            a_log = W.tensor(f"{m}.A_log", np.log(W.rng.uniform(1, 4, (inner, N))))
+            D = W.tensor(f"{m}.D", W.rng.normal(0, 1, inner))
+            out, _ = W.linear(f"{m}.out_proj", d, inner)
+            dtn, _ = W.norm(f"{m}.dt_layernorm", R)
+            bn, _ = W.norm(f"{m}.b_layernorm", N)
+            cn, _ = W.norm(f"{m}.c_layernorm", N)
+            xz = h @ in_proj.T
+            xs, z = xz[..., :inner], xz[..., inner:]
+            xs = silu(causal_conv(xs, cw, cb))
+            ssm = xs @ x_proj.T
+            dt, B, C = ssm[..., :R], ssm[..., R:R + N], ssm[..., R + N:]
+            dt, B, C = rms_norm(dt, dtn, eps), rms_norm(B, bn, eps), rms_norm(C, cn, eps)
+            dt = softplus(lin(dt, dt_proj))  # [b, s, inner]
+            A = -np.exp(a_log)  # [inner, N]
+            state = np.zeros((b, inner, N))
+            ys = []
+            for t in range(s):
+                state = np.exp(dt[:, t][..., None] * A) * state \
+                    + (dt[:, t] * xs[:, t])[..., None] * B[:, t][:, None, :]
+                ys.append(np.einsum("bcn,bn->bc", state, C[:, t]) + D * xs[:, t])
+            y = np.stack(ys, 1) * silu(z)
+            y = y @ out.T
+        x = x + y
+        n2, _ = W.norm(f"{p}.pre_ff_layernorm", d)
+        h = rms_norm(x, n2, eps)
+        f = f"{p}.feed_forward"
+        if cfg.get("num_experts", 1) > 1 and l % ep == eo:
+            E, k = cfg["num_experts"], cfg["num_experts_per_tok"]
+            router, _ = W.linear(f"{f}.router", E, d, scale=3.0)
+            experts = [glu_mlp(W, f"{f}.experts.{e}", d, cfg["intermediate_size"])
+                       for e in range(E)]
+            xt = h.reshape(-1, d)
+            # JambaSparseMoeBlock: softmax over all experts, the top-k weights as
+            # they are (not renormalized).
+            gate = topk_gate(softmax(xt @ router.T), k, False)
+            y = sum(gate[:, e:e + 1] * experts[e](xt) for e in range(E)).reshape(b, s, d)
+        else:
+            y = glu_mlp(W, f, d, cfg["intermediate_size"])(h)
+        x = x + y
+    nf, _ = W.norm("model.final_layernorm", d)
+    x = rms_norm(x, nf, eps)
+    if cfg.get("tie_word_embeddings", False):
+        return x @ emb.T
+    head, _ = W.linear("lm_head", V, d)
+    return x @ head.T
+
+
 FAMILIES = {
     "llama": llama_family, "mistral": llama_family, "qwen2": llama_family,
     "mixtral": llama_family, "qwen2_moe": llama_family, "deepseek_v2": llama_family,
-    "gpt2": gpt2, "bert": bert, "vit": vit,
+    "gpt2": gpt2, "bert": bert, "vit": vit, "mamba2": mamba2, "jamba": jamba,
 }
 
 
@@ -522,7 +673,7 @@ def main():
     ap.add_argument("--seq", type=int, default=8)
     a = ap.parse_args()
     with open(a.config) as f:
-        cfg = json.load(f)
+        cfg = json.load(f)  # Python's json reads the `Infinity` configs may hold
     family = FAMILIES.get(cfg["model_type"])
     if family is None:
         sys.exit(f"model_type {cfg['model_type']} is not in the reference")
