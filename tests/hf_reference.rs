@@ -101,6 +101,7 @@ families! {
     bert => "bert.json",
     vit => "vit.json",
     mamba2 => "mamba2.json",
+    mamba2_one_group_tied => "mamba2_tied.json",
     jamba => "jamba.json",
 }
 

@@ -64,29 +64,62 @@ def round_to(x, dtype):
     return bits.astype(np.uint32).view(np.float32).astype(np.float64)
 
 
+def bf16_bits(x):
+    """The top 16 bits of float32 (x is already rounded to bf16, so exact)."""
+    return (x.astype(np.float32).view(np.uint32) >> 16).astype("<u2")
+
+
 def save_safetensors(path, tensors, dtype):
-    """The safetensors layout, written by hand (numpy has no bfloat16)."""
-    header, blobs, offset = {}, [], 0
-    code = {"f32": "F32", "f16": "F16", "bf16": "BF16"}[dtype]
+    """f32/f16 through safetensors.numpy; bf16 by hand (numpy has no bfloat16):
+    8-byte little-endian header length, the JSON header, the tensors packed in
+    order."""
+    if dtype in ("f32", "f16"):
+        from safetensors.numpy import save_file
+        np_dtype = {"f32": "<f4", "f16": "<f2"}[dtype]
+        save_file({n: np.ascontiguousarray(x.astype(np_dtype)) for n, x in tensors.items()},
+                  path, metadata={"format": "pt"})
+        return
+    header, blobs, offset = {"__metadata__": {"format": "pt"}}, [], 0
     for name in sorted(tensors):
         x = tensors[name]
-        if dtype == "f32":
-            data = x.astype("<f4").tobytes()
-        elif dtype == "f16":
-            data = x.astype("<f2").tobytes()
-        else:
-            data = (x.astype(np.float32).view(np.uint32) >> 16).astype("<u2").tobytes()
-        header[name] = {"dtype": code, "shape": list(x.shape),
+        data = bf16_bits(x).tobytes()
+        header[name] = {"dtype": "BF16", "shape": list(x.shape),
                         "data_offsets": [offset, offset + len(data)]}
         blobs.append(data)
         offset += len(data)
-    head = json.dumps(header).encode()
+    head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * ((8 - (8 + len(head)) % 8) % 8)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(head)))
         f.write(head)
         for b in blobs:
             f.write(b)
+
+
+def check_saved(path, tensors, dtype):
+    """Self-check: the file holds exactly the values the reference computed with."""
+    with open(path, "rb") as f:
+        raw = f.read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    header.pop("__metadata__", None)
+    assert sorted(header) == sorted(tensors), "saved tensor names"
+    code, width = {"f32": ("F32", 4), "f16": ("F16", 2), "bf16": ("BF16", 2)}[dtype]
+    for name, x in tensors.items():
+        h = header[name]
+        assert h["dtype"] == code and h["shape"] == list(x.shape), name
+        a, b = h["data_offsets"]
+        data = raw[8 + n + a:8 + n + b]
+        assert len(data) == x.size * width, name
+        if dtype == "bf16":
+            got = (np.frombuffer(data, "<u2").astype(np.uint32) << 16).view(np.float32)
+        else:
+            got = np.frombuffer(data, "<f4" if dtype == "f32" else "<f2")
+        assert np.array_equal(got.astype(np.float64).reshape(x.shape), x), name
+    if dtype != "bf16":
+        from safetensors.numpy import load_file
+        back = load_file(path)
+        assert all(np.array_equal(back[k].astype(np.float64), v) for k, v in tensors.items())
 
 
 # ---------------------------------------------------------------- building blocks
@@ -174,15 +207,25 @@ def inv_freq(cfg, dim):
         extra = 1 - ramp
         freq = (freq / factor) * (1 - extra) + freq * extra
 
-        def mscale(s, m=1.0):
-            return 1.0 if s <= 1 else 0.1 * m * math.log(s) + 1.0
-
-        if "mscale" in rs and "mscale_all_dim" in rs:
-            att = mscale(factor, rs["mscale"]) / mscale(factor, rs["mscale_all_dim"])
+        if cfg["model_type"] == "deepseek_v2":
+            # modeling_deepseek.py's DeepseekV2YarnRotaryEmbedding: cos/sin times
+            # get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim), with
+            # the defaults mscale = 1, mscale_all_dim = 0.
+            att = yarn_mscale(factor, rs.get("mscale", 1)) \
+                / yarn_mscale(factor, rs.get("mscale_all_dim", 0))
+        elif rs.get("attention_factor") is not None:
+            att = rs["attention_factor"]
+        elif rs.get("mscale") and rs.get("mscale_all_dim"):
+            # modeling_rope_utils._compute_yarn_parameters
+            att = yarn_mscale(factor, rs["mscale"]) / yarn_mscale(factor, rs["mscale_all_dim"])
         else:
-            att = rs.get("attention_factor") or mscale(factor)
+            att = yarn_mscale(factor)
         return freq, att
     raise SystemExit(f"rope_scaling type {kind} not in the reference")
+
+
+def yarn_mscale(scale, m=1.0):
+    return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
 
 
 def rope(x, cfg, dim):
@@ -225,9 +268,11 @@ def topk_gate(probs, k, renorm):
     gate = np.zeros_like(probs)
     rows = np.arange(probs.shape[0])[:, None]
     gate[rows, order] = probs[rows, order]
-    # Near-ties would make the choice fragile: the caller resamples.
+    # Near-ties would make the choice (or its order) fragile: the caller resamples.
+    # Checked: every adjacent gap among the top k, and the k-th against the (k+1)-th.
     srt = -np.sort(-probs, axis=-1)
-    if probs.shape[1] > k and np.min(srt[:, k - 1] - srt[:, k]) < 1e-6:
+    m = min(k + 1, probs.shape[1])
+    if m > 1 and np.min(srt[:, :m - 1] - srt[:, 1:m]) < 1e-6:
         raise NearTie()
     if renorm:
         gate /= gate.sum(-1, keepdims=True)
@@ -258,6 +303,8 @@ def llama_family(cfg, W, tokens):
     qkv_bias = cfg.get("attention_bias", False) or t.startswith("qwen2")
     o_bias = cfg.get("attention_bias", False)
     window = cfg.get("sliding_window") if t in ("mistral", "mixtral") else None
+    if t.startswith("qwen2") and cfg.get("use_sliding_window", False):
+        sys.exit("qwen2's per-layer sliding window (use_sliding_window) is not in the reference")
     b, s = tokens.shape
     emb = W.tensor("model.embed_tokens.weight", W.rng.normal(0, 1, (V, d)))
     x = emb[tokens]
@@ -291,30 +338,35 @@ def llama_family(cfg, W, tokens):
 
 
 def deepseek_mla(cfg, W, p, h, mask):
+    """modeling_deepseek.py's DeepseekV2Attention (eager), q_lora_rank null or set."""
     d, H = cfg["hidden_size"], cfg["num_attention_heads"]
     dn, dr, dv = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"]
     r, qr = cfg["kv_lora_rank"], cfg.get("q_lora_rank")
-    eps = cfg.get("rms_norm_eps", 1e-6)
+    ab = cfg.get("attention_bias", False)
+    # q_a_layernorm and kv_a_layernorm are DeepseekV2RMSNorm(rank): the default
+    # eps 1e-6, not rms_norm_eps.
+    lora_eps = 1e-6
     a = f"{p}.self_attn"
     dq = dn + dr
     if qr is None:
         q = lin(h, W.linear(f"{a}.q_proj", H * dq, d))
     else:
-        qa = W.linear(f"{a}.q_a_proj", qr, d)
+        qa = W.linear(f"{a}.q_a_proj", qr, d, ab)
         qn, _ = W.norm(f"{a}.q_a_layernorm", qr)
         qb = W.linear(f"{a}.q_b_proj", H * dq, qr)
-        q = lin(rms_norm(lin(h, qa), qn, eps), qb)
+        q = lin(rms_norm(lin(h, qa), qn, lora_eps), qb)
     q = heads(q, H)
     q_nope, q_pe = q[..., :dn], q[..., dn:]
-    kva = lin(h, W.linear(f"{a}.kv_a_proj_with_mqa", r + dr, d))
+    kva = lin(h, W.linear(f"{a}.kv_a_proj_with_mqa", r + dr, d, ab))
     c, k_pe = kva[..., :r], kva[..., r:]
     kn, _ = W.norm(f"{a}.kv_a_layernorm", r)
-    kv = lin(rms_norm(c, kn, eps), W.linear(f"{a}.kv_b_proj", H * (dn + dv), r))
+    kv = lin(rms_norm(c, kn, lora_eps), W.linear(f"{a}.kv_b_proj", H * (dn + dv), r))
     kv = heads(kv, H)
     k_nope, v = kv[..., :dn], kv[..., dn:]
-    k_pe = k_pe[:, None]  # [b, 1, s, dr]
+    k_pe = k_pe[:, None]  # [b, 1, s, dr], shared by every head
 
-    # DeepSeek stores the rotary pairs interleaved: de-interleave, then rotate-half.
+    # apply_rotary_pos_emb: view(d/2, 2).transpose(-1, -2) (the interleaved pairs
+    # de-interleaved), then the usual rotate-half.
     def deinterleave(x):
         *lead, n = x.shape
         return x.reshape(*lead, n // 2, 2).swapaxes(-1, -2).reshape(*lead, n)
@@ -326,10 +378,10 @@ def deepseek_mla(cfg, W, p, h, mask):
     kh = np.concatenate([k_nope, k_pe], -1)
     scale = dq ** -0.5
     rs = cfg.get("rope_scaling")
-    if rs and rs.get("mscale_all_dim"):
-        m = 0.1 * rs["mscale_all_dim"] * math.log(rs["factor"]) + 1.0
+    if rs and rs.get("mscale_all_dim", 0):
+        m = yarn_mscale(rs["factor"], rs["mscale_all_dim"])
         scale *= m * m
-    o = W.linear(f"{a}.o_proj", d, H * dv)
+    o = W.linear(f"{a}.o_proj", d, H * dv, ab)
     return lin(merge(attention(qh, kh, v, scale, mask)), o)
 
 
@@ -349,6 +401,8 @@ def ffn_llama(cfg, W, p, l, h):
             experts.append(lambda x, w1=w1, w2=w2, w3=w3: lin(silu(lin(x, w1)) * lin(x, w3), w2))
         xt = h.reshape(-1, d)
         gate = topk_gate(softmax(xt @ router.T), k, True)
+        assert np.allclose(gate.sum(-1), 1, atol=1e-12, rtol=0), "mixtral routing weights"
+        assert np.all((gate > 0).sum(-1) == k)
         y = sum(gate[:, e:e + 1] * experts[e](xt) for e in range(E))
         return y.reshape(b, s, d)
     if t == "qwen2_moe":
@@ -374,6 +428,9 @@ def ffn_llama(cfg, W, p, l, h):
         if dense:
             return glu_mlp(W, f"{p}.mlp", d, cfg["intermediate_size"])(h)
         E, k, F = cfg["n_routed_experts"], cfg["num_experts_per_tok"], cfg["moe_intermediate_size"]
+        if cfg.get("scoring_func", "softmax") != "softmax" \
+                or cfg.get("topk_method", "greedy") != "greedy":
+            sys.exit("the reference has DeepSeek-V2's softmax scoring with greedy top-k only")
         m = f"{p}.mlp"
         router, _ = W.linear(f"{m}.gate", E, d, scale=3.0)
         experts = [glu_mlp(W, f"{m}.experts.{e}", d, F) for e in range(E)]
@@ -518,6 +575,33 @@ def softplus(x):
     return np.log1p(np.exp(x))
 
 
+def ssd_recurrence(x, dt, A, B, C, D):
+    """Mamba2's SSM, step by step. x [b, s, H, P], dt [b, s, H], A [H],
+    B/C [b, s, H, N] (already repeated per head), D [H] -> y [b, s, H, P]:
+    h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T, y_t = h_t C_t + D x_t."""
+    b, s, H, P = x.shape
+    state = np.zeros((b, H, P, B.shape[-1]))
+    ys = []
+    for t in range(s):
+        decay = np.exp(dt[:, t] * A)[:, :, None, None]
+        state = decay * state + (dt[:, t][:, :, None, None] * x[:, t][..., None]
+                                 * B[:, t][:, :, None, :])
+        ys.append(np.einsum("bhpn,bhn->bhp", state, C[:, t]) + D[:, None] * x[:, t])
+    return np.stack(ys, 1)
+
+
+def ssd_quadratic(x, dt, A, B, C, D):
+    """The same map as one masked matrix per head:
+    y_t = sum_{u<=t} (C_t . B_u) exp(sum_{u<r<=t} dt_r A) dt_u x_u + D x_t."""
+    s = x.shape[1]
+    cum = np.cumsum(dt * A, axis=1)  # [b, s, H]
+    seg = cum[:, :, None, :] - cum[:, None, :, :]  # [b, t, u, H]
+    tri = np.tril(np.ones((s, s), bool))[None, :, :, None]
+    L = np.where(tri, np.exp(np.where(tri, seg, 0.0)), 0.0)
+    G = np.einsum("bthn,buhn->btuh", C, B)
+    return np.einsum("btuh,buh,buhp->bthp", G * L, dt, x) + D[:, None] * x
+
+
 def mamba2(cfg, W, tokens):
     d, L, V = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
     H, P, N = cfg["num_heads"], cfg["head_dim"], cfg["state_size"]
@@ -525,6 +609,9 @@ def mamba2(cfg, W, tokens):
     inner = cfg.get("expand", 2) * d
     eps = cfg.get("layer_norm_epsilon", 1e-5)
     conv_dim = inner + 2 * G * N
+    if cfg.get("use_bias", False) or not cfg.get("rms_norm", True) or H * P != inner:
+        sys.exit("mamba2: the reference needs use_bias false, rms_norm true and "
+                 "num_heads * head_dim == expand * hidden_size")
     emb = W.tensor("backbone.embeddings.weight", W.rng.normal(0, 1, (V, d)))
     x = emb[tokens]
     b, s = tokens.shape
@@ -552,15 +639,15 @@ def mamba2(cfg, W, tokens):
         # Heads share their group's B and C (repeat_interleave over heads).
         B, C = np.repeat(B, H // G, axis=2), np.repeat(C, H // G, axis=2)
         dt = softplus(dt + dt_bias)  # [b, s, H]
+        lo, hi = cfg.get("time_step_limit", (0.0, math.inf))
+        dt = np.clip(dt, lo, hi)
         A = -np.exp(a_log)
-        state = np.zeros((b, H, P, N))
-        ys = []
-        for t in range(s):
-            decay = np.exp(dt[:, t] * A)[:, :, None, None]
-            state = decay * state + (dt[:, t][:, :, None, None] * xs[:, t][..., None]
-                                     * B[:, t][:, :, None, :])
-            ys.append(np.einsum("bhpn,bhn->bhp", state, C[:, t]) + D[:, None] * xs[:, t])
-        y = np.stack(ys, 1).reshape(b, s, inner)
+        y = ssd_recurrence(xs, dt, A, B, C, D)
+        # Self-check: the same SSM as its quadratic ("attention-like") form.
+        yq = ssd_quadratic(xs, dt, A, B, C, D)
+        err = np.max(np.abs(y - yq)) / max(1.0, np.max(np.abs(y)))
+        assert err < 1e-10, f"mamba2: recurrence and quadratic form differ by {err:.3e}"
+        y = y.reshape(b, s, inner)
         # MambaRMSNormGated: y·silu(z), then an RMS norm over the inner width.
         y = rms_norm(y * silu(z), gn, eps)
         x = x + y @ out.T
@@ -699,7 +786,9 @@ def main():
         sys.exit("every seed gave near-tied router scores")
     assert np.all(np.isfinite(out)), "the reference output is not finite"
     assert np.max(np.abs(out)) > 1e-3, "the reference output is ~0"
-    save_safetensors(os.path.join(a.outdir, "model.safetensors"), W.t, a.dtype)
+    path = os.path.join(a.outdir, "model.safetensors")
+    save_safetensors(path, W.t, a.dtype)
+    check_saved(path, W.t, a.dtype)
     np.save(os.path.join(a.outdir, name), inputs)
     np.save(os.path.join(a.outdir, "expected.npy"), out.astype(np.float64))
 
