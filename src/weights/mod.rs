@@ -245,21 +245,12 @@ impl Weights {
             .get(name)
             .ok_or_else(|| err(format!("internal: no recipe for param `{name}`")))?;
         let data = r.read(&self.ckpt)?;
-        Ok(Tensor::new(dtype, r.shape_for_param(), data))
+        Ok(Tensor::new(dtype, r.shape(), data))
     }
 
     /// What each param is made from, for `--json` reports and tests.
     pub fn recipes(&self) -> &BTreeMap<String, Recipe> {
         &self.recipes
-    }
-}
-
-impl Recipe {
-    fn shape_for_param(&self) -> Vec<usize> {
-        match self {
-            Recipe::Whole { shape, .. } => shape.clone(),
-            other => other.shape(),
-        }
     }
 }
 

@@ -43,6 +43,13 @@ pub(super) fn bert(c: &mut Config, name: &str, notes: &mut Vec<String>) -> Resul
         &[Value::from(false)],
         "cross-attention to an encoder is not modelled",
     )?;
+    encoder_layers(c, &mut s, true)?;
+    Ok(s)
+}
+
+/// The layers of a BERT-style encoder (BERT, ViT): bidirectional multi-head
+/// attention with biases and a biased MLP of `hidden_act`.
+pub(super) fn encoder_layers(c: &mut Config, s: &mut Spec, qkv_bias: bool) -> Result<(), IrError> {
     let kind = match c.str("hidden_act")?.as_deref() {
         None | Some("gelu") => FfnKind::Gelu,
         Some("gelu_new") | Some("gelu_pytorch_tanh") => FfnKind::GeluTanh,
@@ -52,9 +59,9 @@ pub(super) fn bert(c: &mut Config, name: &str, notes: &mut Vec<String>) -> Resul
     let heads = c.need_u64("num_attention_heads")?;
     s.attention = AttentionFields {
         heads: Some(heads),
-        head_dim: Some(d / heads.max(1)),
+        head_dim: Some(s.d_model / heads.max(1)),
         mask: Some("none".into()),
-        qkv_bias: Some(true),
+        qkv_bias: Some(qkv_bias),
         out_bias: Some(true),
         ..AttentionFields::default()
     };
@@ -64,5 +71,5 @@ pub(super) fn bert(c: &mut Config, name: &str, notes: &mut Vec<String>) -> Resul
         bias: Some(true),
         ..FfnFields::default()
     };
-    Ok(s)
+    Ok(())
 }

@@ -2,10 +2,7 @@
 //! class token, learned positions and a linear classifier on the class token.
 
 use super::{base, dtype, Config};
-use crate::spec::{
-    Arch, AttentionFields, FfnFields, FfnKind, NormKind, NormPlacement, Position, Spec,
-    VisionFields,
-};
+use crate::spec::{Arch, NormKind, NormPlacement, Position, Spec, VisionFields};
 use crate::IrError;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -42,27 +39,7 @@ pub(super) fn vit(c: &mut Config, name: &str, notes: &mut Vec<String>) -> Result
         pool: None,
     });
     s.dims = BTreeMap::from([("batch".to_string(), 1)]);
-    let kind = match c.str("hidden_act")?.as_deref() {
-        None | Some("gelu") => FfnKind::Gelu,
-        Some("gelu_new") | Some("gelu_pytorch_tanh") => FfnKind::GeluTanh,
-        Some("relu") => FfnKind::Relu,
-        Some(_) => return Err(c.bad("hidden_act", "expected gelu, gelu_new or relu")),
-    };
-    let heads = c.need_u64("num_attention_heads")?;
     let bias = c.bool("qkv_bias")?.unwrap_or(true);
-    s.attention = AttentionFields {
-        heads: Some(heads),
-        head_dim: Some(d / heads.max(1)),
-        mask: Some("none".into()),
-        qkv_bias: Some(bias),
-        out_bias: Some(true),
-        ..AttentionFields::default()
-    };
-    s.ffn = FfnFields {
-        kind: Some(kind),
-        hidden: Some(c.need_u64("intermediate_size")?),
-        bias: Some(true),
-        ..FfnFields::default()
-    };
+    super::bert::encoder_layers(c, &mut s, bias)?;
     Ok(s)
 }
