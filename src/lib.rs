@@ -21,10 +21,12 @@ mod approx;
 mod diffusion;
 pub mod npy;
 pub mod safetensors;
+mod verify;
 pub mod weights;
 
 pub use approx::ApproximationReport;
 pub use diffusion::{run_diffusion, DiffusionOptions, DiffusionReport, StepReport};
+pub use verify::{verify, Divergence, LayerCheck, VerifyOptions, VerifyReport};
 
 /// A driver error: one line (or a few) for the user, already naming file and layer.
 #[derive(Debug)]
@@ -103,6 +105,11 @@ pub struct OptimizeOptions {
     pub approximations: Vec<Approximation>,
     /// The NVIDIA architecture GPU code is generated for (`--arch`).
     pub gpu_arch: backends::Arch,
+    /// E-graph limits (`--node-limit`, `--time-limit`): saturation stops at the first
+    /// one reached and the cheapest program found so far is extracted (every e-graph
+    /// state holds only programs equal to the original).
+    pub node_limit: usize,
+    pub time_limit: std::time::Duration,
 }
 
 impl Default for OptimizeOptions {
@@ -112,6 +119,8 @@ impl Default for OptimizeOptions {
             rules: RuleSelection::all(),
             approximations: Vec::new(),
             gpu_arch: backends::Arch::Sm90,
+            node_limit: passes::NODE_LIMIT,
+            time_limit: passes::TIME_LIMIT,
         }
     }
 }
@@ -125,6 +134,8 @@ impl OptimizeOptions {
     fn passes(&self) -> Options {
         let mut o = Options::new(self.target.clone());
         o.rules = self.rules.clone();
+        o.node_limit = self.node_limit;
+        o.time_limit = self.time_limit;
         o
     }
 }
@@ -160,7 +171,9 @@ pub fn optimize(graph: &Graph, options: &OptimizeOptions) -> Result<passes::Opti
     Ok(approx::apply(&exact, &options.approximations, &options.passes())?.optimized)
 }
 
-fn optimize_exact(graph: &Graph, options: &OptimizeOptions) -> Result<passes::Optimized> {
+/// The exact optimization alone (without `--convert`'s approximations): what
+/// `--verify` checks.
+pub fn optimize_exact(graph: &Graph, options: &OptimizeOptions) -> Result<passes::Optimized> {
     passes::optimize(graph, &options.passes()).map_err(|e| err(format!("optimizer: {e}")))
 }
 
@@ -594,7 +607,7 @@ impl Footprint {
     }
 }
 
-fn gib(bytes: u64) -> f64 {
+pub(crate) fn gib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 30) as f64
 }
 

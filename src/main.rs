@@ -34,6 +34,19 @@ enum Command {
         /// the C header beside it (`model.o` → `model.h`).
         #[arg(short = 'o', long = "output", value_name = "OUT")]
         output: Option<PathBuf>,
+        /// Translation validation before writing anything: run the original and the
+        /// optimized graph (and, for the CPU target, the compiled code) on seeded
+        /// random inputs at a reduced size (a spec is verified `--tiny`) and fail,
+        /// naming the first diverging layer, if they disagree.
+        #[arg(long)]
+        verify: bool,
+        /// Seed of --verify's random inputs and weights.
+        #[arg(long, default_value_t = 0, requires = "verify")]
+        seed: u64,
+        /// Largest error --verify accepts, relative to each value's magnitude (default:
+        /// 1e-4 for f32 models, 1e-2 for f16, 5e-2 for bf16).
+        #[arg(long, requires = "verify")]
+        tol: Option<f64>,
     },
     /// Write a Hugging Face `config.json` as an attnc spec (TOML). `compile`, `run`
     /// and the other commands also take a config.json directly.
@@ -174,6 +187,15 @@ struct OptArgs {
     /// NVIDIA architecture of GPU code (`--target gpu`): sm_80 or sm_90.
     #[arg(long, default_value = "sm_90")]
     arch: String,
+    /// Stop saturating once the e-graph holds this many e-nodes; the cheapest program
+    /// found by then is used (it is always correct).
+    #[arg(long, default_value_t = attnc::passes::NODE_LIMIT as u64,
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    node_limit: u64,
+    /// Stop saturating after this many seconds (fractions allowed), keeping the
+    /// cheapest program found by then.
+    #[arg(long, value_name = "SECONDS", default_value_t = attnc::passes::TIME_LIMIT.as_secs_f64())]
+    time_limit: f64,
 }
 
 impl OptArgs {
@@ -192,6 +214,16 @@ impl OptArgs {
             gpu_arch: attnc::backends::Arch::parse(&self.arch).ok_or_else(|| {
                 attnc::Error(format!("--arch {}: expected sm_80 or sm_90", self.arch))
             })?,
+            node_limit: self.node_limit as usize,
+            time_limit: std::time::Duration::try_from_secs_f64(self.time_limit)
+                .ok()
+                .filter(|t| *t <= std::time::Duration::from_secs(86_400))
+                .ok_or_else(|| {
+                    attnc::Error(format!(
+                        "--time-limit {}: expected seconds between 0 and 86400",
+                        self.time_limit
+                    ))
+                })?,
         })
     }
 }
@@ -457,6 +489,107 @@ fn cpu_only(options: &OptimizeOptions) -> attnc::Result<()> {
     }
 }
 
+fn check_tolerance(tol: Option<f64>) -> attnc::Result<()> {
+    match tol {
+        Some(t) if t.is_nan() || t < 0.0 => Err(attnc::Error(format!(
+            "--tol must be a non-negative number, got {t}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// `compile --verify`: translation validation at a reduced size, before any output is
+/// written. Prints a summary on standard error; a divergence is an error.
+fn verify_compile(
+    model: &ModelArgs,
+    graph: &attnc_ir::Graph,
+    options: &OptimizeOptions,
+    seed: u64,
+    tol: Option<f64>,
+) -> attnc::Result<()> {
+    let is_spec = model.spec.extension().and_then(|e| e.to_str()) != Some("air");
+    let reduced = if is_spec && !model.tiny {
+        let mut source = model.source();
+        source.tiny = true;
+        attnc::load(&model.spec, &source)?
+    } else {
+        graph.clone()
+    };
+    let optimized = attnc::optimize_exact(&reduced, options).map_err(|e| in_file(model, e))?;
+    let compiled = options.target.kind == attnc::passes::TargetKind::Cpu;
+    let verify_options = attnc::VerifyOptions {
+        seed,
+        tol,
+        compiled,
+        threads: None,
+    };
+    let report =
+        attnc::verify(&reduced, &optimized, &verify_options).map_err(|e| in_file(model, e))?;
+    let dims: Vec<String> = report
+        .dims
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let mut text = format!(
+        "verify: {} layers at {}{} (seed {}): optimized graph max_abs_err {:.2e}",
+        report.layers.len(),
+        if reduced.dims.is_empty() {
+            "its sizes".to_string()
+        } else {
+            dims.join(" ")
+        },
+        if is_spec && !model.tiny {
+            " (--tiny)"
+        } else {
+            ""
+        },
+        report.seed,
+        report.optimized_max_abs_err
+    );
+    match report.compiled_max_abs_err {
+        Some(e) => text += &format!(", compiled code {e:.2e}"),
+        None => {
+            text += &format!(
+                ", compiled code not run (target `{}` is not this CPU)",
+                options.target.name
+            )
+        }
+    }
+    text += &format!(" (tol {:.0e} relative)", report.tol);
+    // Rules that only fire at full size are not covered by the check.
+    if is_spec && !model.tiny {
+        let full = attnc::optimize_exact(graph, options).map_err(|e| in_file(model, e))?;
+        let missed: Vec<&str> = full
+            .report
+            .fired
+            .iter()
+            .filter(|(r, _)| !optimized.report.fired.iter().any(|(v, _)| v == r))
+            .map(|(r, _)| r.as_str())
+            .collect();
+        if !missed.is_empty() {
+            text += &format!(
+                "\nverify: warning: fired at full size but not at the verified size, so not checked: {}",
+                missed.join(", ")
+            );
+        }
+    }
+    eprintln!("{text}");
+    match &report.divergence {
+        None => Ok(()),
+        Some(d) => Err(attnc::Error(format!(
+            "{}: verify failed: layer `{}` diverges first: %{} = {} of the original differs from the {} by {:.3e} (allowed {:.1e}; seed {})",
+            model.spec.display(),
+            d.layer,
+            d.node,
+            d.op,
+            if d.stage == "compiled" { "compiled code" } else { "optimized graph" },
+            d.max_abs_err,
+            d.bound,
+            report.seed
+        ))),
+    }
+}
+
 fn real_main(cli: Cli) -> attnc::Result<()> {
     match cli.command {
         Command::Compile {
@@ -464,6 +597,9 @@ fn real_main(cli: Cli) -> attnc::Result<()> {
             emit,
             opt,
             output,
+            verify,
+            seed,
+            tol,
         } => {
             let options = opt.options()?;
             if matches!(emit, EmitArg::Obj) && output.is_none() {
@@ -472,6 +608,10 @@ fn real_main(cli: Cli) -> attnc::Result<()> {
                 ));
             }
             let graph = load(&model)?;
+            if verify {
+                check_tolerance(tol)?;
+                verify_compile(&model, &graph, &options, seed, tol)?;
+            }
             let emit = match emit {
                 EmitArg::Ir => Emit::Ir,
                 EmitArg::OptIr => Emit::OptIr,
@@ -560,15 +700,8 @@ fn real_main(cli: Cli) -> attnc::Result<()> {
                     "--diffusion-steps draws its weights and takes its prompt by --prompt; --weights, --tokens, --input and --out are for plain runs".into(),
                 ));
             }
-            let tol = match tol {
-                Some(t) if t.is_nan() || t < 0.0 => {
-                    return Err(attnc::Error(format!(
-                        "--tol must be a non-negative number, got {t}"
-                    )))
-                }
-                Some(t) => t,
-                None => attnc::default_tolerance(&graph),
-            };
+            check_tolerance(tol)?;
+            let tol = tol.unwrap_or_else(|| attnc::default_tolerance(&graph));
             if let Some(steps) = diffusion_steps {
                 let source = SpecSource {
                     sets: model.sets.clone(),

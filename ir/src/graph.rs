@@ -144,6 +144,25 @@ impl Graph {
     pub(crate) fn push_output(&mut self, name: String, id: NodeId) {
         self.outputs.push((name, id));
     }
+
+    /// This graph with `extra` outputs after its own: how translation validation
+    /// reads intermediate values out of compiled code. Names must be new.
+    pub fn with_outputs(&self, extra: impl IntoIterator<Item = (String, NodeId)>) -> Result<Graph> {
+        let mut g = self.clone();
+        for (name, id) in extra {
+            if id.index() >= g.len() || g.outputs.iter().any(|(n, _)| *n == name) {
+                return Err(crate::IrError::Spec {
+                    layer: None,
+                    message: format!(
+                        "output `{name}` (%{}) is defined twice or does not exist",
+                        id.index()
+                    ),
+                });
+            }
+            g.outputs.push((name, id));
+        }
+        Ok(g)
+    }
 }
 
 /// Structural equality: same name, dims, nodes, operands and outputs.

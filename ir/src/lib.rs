@@ -10,6 +10,7 @@ mod dtype;
 mod error;
 pub mod expand;
 mod features;
+pub mod gen;
 mod graph;
 mod infer;
 pub mod interp;

@@ -122,6 +122,16 @@ pub fn extract_with<CF: CostFunction<Attn>>(program: &Program, cost: CF) -> Resu
 /// in the original order, then each output's operands depth first), with its class's
 /// layer, and the outputs in their order. A choice that forms a cycle is an error.
 pub fn build_graph<'a>(program: &'a Program, choose: impl Fn(Id) -> &'a Attn) -> Result<Graph> {
+    build_graph_mapped(program, choose).map(|(graph, _)| graph)
+}
+
+/// [`build_graph`], also giving, for each node of the graph the program was made
+/// from, the node of the new graph that computes its class (if one was built): the
+/// correspondence translation validation compares values through.
+pub fn build_graph_mapped<'a>(
+    program: &'a Program,
+    choose: impl Fn(Id) -> &'a Attn,
+) -> Result<(Graph, Vec<Option<NodeId>>)> {
     let egraph = &program.egraph;
     let layer_of = program.layer_map();
     // A class a rewrite created has no layer of its own: it joins its first user's.
@@ -221,5 +231,10 @@ pub fn build_graph<'a>(program: &'a Program, choose: impl Fn(Id) -> &'a Attn) ->
     for (name, id) in &program.outputs {
         builder.output(name.clone(), built[&egraph.find(*id)])?;
     }
-    builder.finish()
+    let origin = program
+        .layers
+        .iter()
+        .map(|(id, _)| built.get(&egraph.find(*id)).copied())
+        .collect();
+    Ok((builder.finish()?, origin))
 }

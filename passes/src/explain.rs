@@ -91,7 +91,7 @@ pub fn explain(graph: &Graph, layer: &str, options: &Options) -> Result<Explanat
     let mut program = to_egraph_with(&sub, true)?;
     let rules = options.rules.rules();
     saturate(&mut program, &rules, options);
-    let optimized = extract_cheapest(&program, &options.target)?;
+    let (optimized, _) = extract_cheapest(&program, &options.target)?;
     let identities: HashMap<&str, &str> = rules.iter().map(|r| (r.name, r.identity)).collect();
     let mut out = Explanation {
         layer: layer.to_string(),

@@ -21,14 +21,16 @@ pub mod rules;
 pub use {
     analysis::{attr_in, type_of, type_with, ClassData, EGraph, Sparsity, TypeAnalysis},
     approx::{approximate, Approximation},
-    convert::{build_graph, extract, extract_with, to_egraph, to_egraph_with, Program},
+    convert::{
+        build_graph, build_graph_mapped, extract, extract_with, to_egraph, to_egraph_with, Program,
+    },
     cost::{Cost, Target, TargetKind},
     explain::{explain, layer_graph, Explanation, Step},
     extract::DagChoice,
     lang::{attr_of, Attn, Attr, Source, SourceKind, F64},
     optimize::{
-        node_costs, optimize, LayerReport, Optimized, Options, Report, ITER_LIMIT, NODE_LIMIT,
-        TIME_LIMIT,
+        node_costs, optimize, optimize_with_rules, LayerReport, Optimized, Options, Report,
+        ITER_LIMIT, NODE_LIMIT, TIME_LIMIT,
     },
     rules::RuleSelection,
 };

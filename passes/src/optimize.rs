@@ -2,7 +2,7 @@
 //! report of what happened per layer.
 
 use crate::rules::{Rule, RuleSelection};
-use crate::{build_graph, to_egraph_with, DagChoice, Program, Target};
+use crate::{build_graph_mapped, to_egraph_with, DagChoice, Program, Target};
 use attnc_ir::{layer_stats, op_flops, BlockLayout, DType, Graph, NodeId, Op, Result};
 use egg::{Runner, StopReason};
 use serde::Serialize;
@@ -125,6 +125,9 @@ pub struct Report {
 pub struct Optimized {
     pub graph: Graph,
     pub report: Report,
+    /// For each node of the input graph, the node of `graph` that computes the same
+    /// value (its e-class), if extraction kept one.
+    pub origin: Vec<Option<NodeId>>,
 }
 
 /// Estimated time of each node of `graph` on `target`, nanoseconds.
@@ -201,10 +204,13 @@ pub(crate) fn saturate(program: &mut Program, rules: &[Rule], options: &Options)
 /// The cheapest graph in `program` on `target` (DAG cost). Every original node has a
 /// finite, acyclic choice, so the fallback to a class's first node is never needed
 /// for what the outputs reach.
-pub(crate) fn extract_cheapest(program: &Program, target: &Target) -> Result<Graph> {
+pub(crate) fn extract_cheapest(
+    program: &Program,
+    target: &Target,
+) -> Result<(Graph, Vec<Option<NodeId>>)> {
     let egraph = &program.egraph;
     let choice = DagChoice::new(egraph, |id, node| target.node_cost(egraph, id, node));
-    build_graph(program, |id| {
+    build_graph_mapped(program, |id| {
         choice
             .node(egraph, id)
             .unwrap_or_else(|| &egraph[egraph.find(id)].nodes[0])
@@ -213,12 +219,17 @@ pub(crate) fn extract_cheapest(program: &Program, target: &Target) -> Result<Gra
 
 /// Optimize `graph` for `options.target`.
 pub fn optimize(graph: &Graph, options: &Options) -> Result<Optimized> {
+    optimize_with_rules(graph, options, &options.rules.rules())
+}
+
+/// [`optimize`] with `rules` instead of `options.rules` (how tests try rule sets that
+/// are not shipped, such as a deliberately wrong rule).
+pub fn optimize_with_rules(graph: &Graph, options: &Options, rules: &[Rule]) -> Result<Optimized> {
     let mut program = to_egraph_with(graph, false)?;
-    let rules = options.rules.rules();
-    let saturation = saturate(&mut program, &rules, options);
+    let saturation = saturate(&mut program, rules, options);
     let target = &options.target;
     let t = Instant::now();
-    let optimized = extract_cheapest(&program, target)?;
+    let (optimized, origin) = extract_cheapest(&program, target)?;
     let extraction_ms = t.elapsed().as_secs_f64() * 1e3;
     let egraph = &program.egraph;
 
@@ -303,5 +314,6 @@ pub fn optimize(graph: &Graph, options: &Options) -> Result<Optimized> {
     Ok(Optimized {
         graph: optimized,
         report,
+        origin,
     })
 }
