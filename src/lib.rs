@@ -55,8 +55,7 @@ pub fn load(path: &Path, source: &SpecSource) -> Result<Graph> {
                 "{shown}: --set and --tiny apply to model specs (.toml, .json), not to IR text"
             )));
         }
-        let text =
-            std::fs::read_to_string(path).map_err(|e| err(format!("{shown}: cannot read: {e}")))?;
+        let text = attnc_ir::read_source(path).map_err(err)?;
         let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
         return attnc_ir::parse(text).map_err(|e| err(format!("{shown}:{e}")));
     }
@@ -77,8 +76,7 @@ pub fn load_spec(path: &Path, source: &SpecSource) -> Result<Option<spec::Spec>>
 /// keys and the choices made listed in its header comments.
 pub fn import_hf(path: &Path) -> Result<String> {
     let shown = path.display();
-    let text =
-        std::fs::read_to_string(path).map_err(|e| err(format!("{shown}: cannot read: {e}")))?;
+    let text = attnc_ir::read_source(path).map_err(err)?;
     let name = spec::hf_model_name(path);
     let imported = spec::hf::import_hf(&text, &name).map_err(|e| err(format!("{shown}: {e}")))?;
     imported
@@ -146,8 +144,7 @@ pub fn target(name: &str) -> Result<Target> {
         return Ok(t);
     }
     if name.ends_with(".toml") {
-        let text = std::fs::read_to_string(name)
-            .map_err(|e| err(format!("{name}: cannot read the target description: {e}")))?;
+        let text = attnc_ir::read_source(Path::new(name)).map_err(err)?;
         return Target::from_toml(&text).map_err(|e| err(format!("{name}: {e}")));
     }
     Err(err(format!(

@@ -400,8 +400,7 @@ fn read_tokens(arg: &str) -> attnc::Result<attnc::npy::Array> {
         return Ok(a);
     }
     let (text, shown) = if path.is_file() {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| attnc::Error(format!("{arg}: cannot read: {e}")))?;
+        let text = attnc_ir::read_source(path).map_err(attnc::Error)?;
         (text, arg.to_string())
     } else {
         (arg.to_string(), "--tokens".to_string())

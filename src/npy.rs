@@ -24,9 +24,30 @@ type Decode = fn(&[u8]) -> f64;
 
 /// Read `path`. Element types: little-endian i8/i16/i32/i64, u8/u16/u32, f2/f4/f8, bool.
 pub fn read(path: &Path) -> Result<Array> {
-    let bytes =
-        std::fs::read(path).map_err(|e| err(format!("{}: cannot read: {e}", path.display())))?;
+    // The elements become f64: a file larger than a ninth of the free memory cannot be
+    // held (and `/dev/zero` never ends), so the read stops there.
+    let bytes = read_bounded(path, crate::available_memory() / 9)?;
     parse(&bytes).map_err(|m| err(format!("{}: {m}", path.display())))
+}
+
+fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| err(format!("{}: cannot read: {e}", path.display()));
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(cannot)?
+        .take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() as u64 > max {
+        return Err(err(format!(
+            "{}: too large to load: its elements, as f64, would not fit in the free memory \
+             (the read stopped at {:.3} GiB)",
+            path.display(),
+            crate::gib(max)
+        )));
+    }
+    Ok(bytes)
 }
 
 fn parse(bytes: &[u8]) -> std::result::Result<Array, String> {
@@ -167,6 +188,16 @@ pub fn write(path: &Path, shape: &[usize], data: &[f64], f64_data: bool) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endless_files_are_refused_after_a_bounded_read() {
+        let e = read_bounded(Path::new("/dev/zero"), 1 << 20).unwrap_err().0;
+        assert!(e.starts_with("/dev/zero: too large to load"), "{e}");
+        assert_eq!(
+            read_bounded(Path::new("/dev/null"), 0).unwrap(),
+            Vec::<u8>::new()
+        );
+    }
 
     #[test]
     fn round_trip_and_header_fields() {

@@ -92,8 +92,7 @@ impl Checkpoint {
     /// `{"weight_map": {tensor: shard file}}`: every shard opened once, and each
     /// tensor must be in the shard the index names.
     fn open_index(&mut self, path: &Path) -> Result<()> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| err(format!("{}: cannot read: {e}", path.display())))?;
+        let text = attnc_ir::read_source(path).map_err(err)?;
         let bad = |m: &str| err(format!("{}: {m}", path.display()));
         let value: Value = serde_json::from_str(&text)
             .map_err(|e| bad(&format!("not a safetensors index: {e}")))?;

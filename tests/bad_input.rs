@@ -835,3 +835,138 @@ fn compile_fails_with(cases: &[(&str, &[&str], &[&str])]) {
         fails_with(&args, &all);
     }
 }
+
+// ---------------------------------------------------------------------------------
+// Resource limits: absurd sizes, deep nesting, enormous inputs
+// ---------------------------------------------------------------------------------
+
+/// Dims of 0, negative, 2^63 and 2^64, in a spec file, through `--set` and in IR
+/// text: each refused with the field (or position) named, never wrapped or truncated.
+#[test]
+fn absurd_dims_are_errors() {
+    for (value, needles) in [
+        ("-1", &[":5:11:", "-1"][..]),
+        ("9223372036854775808", &[":5:11:", "too large"]),
+        ("18446744073709551616", &[":5:11:", "too large"]),
+        ("0", &["`d_model` must be at least 1"]),
+    ] {
+        let p = temp_file(
+            "dims.toml",
+            &gpt2_with("d_model = 768", &format!("d_model = {value}")),
+        );
+        let mut all = vec!["dims.toml"];
+        all.extend(needles);
+        fails_with(&["compile", path_str(&p), "--tiny"], &all);
+        let set = format!("d_model={value}");
+        fails_with(
+            &["compile", "examples/gpt2.toml", "--set", &set],
+            &["d_model"],
+        );
+    }
+    fails_with(
+        &[
+            "compile",
+            "examples/gpt2.toml",
+            "--set",
+            "d_model=9223372036854775808",
+        ],
+        &["larger than the supported maximum"],
+    );
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "neg.air",
+            "%0 = input \"x\" : [-1, m] f32\noutput o = %0",
+            &[":3:19:", "non-negative"],
+        ),
+        (
+            "negdim.air",
+            "dims a = -3\n%0 = input \"x\" : [a] f32\noutput o = %0",
+            &[":3:10:", "non-negative"],
+        ),
+        (
+            "pow63.air",
+            "%0 = input \"x\" : [9223372036854775808, m] f32\noutput o = %0",
+            &[":3:6:", "2^48"],
+        ),
+        (
+            "pow64.air",
+            "%0 = input \"x\" : [18446744073709551616] f32\noutput o = %0",
+            &[":3:19:"],
+        ),
+        (
+            // 2^24 x 2^24 elements is within 2^48 only just; the i64 bytes are 2^51.
+            "bytes.air",
+            "%0 = input \"x\" : [16777216, 16777217] i64\noutput o = %0",
+            &[":3:6:", "2^48"],
+        ),
+    ];
+    for (name, body, needles) in cases {
+        let p = air(name, body);
+        let mut all = vec![*name];
+        all.extend(needles.iter());
+        fails_with(&["compile", path_str(&p)], &all);
+    }
+    // Zero-sized tensors are legal and run.
+    let p = air(
+        "empty.air",
+        "%0 = input \"x\" : [0, m] f32\n%1 = neg %0 : [0, m] f32\noutput o = %1",
+    );
+    succeeds(&["run", path_str(&p), "--check"]);
+}
+
+/// Nesting deeper than the mask parser's limit, through every prefix form, is an
+/// error at the mask's position (the parser recurses; it must not overflow the stack).
+#[test]
+fn deeply_nested_mask_expressions_are_errors() {
+    for (open, close) in [("(", ")"), ("!", ""), ("-", "")] {
+        let expr = format!("{}k <= q{}", open.repeat(100_000), close.repeat(100_000));
+        let p = air(
+            "nest.air",
+            &format!("%0 = mask \"{expr}\" : [n, n] bool\noutput o = %0"),
+        );
+        fails_with(
+            &["compile", path_str(&p)],
+            &["nest.air:3:", "nests deeper than 256"],
+        );
+    }
+    let nested = format!("{}k <= q{}", "(".repeat(300), ")".repeat(300));
+    let p = temp_file(
+        "nest.toml",
+        &gpt2_with("mask = \"k <= q\"", &format!("mask = \"{nested}\"")),
+    );
+    fails_with(
+        &["compile", path_str(&p), "--tiny"],
+        &["nest.toml", "layers.0", "deeper"],
+    );
+    let p = air("nestlist.air", &format!("%0 = input \"x\" : [n, m] f32\n%1 = transpose %0 {{perm = {}{}}} : [m, n] f32\noutput o = %1", "[".repeat(100_000), "]".repeat(100_000)));
+    fails_with(&["compile", path_str(&p)], &["nestlist.air:4:"]);
+}
+
+/// A source that never ends (`/dev/zero`) or is larger than any model source is
+/// refused after a bounded read, for specs, IR text and target descriptions alike.
+#[test]
+fn endless_inputs_are_errors_not_aborts() {
+    let dir = std::env::temp_dir().join(format!("attnc-endless-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["zero.air", "zero.toml", "zero.json"] {
+        let link = dir.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        fails_with(
+            &["compile", path_str(&link)],
+            &[name, "larger than the 256 MiB"],
+        );
+    }
+    let target = dir.join("zero.toml");
+    fails_with(
+        &[
+            "compile",
+            "examples/gpt2.toml",
+            "--tiny",
+            "--target",
+            path_str(&target),
+        ],
+        &["zero.toml", "larger than"],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

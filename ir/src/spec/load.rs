@@ -86,8 +86,7 @@ pub fn parse_spec(text: &str, format: Format, source: &SpecSource) -> Result<Spe
 
 /// Read a spec file (TOML unless it ends in `.json`).
 pub fn load_spec(path: &Path, source: &SpecSource) -> Result<Spec, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let text = crate::read_source(path)?;
     let format = Format::from_path(path);
     let parsed = if format == Format::Json && super::hf::is_hf_config(&text) {
         // A Hugging Face config.json: imported, then `--set` / `--tiny` as for a spec.
