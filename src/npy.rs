@@ -31,23 +31,16 @@ pub fn read(path: &Path) -> Result<Array> {
 }
 
 fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
-    use std::io::Read;
-    let cannot = |e: std::io::Error| err(format!("{}: cannot read: {e}", path.display()));
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .map_err(cannot)?
-        .take(max + 1)
-        .read_to_end(&mut bytes)
-        .map_err(cannot)?;
-    if bytes.len() as u64 > max {
-        return Err(err(format!(
-            "{}: too large to load: its elements, as f64, would not fit in the free memory \
+    attnc_ir::read_at_most(path, max)
+        .map_err(err)?
+        .ok_or_else(|| {
+            err(format!(
+                "{}: too large to load: its elements, as f64, would not fit in the free memory \
              (the read stopped at {:.3} GiB)",
-            path.display(),
-            crate::gib(max)
-        )));
-    }
-    Ok(bytes)
+                path.display(),
+                crate::gib(max)
+            ))
+        })
 }
 
 fn parse(bytes: &[u8]) -> std::result::Result<Array, String> {

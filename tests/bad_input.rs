@@ -478,12 +478,7 @@ fn malformed_ir_names_line_and_column() {
             &[":4:25:", "too large"],
         ),
     ];
-    for (name, body, needles) in cases {
-        let p = air(name, body);
-        let mut all = vec![*name];
-        all.extend(needles.iter());
-        fails_with(&["compile", path_str(&p)], &all);
-    }
+    air_fails_with(cases);
 }
 
 #[test]
@@ -823,6 +818,17 @@ fn moe_errors_name_the_layer_and_field() {
     compile_fails_with(cases);
 }
 
+/// `attnc compile NAME` of the `.air` graph `body` fails naming the file and every
+/// needle, per case.
+fn air_fails_with(cases: &[(&str, &str, &[&str])]) {
+    for (name, body, needles) in cases {
+        let p = air(name, body);
+        let mut all = vec![*name];
+        all.extend(needles.iter());
+        fails_with(&["compile", path_str(&p)], &all);
+    }
+}
+
 /// `attnc compile SPEC --set ..` fails naming the spec and every needle, per case.
 fn compile_fails_with(cases: &[(&str, &[&str], &[&str])]) {
     for (spec, sets, needles) in cases {
@@ -894,18 +900,14 @@ fn absurd_dims_are_errors() {
             &[":3:19:"],
         ),
         (
-            // 2^24 x 2^24 elements is within 2^48 only just; the i64 bytes are 2^51.
+            // 2^24 elements past the 2^48-element cap, which is what keeps every byte
+            // count (at most 8 x 2^48) far inside u64.
             "bytes.air",
             "%0 = input \"x\" : [16777216, 16777217] i64\noutput o = %0",
             &[":3:6:", "2^48"],
         ),
     ];
-    for (name, body, needles) in cases {
-        let p = air(name, body);
-        let mut all = vec![*name];
-        all.extend(needles.iter());
-        fails_with(&["compile", path_str(&p)], &all);
-    }
+    air_fails_with(cases);
     // Zero-sized tensors are legal and run.
     let p = air(
         "empty.air",

@@ -43,7 +43,7 @@ pub use op::{
 pub use random::{random_binding, random_bindings, Rng};
 pub use rope::RopeScaling;
 pub use shape::{num_elements, Dim, Dims, Shape, TensorType, MAX_ELEMENTS};
-pub use source::{read_source, MAX_SOURCE_BYTES};
+pub use source::{read_at_most, read_source, MAX_SOURCE_BYTES};
 pub use sparse::{dense_attention_block, listed_tile, BlockLayout, MAX_LAYOUT_BLOCKS};
 pub use stats::{layer_stats, node_bytes, node_flops, op_bytes, op_flops, LayerStats};
 pub use tensor::{strides, Tensor};

@@ -15,18 +15,26 @@ pub fn read_source(path: &Path) -> Result<String, String> {
     read_bounded(path, MAX_SOURCE_BYTES)
 }
 
-fn read_bounded(path: &Path, max: u64) -> Result<String, String> {
-    let shown = path.display();
-    let cannot = |e: std::io::Error| format!("{shown}: cannot read: {e}");
+/// The bytes of `path` if there are at most `max` of them (`Ok(None)` if more: the read
+/// stops at `max` + 1), or an error that starts with the path.
+pub fn read_at_most(path: &Path, max: u64) -> Result<Option<Vec<u8>>, String> {
+    let cannot = |e: std::io::Error| format!("{}: cannot read: {e}", path.display());
     let file = std::fs::File::open(path).map_err(cannot)?;
     let mut bytes = Vec::new();
-    file.take(max + 1).read_to_end(&mut bytes).map_err(cannot)?;
-    if bytes.len() as u64 > max {
-        return Err(format!(
+    file.take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    Ok((bytes.len() as u64 <= max).then_some(bytes))
+}
+
+fn read_bounded(path: &Path, max: u64) -> Result<String, String> {
+    let shown = path.display();
+    let bytes = read_at_most(path, max)?.ok_or_else(|| {
+        format!(
             "{shown}: larger than the {} MiB a model source may be",
             max >> 20
-        ));
-    }
+        )
+    })?;
     String::from_utf8(bytes).map_err(|e| {
         format!(
             "{shown}: cannot read: stream did not contain valid UTF-8 (byte {})",
